@@ -1,0 +1,222 @@
+"""Engines, sessions and the schema, for SQLite (embedded default) and PostgreSQL.
+
+SQLite is made safe for several worker processes: WAL, a busy timeout, and a
+transaction that takes the write lock (``BEGIN IMMEDIATE``) *before its first
+write*. Reads before that run outside any transaction, so a handler that reads,
+thinks for a while and then writes never holds the database's single write
+lock while it thinks, and a write never has to "upgrade" a read transaction
+(the source of "database is locked" errors that a busy timeout cannot cure).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+from sqlalchemy import event, select, text
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.schema import CreateIndex, CreateTable
+
+from .config import Settings, _check_url
+from .errors import DatabaseURLError, JobkitError
+from .jsonutil import dumps
+from .models import SCHEMA_VERSION, Base, Meta, meta_table
+
+log = logging.getLogger("jobkit")
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+_READ_PREFIXES = ("SELECT", "PRAGMA", "EXPLAIN", "SAVEPOINT", "RELEASE")
+
+
+def redact_url(url: str | URL) -> str:
+    """The URL as text with any password replaced by ``***``."""
+    try:
+        u = make_url(url) if isinstance(url, str) else url
+    except ArgumentError:
+        text_url = str(url)
+        if "@" in text_url and "://" in text_url:
+            scheme, rest = text_url.split("://", 1)
+            creds, host = rest.rsplit("@", 1)
+            user = creds.split(":", 1)[0]
+            return f"{scheme}://{user}:***@{host}"
+        return text_url
+    return u.render_as_string(hide_password=True)
+
+
+def backend_of(url: str) -> str:
+    """``'sqlite'`` or ``'postgresql'``."""
+    return "sqlite" if url.startswith("sqlite") else "postgresql"
+
+
+def create_engine(url: str | None = None, *, settings: Settings | None = None,
+                  pool_size: int = 10, max_overflow: int = 40, **kwargs: Any) -> AsyncEngine:
+    """An async engine for ``url`` (default: the settings' database URL), ready for workers."""
+    settings = settings or Settings.from_env()
+    url = url or settings.database_url
+    _check_url("database_url", url)
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise DatabaseURLError("JOBKIT_DATABASE_URL", redact_url(url),
+                               "a well-formed database URL") from None
+    kwargs.setdefault("json_serializer", dumps)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database or ""
+        if database in ("", ":memory:") or "mode=memory" in str(parsed):
+            raise DatabaseURLError(
+                "JOBKIT_DATABASE_URL", redact_url(url),
+                "a SQLite *file* (an in-memory database cannot be shared by workers); "
+                "e.g. sqlite+aiosqlite:///./jobkit.db")
+        folder = os.path.dirname(os.path.abspath(database))
+        if not os.path.isdir(folder):
+            raise DatabaseURLError("JOBKIT_DATABASE_URL", redact_url(url),
+                                   f"a file in an existing folder ({folder} does not exist)")
+        kwargs.setdefault("pool_size", pool_size)
+        kwargs.setdefault("max_overflow", max_overflow)
+        engine = create_async_engine(parsed, **kwargs)
+        _install_sqlite_hooks(engine)
+    else:
+        kwargs.setdefault("pool_size", pool_size)
+        kwargs.setdefault("max_overflow", max_overflow)
+        kwargs.setdefault("pool_pre_ping", True)
+        engine = create_async_engine(parsed, **kwargs)
+    _install_write_tracking(engine)
+    return engine
+
+
+def _install_sqlite_hooks(engine: AsyncEngine) -> None:
+    sync_engine = engine.sync_engine
+
+    @event.listens_for(sync_engine, "connect")
+    def _on_connect(dbapi_conn: Any, record: Any) -> None:
+        # Let us issue BEGIN ourselves; the driver's own implicit BEGIN is deferred.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.info["jk_sqlite_begun"] = False
+
+    @event.listens_for(sync_engine, "before_cursor_execute")
+    def _before(conn: Connection, cursor: Any, statement: str, params: Any,
+                context: Any, executemany: bool) -> None:
+        if conn.info.get("jk_sqlite_begun", True) or not conn.in_transaction():
+            return
+        if statement.lstrip()[:9].upper().startswith(_READ_PREFIXES):
+            return  # reads before the first write run outside a transaction
+        conn.info["jk_sqlite_begun"] = True
+        cursor.execute("BEGIN IMMEDIATE")
+
+    def _end(conn: Connection) -> None:
+        conn.info["jk_sqlite_begun"] = True
+
+    event.listen(sync_engine, "commit", _end)
+    event.listen(sync_engine, "rollback", _end)
+
+
+def _install_write_tracking(engine: AsyncEngine) -> None:
+    """Mark a connection's transaction as 'wrote' once it runs anything but a read.
+
+    The worker uses this to know whether a handler wrote through its session,
+    and so whether its completion must share the handler's transaction.
+    """
+    sync_engine = engine.sync_engine
+
+    @event.listens_for(sync_engine, "before_cursor_execute")
+    def _track(conn: Connection, cursor: Any, statement: str, params: Any,
+               context: Any, executemany: bool) -> None:
+        if not statement.lstrip()[:9].upper().startswith(_READ_PREFIXES):
+            conn.info["jk_wrote"] = True
+
+    def _reset(conn: Connection) -> None:
+        conn.info["jk_wrote"] = False
+
+    event.listen(sync_engine, "begin", _reset)
+
+
+def session_wrote(session: AsyncSession) -> bool:
+    """Whether ``session`` has unflushed changes or ran a write in its transaction."""
+    sync = session.sync_session
+    if sync.new or sync.dirty or sync.deleted:
+        return True
+    if not session.in_transaction():
+        return False
+    tx = sync.get_transaction()
+    if tx is None:
+        return False
+    for conn in tx._connections.values():  # noqa: SLF001 - SQLAlchemy offers no public view
+        connection = conn[0]
+        if connection.info.get("jk_wrote"):
+            return True
+    return False
+
+
+def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Sessions that never expire on commit (no surprise lazy loads in async code)."""
+    return async_sessionmaker(engine, expire_on_commit=False, autoflush=True)
+
+
+async def init_schema(engine: AsyncEngine) -> None:
+    """Create the tables and indexes if missing (idempotent, safe from several processes)."""
+    async with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            await conn.execute(text("SELECT pg_advisory_xact_lock(727274001)"))
+        for table in Base.metadata.sorted_tables:
+            await conn.execute(CreateTable(table, if_not_exists=True))
+            for index in sorted(table.indexes, key=lambda i: i.name or ""):
+                await conn.execute(CreateIndex(index, if_not_exists=True))
+        if engine.dialect.name == "postgresql":
+            from .wakeup import PG_NOTIFY_DDL
+
+            for ddl in PG_NOTIFY_DDL:
+                await conn.execute(text(ddl))
+        row = (await conn.execute(
+            select(Meta.value).where(Meta.key == "schema_version"))).scalar_one_or_none()
+        if row is None:
+            await conn.execute(meta_table.insert().values(
+                key="schema_version", value=str(SCHEMA_VERSION)))
+        elif int(row) > SCHEMA_VERSION:
+            raise JobkitError(
+                f"the database has jobkit schema version {row}, newer than this jobkit "
+                f"({SCHEMA_VERSION}); upgrade jobkit before using this database")
+
+
+async def get_db(url: str | None = None) -> AsyncIterator[AsyncSession]:
+    """Yield one session on a fresh engine, as in the seed's ``async for db in get_db()``."""
+    engine = create_engine(url)
+    try:
+        await init_schema(engine)
+        async with make_sessionmaker(engine)() as session:
+            yield session
+    finally:
+        await engine.dispose()
+
+
+async def check_database(engine: AsyncEngine) -> None:
+    """Raise a clear :class:`JobkitError` when the database cannot be reached."""
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+    except Exception as exc:  # noqa: BLE001 - we re-raise with a clear message
+        raise JobkitError(
+            f"cannot reach the database {redact_url(engine.url)}: {_describe(exc)}") from None
+
+
+def _describe(exc: BaseException) -> str:
+    msg = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    first = msg[0] if msg else type(exc).__name__
+    return f"{type(exc).__name__}: {first}"

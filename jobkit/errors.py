@@ -1,0 +1,91 @@
+"""jobkit's exceptions: one base, specific errors that carry their data.
+
+Every message says what was wrong and what to do about it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class JobkitError(Exception):
+    """Something went wrong in jobkit."""
+
+
+class ConfigError(JobkitError, ValueError):
+    """A setting has a value jobkit cannot use."""
+
+    def __init__(self, name: str, value: object, expected: str) -> None:
+        self.name = name
+        self.value = value
+        self.expected = expected
+        super().__init__(f"{name}={value!r} is not valid: expected {expected}")
+
+
+class DatabaseURLError(ConfigError):
+    """The database URL names a backend jobkit does not support."""
+
+
+class UnknownJobType(JobkitError, KeyError):
+    """No handler is registered for a job's ``job_type``."""
+
+    def __init__(self, job_type: str, known: Iterable[str]) -> None:
+        self.job_type = job_type
+        self.known = sorted(known)
+        super().__init__(job_type)
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        known = ", ".join(self.known) or "(none)"
+        return (
+            f"unknown job_type {self.job_type!r}; registered handlers: {known}. "
+            "Register one with @jobkit.handler(name) or jobkit.register_handler(name, fn)."
+        )
+
+
+class HandlerExistsError(JobkitError, ValueError):
+    """A handler name is already taken."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(
+            f"a handler named {name!r} is already registered; "
+            "pass replace=True to replace it on purpose"
+        )
+
+
+class InvalidParams(JobkitError, ValueError):
+    """Job params (or a handler result) cannot be stored as JSON."""
+
+    def __init__(self, path: str, problem: str, what: str = "params") -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(f"{what}{path}: {problem}")
+
+
+class JobNotFound(JobkitError, LookupError):
+    """No job has this id."""
+
+    def __init__(self, job_id: object) -> None:
+        self.job_id = job_id
+        super().__init__(f"no job with id {job_id}; list jobs with `jobkit jobs`")
+
+
+class InvalidTransition(JobkitError, ValueError):
+    """The job is not in a state that allows this action."""
+
+
+class PermanentError(JobkitError):
+    """Raised by a handler when retrying cannot help: the job fails at once."""
+
+
+class Retry(JobkitError):
+    """Raised by a handler to ask for another attempt after ``delay`` seconds."""
+
+    def __init__(self, delay: float | None = None, reason: str = "retry requested") -> None:
+        self.delay = delay
+        self.reason = reason
+        super().__init__(reason if delay is None else f"{reason} (in {delay:g} s)")
+
+
+class JobCancelled(JobkitError):
+    """A running job was cancelled on request."""

@@ -1,0 +1,262 @@
+"""Tables: jobs, video_assets, clips, workers, and the schema version."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Any, cast
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    Uuid,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+SCHEMA_VERSION = 1
+
+
+class JobStatus(str, Enum):
+    """A job's state. ``pending → processing → completed``; ``retry`` and ``failed`` on errors."""
+
+    PENDING = "pending"
+    PROCESSING = "processing"
+    RETRY = "retry"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+#: Every status in lifecycle order (the order of monitoring tables and plots).
+ALL_STATUSES: tuple[JobStatus, ...] = tuple(JobStatus)
+#: Waiting to be claimed.
+ELIGIBLE: frozenset[JobStatus] = frozenset({JobStatus.PENDING, JobStatus.RETRY})
+#: Not finished yet.
+ACTIVE: frozenset[JobStatus] = frozenset({JobStatus.PENDING, JobStatus.RETRY, JobStatus.PROCESSING})
+#: Finished for good.
+TERMINAL: frozenset[JobStatus] = frozenset({JobStatus.COMPLETED, JobStatus.FAILED})
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+_id_lock = threading.Lock()
+_last_ms = 0
+_counter = 0
+
+
+def new_id() -> uuid.UUID:
+    """A time-ordered UUID (version 7) that is monotonic within this process.
+
+    Ids sort in creation order on both backends, which makes ``id`` a stable
+    tie-breaker for jobs enqueued in the same instant.
+    """
+    global _last_ms, _counter
+    with _id_lock:
+        ms = time.time_ns() // 1_000_000
+        if ms <= _last_ms:
+            _counter += 1
+            if _counter > 0xFFF:  # 4096 ids in one ms: borrow the next ms
+                _last_ms += 1
+                _counter = 0
+            ms = _last_ms
+        else:
+            _last_ms = ms
+            _counter = 0
+        counter = _counter
+    rand = int.from_bytes(os.urandom(8), "big") & 0x3FFF_FFFF_FFFF_FFFF
+    value = (ms << 80) | (0x7 << 76) | (counter << 64) | (0b10 << 62) | rand
+    return uuid.UUID(int=value)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores naive UTC)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: pass a timezone-aware datetime (UTC)")
+        value = value.astimezone(UTC)
+        if dialect.name == "sqlite":
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class StatusType(TypeDecorator[JobStatus]):
+    """Stores the status as its lower-case text; loads it as a :class:`JobStatus`."""
+
+    impl = String(16)
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
+        return None if value is None else JobStatus(value).value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> JobStatus | None:
+        return None if value is None else JobStatus(value)
+
+
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+_ELIGIBLE_SQL = "status IN ('pending', 'retry')"
+_ACTIVE_SQL = "status IN ('pending', 'retry', 'processing')"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Job(Base):
+    """One unit of work: a ``job_type`` naming its handler, and JSON ``params``."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
+    job_type: Mapped[str] = mapped_column(String(200))
+    status: Mapped[JobStatus] = mapped_column(StatusType, default=JobStatus.PENDING)
+    params: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    result: Mapped[Any | None] = mapped_column(JSONType, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=4)
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    timeout: Mapped[float | None] = mapped_column(Float, nullable=True)
+    dedupe_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    run_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    locked_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    __table_args__ = (
+        # The claim's index: only waiting jobs, in claim order.
+        Index("ix_jobs_eligible", priority.desc(), "created_at", "id",
+              sqlite_where=text(_ELIGIBLE_SQL), postgresql_where=text(_ELIGIBLE_SQL)),
+        # The reaper's index: running jobs by lease end.
+        Index("ix_jobs_processing_lease", "locked_until",
+              sqlite_where=text("status = 'processing'"),
+              postgresql_where=text("status = 'processing'")),
+        # At most one unfinished job per dedupe key.
+        Index("ux_jobs_dedupe_active", "dedupe_key", unique=True,
+              sqlite_where=text(f"dedupe_key IS NOT NULL AND {_ACTIVE_SQL}"),
+              postgresql_where=text(f"dedupe_key IS NOT NULL AND {_ACTIVE_SQL}")),
+        Index("ix_jobs_status_finished", "status", "finished_at"),
+    )
+
+    @property
+    def retries_left(self) -> int:
+        return max(0, (self.max_attempts or 0) - (self.attempts or 0))
+
+    def __repr__(self) -> str:
+        return (f"<Job {self.id} {self.job_type} {self.status}"
+                f" attempt {self.attempts}/{self.max_attempts}>")
+
+    def _repr_html_(self) -> str:
+        from .display import job_html
+
+        return job_html(self)
+
+
+class VideoAsset(Base):
+    """An uploaded video that ``cut_analysis`` cuts into clips."""
+
+    __tablename__ = "video_assets"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
+    filename: Mapped[str] = mapped_column(String(500))
+    duration_ms: Mapped[int] = mapped_column(Integer)
+    stored_path: Mapped[str | None] = mapped_column(String(1000), nullable=True)
+    size_bytes: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"<VideoAsset {self.id} {self.filename!r} {self.duration_ms} ms>"
+
+    def _repr_html_(self) -> str:
+        from .display import asset_html
+
+        return asset_html(self)
+
+
+class Clip(Base):
+    """A candidate clip of a video, with its ``visual_score`` in [0, 1]."""
+
+    __tablename__ = "clips"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
+    video_asset_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("video_assets.id", ondelete="CASCADE"), index=True)
+    job_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, nullable=True, index=True)
+    start_ms: Mapped[int] = mapped_column(Integer)
+    end_ms: Mapped[int] = mapped_column(Integer)
+    visual_score: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    def __repr__(self) -> str:
+        return (f"<Clip {self.id} {self.start_ms}-{self.end_ms} ms"
+                f" score {self.visual_score:.3f}>")
+
+
+class WorkerRow(Base):
+    """A worker process, for health checks and for telling live leases from dead ones."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    concurrency: Mapped[int] = mapped_column(Integer, default=1)
+    state: Mapped[str] = mapped_column(String(16), default="running")
+    jobs_done: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"<Worker {self.id} {self.state} done={self.jobs_done}>"
+
+
+class Meta(Base):
+    """Key/value facts about the schema (its version, for later migrations)."""
+
+    __tablename__ = "jobkit_meta"
+
+    key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    value: Mapped[str] = mapped_column(String(500))
+
+
+jobs_table: Table = cast(Table, Job.__table__)
+workers_table: Table = cast(Table, WorkerRow.__table__)
+meta_table: Table = cast(Table, Meta.__table__)

@@ -1,0 +1,470 @@
+"""The job state machine, as SQL.
+
+Every transition is one statement. The claim is an ``UPDATE … WHERE id IN
+(SELECT … FOR UPDATE SKIP LOCKED) RETURNING``: atomic on PostgreSQL thanks to
+the row locks, and on SQLite because the statement runs inside ``BEGIN
+IMMEDIATE`` (one writer at a time). Finishing is *fenced*: it only touches a row
+that is still ``processing``, leased by this worker, on this attempt.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Integer, Uuid, and_, case, event, func, select, update
+from sqlalchemy import values as sa_values
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
+from sqlalchemy.sql import ColumnElement, column
+
+from .errors import InvalidTransition, JobNotFound
+from .jsonutil import check_json, check_params
+from .models import ELIGIBLE, Job, JobStatus, JSONType, jobs_table, new_id, utcnow
+
+NOTIFY_CHANNEL = "jobkit_jobs"
+ELIGIBLE_VALUES = tuple(s.value for s in ELIGIBLE)
+_COLS = tuple(jobs_table.c)
+
+# ---------------------------------------------------------------------------
+# In-process wake-ups: enqueue wakes the workers of this process at commit.
+# ---------------------------------------------------------------------------
+_wakers: dict[str, set[Callable[[], None]]] = {}
+
+
+def wake_key(db: AsyncSession | Any) -> str:
+    bind: Any = db.get_bind() if isinstance(db, (AsyncSession, Session)) else db
+    return str(bind.url.render_as_string(hide_password=True))
+
+
+def add_waker(key: str, fn: Callable[[], None]) -> None:
+    _wakers.setdefault(key, set()).add(fn)
+
+
+def remove_waker(key: str, fn: Callable[[], None]) -> None:
+    _wakers.get(key, set()).discard(fn)
+
+
+def wake_local(key: str) -> None:
+    for fn in list(_wakers.get(key, ())):
+        fn()
+
+
+@event.listens_for(Session, "after_commit")
+def _after_commit(session: Session) -> None:
+    key = session.info.pop("jk_wake", None)
+    if key is not None:
+        wake_local(key)
+
+
+@event.listens_for(Session, "after_rollback")
+def _after_rollback(session: Session) -> None:
+    session.info.pop("jk_wake", None)
+
+
+def _mark_enqueued(db: AsyncSession) -> None:
+    if "jk_wake" not in db.info:
+        db.info["jk_wake"] = wake_key(db)
+
+
+# ---------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------
+def is_postgres(db: AsyncSession) -> bool:
+    return db.get_bind().dialect.name == "postgresql"
+
+
+def _now(db: AsyncSession) -> Any:
+    """The clock for leases: PostgreSQL's own (skew-proof), else this process's."""
+    return func.now() if is_postgres(db) else utcnow()
+
+
+def job_from_row(row: Mapping[Any, Any]) -> Job:
+    """A detached :class:`Job` built from a ``RETURNING``/``SELECT`` row."""
+    job = Job()
+    for key, value in row.items():
+        setattr(job, key, value)
+    return job
+
+
+def backoff_delay(attempt: int, base: float, cap: float,
+                  rng: Callable[[], float] = random.random) -> float:
+    """Seconds to wait before attempt ``attempt + 1``: exponential, capped, with equal jitter.
+
+    Attempt k waits between d/2 and d where d = min(cap, base * 2**(k-1)); base 0 means
+    "retry at once".
+    """
+    if base <= 0:
+        return 0.0
+    d = min(cap, base * 2.0 ** max(0, attempt - 1))
+    return float(d / 2 + rng() * d / 2)
+
+
+def _to_uuid(job_id: uuid.UUID | str) -> uuid.UUID:
+    if isinstance(job_id, uuid.UUID):
+        return job_id
+    try:
+        return uuid.UUID(str(job_id))
+    except ValueError:
+        raise JobNotFound(job_id) from None
+
+
+# ---------------------------------------------------------------------------
+# Enqueue
+# ---------------------------------------------------------------------------
+def build_job_row(job_type: str, params: Any = None, *, priority: int = 0,
+                  run_at: datetime | None = None, delay: float | None = None,
+                  max_retries: int | None = None, timeout: float | None = None,
+                  dedupe_key: str | None = None, default_max_retries: int = 3,
+                  now: datetime | None = None) -> dict[str, Any]:
+    """Validate one job's fields and return the row to insert (nothing is written)."""
+    if not isinstance(job_type, str) or not job_type.strip():
+        raise InvalidTransition(f"job_type must be a non-empty string, got {job_type!r}")
+    checked = check_params(params)
+    if not isinstance(priority, int) or isinstance(priority, bool):
+        raise InvalidTransition(f"priority must be an int, got {priority!r}")
+    retries = default_max_retries if max_retries is None else max_retries
+    if not isinstance(retries, int) or retries < 0:
+        raise InvalidTransition(f"max_retries must be an int >= 0, got {max_retries!r}")
+    if timeout is not None and not (timeout > 0):
+        raise InvalidTransition(f"timeout must be a number of seconds > 0, got {timeout!r}")
+    now = now or utcnow()
+    if run_at is not None and delay is not None:
+        raise InvalidTransition("give run_at or delay, not both")
+    if run_at is not None:
+        if run_at.tzinfo is None:
+            raise InvalidTransition(f"run_at {run_at!r} is naive; pass a timezone-aware datetime")
+        eligible = run_at
+    elif delay is not None:
+        if delay < 0:
+            raise InvalidTransition(f"delay must be >= 0 seconds, got {delay!r}")
+        eligible = now + timedelta(seconds=delay)
+    else:
+        eligible = now
+    if dedupe_key is not None and (not isinstance(dedupe_key, str) or not dedupe_key):
+        raise InvalidTransition(f"dedupe_key must be a non-empty string, got {dedupe_key!r}")
+    return {
+        "id": new_id(), "job_type": job_type, "status": JobStatus.PENDING, "params": checked,
+        "result": None, "error": None, "attempts": 0, "max_attempts": retries + 1,
+        "priority": priority, "timeout": timeout, "dedupe_key": dedupe_key,
+        "cancel_requested": False, "run_at": eligible, "created_at": now, "updated_at": now,
+        "started_at": None, "finished_at": None, "locked_by": None, "locked_until": None,
+    }
+
+
+async def enqueue(db: AsyncSession, job_type: str, params: Any = None, *, priority: int = 0,
+                  run_at: datetime | None = None, delay: float | None = None,
+                  max_retries: int | None = None, timeout: float | None = None,
+                  dedupe_key: str | None = None, commit: bool = True,
+                  default_max_retries: int = 3) -> Job:
+    """Add one pending job and return it.
+
+    Args:
+        params: a JSON object; a value JSON cannot carry is refused, naming its key.
+        priority: higher runs first.
+        run_at / delay: not claimed before this time / this many seconds from now.
+        max_retries: retries after the first attempt (default: the settings').
+        timeout: seconds before a running attempt is cancelled.
+        dedupe_key: at most one unfinished job per key; the existing one is returned.
+        commit: commit now (default). Pass False to enqueue inside your own transaction,
+            e.g. from a handler, so the job exists only if that transaction commits.
+    """
+    row = build_job_row(job_type, params, priority=priority, run_at=run_at, delay=delay,
+                        max_retries=max_retries, timeout=timeout, dedupe_key=dedupe_key,
+                        default_max_retries=default_max_retries)
+    if dedupe_key is None:
+        await db.execute(jobs_table.insert(), row)
+        job = job_from_row(row)
+    else:
+        job = await _enqueue_deduped(db, row)
+    _mark_enqueued(db)
+    if commit:
+        await db.commit()
+    return job
+
+
+async def _enqueue_deduped(db: AsyncSession, row: dict[str, Any]) -> Job:
+    where = and_(jobs_table.c.dedupe_key.is_not(None),
+                 jobs_table.c.status.in_(("pending", "retry", "processing")))
+    ins: Any = (pg_dialect.insert(jobs_table) if is_postgres(db)
+                else sqlite_dialect.insert(jobs_table))
+    stmt = ins.values(row).on_conflict_do_nothing(
+        index_elements=[jobs_table.c.dedupe_key], index_where=where).returning(jobs_table.c.id)
+    inserted = (await db.execute(stmt)).scalar_one_or_none()
+    if inserted is not None:
+        return job_from_row(row)
+    existing = (await db.execute(
+        select(*_COLS).where(jobs_table.c.dedupe_key == row["dedupe_key"], where)
+    )).mappings().first()
+    if existing is None:  # finished between the two statements: try once more
+        inserted = (await db.execute(stmt)).scalar_one_or_none()
+        if inserted is not None:
+            return job_from_row(row)
+        existing = (await db.execute(
+            select(*_COLS).where(jobs_table.c.dedupe_key == row["dedupe_key"], where)
+        )).mappings().one()
+    return job_from_row(existing)
+
+
+async def enqueue_many(db: AsyncSession, jobs: Iterable[Mapping[str, Any] | tuple[Any, ...]],
+                       *, commit: bool = True, default_max_retries: int = 3) -> list[Job]:
+    """Add many jobs in one multi-row INSERT; all or nothing.
+
+    Each item is a dict of :func:`enqueue`'s arguments (``job_type``, ``params``,
+    ``priority``, …) or a ``(job_type, params)`` tuple. Every item is validated
+    before anything is written. ``dedupe_key`` is not supported here.
+    """
+    now = utcnow()
+    rows = []
+    for i, item in enumerate(jobs):
+        spec = dict(item) if isinstance(item, Mapping) else dict(zip(("job_type", "params"), item, strict=False))
+        if spec.get("dedupe_key") is not None:
+            raise InvalidTransition(f"jobs[{i}]: dedupe_key is not supported by enqueue_many; "
+                                    "use enqueue() for deduplicated jobs")
+        try:
+            rows.append(build_job_row(now=now, default_max_retries=default_max_retries, **spec))
+        except TypeError as exc:
+            raise InvalidTransition(f"jobs[{i}]: {exc}") from None
+        except InvalidTransition as exc:
+            raise InvalidTransition(f"jobs[{i}]: {exc}") from None
+    if rows:
+        # Chunk to stay under SQLite's bound-parameter limit; all in one transaction.
+        per = 32766 // len(_COLS) if not is_postgres(db) else 32767 // len(_COLS)
+        for start in range(0, len(rows), per):
+            await db.execute(jobs_table.insert().values(rows[start:start + per]))
+        _mark_enqueued(db)
+    if commit:
+        await db.commit()
+    return [job_from_row(r) for r in rows]
+
+
+# ---------------------------------------------------------------------------
+# Claim
+# ---------------------------------------------------------------------------
+async def claim_jobs(db: AsyncSession, n: int = 1, *, worker_id: str,
+                     lease_seconds: float = 60.0, job_types: Sequence[str] | None = None,
+                     commit: bool = True) -> list[Job]:
+    """Claim up to ``n`` eligible jobs in one statement; they are ``processing`` when it returns.
+
+    Order: highest priority, then oldest ``created_at``, then id. A job is eligible
+    when it is ``pending`` or ``retry`` and its ``run_at`` has passed.
+    """
+    if n <= 0:
+        return []
+    now = _now(db)
+    ready = (select(jobs_table.c.id)
+             .where(jobs_table.c.status.in_(ELIGIBLE_VALUES), jobs_table.c.run_at <= now)
+             .order_by(jobs_table.c.priority.desc(), jobs_table.c.created_at, jobs_table.c.id)
+             .limit(n)
+             .with_for_update(skip_locked=True))
+    if job_types is not None:
+        ready = ready.where(jobs_table.c.job_type.in_(list(job_types)))
+    stmt = (update(jobs_table)
+            .where(jobs_table.c.id.in_(ready.scalar_subquery()))
+            .values(status=JobStatus.PROCESSING, attempts=jobs_table.c.attempts + 1,
+                    locked_by=worker_id, locked_until=now + timedelta(seconds=lease_seconds),
+                    started_at=now, updated_at=now, finished_at=None)
+            .returning(*_COLS))
+    rows = (await db.execute(stmt)).mappings().all()
+    if commit:
+        await db.commit()
+    jobs = [job_from_row(r) for r in rows]
+    jobs.sort(key=lambda j: (-j.priority, j.created_at, j.id))
+    return jobs
+
+
+async def dequeue_job(db: AsyncSession, *, worker_id: str | None = None,
+                      lease_seconds: float = 60.0) -> Job | None:
+    """Claim the oldest eligible job (the seed's function): marks it ``processing`` and commits."""
+    from .worker import default_worker_id
+
+    jobs = await claim_jobs(db, 1, worker_id=worker_id or default_worker_id(),
+                            lease_seconds=lease_seconds)
+    return jobs[0] if jobs else None
+
+
+# ---------------------------------------------------------------------------
+# Finish (fenced; the caller commits)
+# ---------------------------------------------------------------------------
+def _fence(job_id: uuid.UUID, attempt: int, worker_id: str) -> ColumnElement[bool]:
+    return and_(jobs_table.c.id == job_id, jobs_table.c.attempts == attempt,
+                jobs_table.c.locked_by == worker_id, jobs_table.c.status == "processing")
+
+
+async def complete_job(db: AsyncSession, job: Job, result: Any, *, worker_id: str) -> bool:
+    """Mark ``job`` completed with ``result`` if this worker still holds it. Does not commit."""
+    now = _now(db)
+    res = await db.execute(
+        update(jobs_table).where(_fence(job.id, job.attempts, worker_id))
+        .values(status=JobStatus.COMPLETED, result=result, error=None, finished_at=now,
+                updated_at=now, locked_by=None, locked_until=None))
+    return bool(res.rowcount == 1)  # type: ignore[attr-defined]
+
+
+async def complete_many(db: AsyncSession, items: Sequence[tuple[Job, Any]], *,
+                        worker_id: str) -> set[uuid.UUID]:
+    """Complete several jobs in one statement, each still fenced. Returns the ids completed."""
+    if not items:
+        return set()
+    if len(items) == 1:
+        job, result = items[0]
+        return {job.id} if await complete_job(db, job, result, worker_id=worker_id) else set()
+    now = _now(db)
+    v = sa_values(column("vid", Uuid), column("vattempt", Integer), column("vresult", JSONType),
+                  name="v").data([(j.id, j.attempts, r) for j, r in items]).cte("v")
+    result_expr: Any = v.c.vresult
+    stmt = (update(jobs_table)
+            .where(jobs_table.c.id == v.c.vid, jobs_table.c.attempts == v.c.vattempt,
+                   jobs_table.c.locked_by == worker_id, jobs_table.c.status == "processing")
+            .values(status=JobStatus.COMPLETED, result=result_expr, error=None,
+                    finished_at=now, updated_at=now, locked_by=None, locked_until=None)
+            .returning(jobs_table.c.id))
+    return set((await db.execute(stmt)).scalars().all())
+
+
+async def fail_job(db: AsyncSession, job: Job, error: str, *, worker_id: str,
+                   permanent: bool = False, retry_delay: float | None = None,
+                   backoff_base: float = 1.0, backoff_max: float = 300.0) -> JobStatus | None:
+    """Record a failed attempt: ``retry`` after a backoff, or ``failed`` when permanent or spent.
+
+    Returns the new status, or None when this worker no longer holds the job. Does not commit.
+    """
+    spent = job.attempts >= job.max_attempts
+    if permanent or spent:
+        status = JobStatus.FAILED
+    else:
+        status = JobStatus.RETRY
+    now = _now(db)
+    values: dict[str, Any] = {"status": status, "error": error, "updated_at": now,
+                              "locked_by": None, "locked_until": None}
+    if status is JobStatus.FAILED:
+        values["finished_at"] = now
+    else:
+        delay = retry_delay if retry_delay is not None else backoff_delay(
+            job.attempts, backoff_base, backoff_max)
+        values["run_at"] = now + timedelta(seconds=delay)
+        values["finished_at"] = None
+    res = await db.execute(update(jobs_table).where(
+        _fence(job.id, job.attempts, worker_id)).values(**values))
+    return status if res.rowcount == 1 else None  # type: ignore[attr-defined]
+
+
+async def release_jobs(db: AsyncSession, worker_id: str, job_ids: Iterable[uuid.UUID]) -> int:
+    """Give unfinished jobs back without burning an attempt (graceful shutdown). Commits."""
+    ids = list(job_ids)
+    if not ids:
+        return 0
+    now = _now(db)
+    res = await db.execute(
+        update(jobs_table)
+        .where(jobs_table.c.id.in_(ids), jobs_table.c.locked_by == worker_id,
+               jobs_table.c.status == "processing")
+        .values(status=case((jobs_table.c.attempts > 1, "retry"), else_="pending"),
+                attempts=jobs_table.c.attempts - 1, locked_by=None, locked_until=None,
+                run_at=now, updated_at=now, started_at=None))
+    await db.commit()
+    return int(res.rowcount)  # type: ignore[attr-defined]
+
+
+async def extend_leases(db: AsyncSession, worker_id: str, job_ids: Iterable[uuid.UUID],
+                        lease_seconds: float) -> tuple[set[uuid.UUID], set[uuid.UUID]]:
+    """Extend this worker's leases. Returns (ids still held, ids asked to cancel). Commits."""
+    ids = list(job_ids)
+    if not ids:
+        return set(), set()
+    now = _now(db)
+    rows = (await db.execute(
+        update(jobs_table)
+        .where(jobs_table.c.id.in_(ids), jobs_table.c.locked_by == worker_id,
+               jobs_table.c.status == "processing")
+        .values(locked_until=now + timedelta(seconds=lease_seconds))
+        .returning(jobs_table.c.id, jobs_table.c.cancel_requested))).all()
+    await db.commit()
+    return {r[0] for r in rows}, {r[0] for r in rows if r[1]}
+
+
+async def reap_expired(db: AsyncSession) -> list[tuple[uuid.UUID, JobStatus]]:
+    """Recover ``processing`` jobs whose lease passed (their worker died or hung). Commits.
+
+    They go to ``retry`` (eligible at once), or ``failed`` when their attempts are spent.
+    """
+    now = _now(db)
+    spent = jobs_table.c.attempts >= jobs_table.c.max_attempts
+    rows = (await db.execute(
+        update(jobs_table)
+        .where(jobs_table.c.status == "processing", jobs_table.c.locked_until < now)
+        .values(status=case((spent, "failed"), else_="retry"),
+                error=case((spent, "worker lost: lease expired on the last attempt; retries spent"),
+                     else_="worker lost: lease expired, the job will be retried"),
+                finished_at=case((spent, now), else_=None),
+                run_at=now, updated_at=now, locked_by=None, locked_until=None)
+        .returning(jobs_table.c.id, jobs_table.c.status))).all()
+    await db.commit()
+    return [(r[0], JobStatus(r[1])) for r in rows]
+
+
+# ---------------------------------------------------------------------------
+# Control
+# ---------------------------------------------------------------------------
+async def get_job(db: AsyncSession, job_id: uuid.UUID | str) -> Job:
+    """The job with this id, or :class:`JobNotFound`."""
+    row = (await db.execute(select(*_COLS).where(jobs_table.c.id == _to_uuid(job_id))
+                            )).mappings().first()
+    await db.commit()
+    if row is None:
+        raise JobNotFound(job_id)
+    return job_from_row(row)
+
+
+async def cancel_job(db: AsyncSession, job_id: uuid.UUID | str) -> Job:
+    """Cancel a job: a waiting one ends ``failed`` with error "cancelled" at once; a running
+    one is asked to stop (its worker cancels it at its next heartbeat). Commits."""
+    jid = _to_uuid(job_id)
+    now = _now(db)
+    row = (await db.execute(
+        update(jobs_table)
+        .where(jobs_table.c.id == jid, jobs_table.c.status.in_(ELIGIBLE_VALUES))
+        .values(status=JobStatus.FAILED, error="cancelled", finished_at=now, updated_at=now)
+        .returning(*_COLS))).mappings().first()
+    if row is None:
+        row = (await db.execute(
+            update(jobs_table)
+            .where(jobs_table.c.id == jid, jobs_table.c.status == "processing")
+            .values(cancel_requested=True, updated_at=now)
+            .returning(*_COLS))).mappings().first()
+    await db.commit()
+    if row is None:
+        job = await get_job(db, jid)
+        raise InvalidTransition(
+            f"job {jid} is {job.status}; only pending, retry or processing jobs can be cancelled")
+    return job_from_row(row)
+
+
+async def retry_job(db: AsyncSession, job_id: uuid.UUID | str) -> Job:
+    """Send a ``failed`` (or waiting ``retry``) job back to ``pending`` with fresh attempts."""
+    jid = _to_uuid(job_id)
+    now = _now(db)
+    row = (await db.execute(
+        update(jobs_table)
+        .where(jobs_table.c.id == jid, jobs_table.c.status.in_(("failed", "retry")))
+        .values(status=JobStatus.PENDING, attempts=0, run_at=now, updated_at=now,
+                finished_at=None, cancel_requested=False, locked_by=None, locked_until=None)
+        .returning(*_COLS))).mappings().first()
+    if row is not None:
+        _mark_enqueued(db)
+    await db.commit()
+    if row is None:
+        job = await get_job(db, jid)
+        raise InvalidTransition(
+            f"job {jid} is {job.status}; only failed or retry jobs can be retried")
+    return job_from_row(row)
+
+
+def check_result(result: Any) -> Any:
+    """A handler's result as JSON data, or :class:`InvalidParams` naming the bad key."""
+    return check_json(result, "result")

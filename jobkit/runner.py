@@ -1,0 +1,234 @@
+"""The Runner: one object a notebook (or script) holds to drive jobkit."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from types import TracebackType
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from . import queue
+from .config import Settings
+from .database import create_engine, init_schema, make_sessionmaker, redact_url
+from .dispatcher import DISPATCH_TABLE, Handler, register_handler
+from .errors import InvalidTransition, JobNotFound
+from .events import Callback, EventBus
+from .models import Clip, Job, VideoAsset, new_id, utcnow
+from .worker import Worker, WorkerStats, process_single_job
+
+
+class StepSummary(dict[str, Any]):
+    """The seed's summary dict of one processed job, with a readable display."""
+
+    def __repr__(self) -> str:
+        if not self.get("processed"):
+            return f"<Step: {self.get('message')}>"
+        err = f" error={self['error']!r}" if self.get("error") else ""
+        return (f"<Step job {self['job_id']} {self['job_type']} → {self['status']} "
+                f"in {self['processing_time_ms']}ms{err}>")
+
+    def _repr_html_(self) -> str:
+        from .display import summary_html
+
+        return summary_html(self)
+
+
+class Runner:
+    """Engine, sessions, settings and handlers in one place.
+
+    Open one with ``runner = await jobkit.open()``; use ``async with`` or
+    ``await runner.close()`` when done.
+    """
+
+    def __init__(self, engine: AsyncEngine, settings: Settings,
+                 handlers: dict[str, Handler] | None = None) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.handlers = DISPATCH_TABLE if handlers is None else handlers
+        self.sessions: async_sessionmaker[AsyncSession] = make_sessionmaker(engine)
+        self.events = EventBus()
+        self.last_step: StepSummary | None = None
+        self._closed = False
+
+    # -- lifecycle -----------------------------------------------------------------------
+    async def close(self) -> None:
+        """Release the database connections."""
+        if not self._closed:
+            self._closed = True
+            await self.engine.dispose()
+
+    async def __aenter__(self) -> Runner:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.close()
+
+    @property
+    def backend(self) -> str:
+        return self.engine.dialect.name
+
+    def __repr__(self) -> str:
+        return f"<Runner {redact_url(self.engine.url)} handlers={sorted(self.handlers)}>"
+
+    def _repr_html_(self) -> str:
+        from .display import runner_html
+
+        return runner_html(self)
+
+    # -- handlers & events --------------------------------------------------------------
+    def handler(self, name: str | None = None, *, replace: bool = False) -> Any:
+        """Decorator registering a handler in this runner's table."""
+
+        def decorate(fn: Handler) -> Handler:
+            register_handler(name or fn.__name__, fn, replace=replace, table=self.handlers)
+            return fn
+
+        return decorate
+
+    def on(self, event: str, callback: Callback) -> Callback:
+        """Call ``callback(event, payload)`` on job events (claimed, completed, retried,
+        failed, lost) of work run through this runner."""
+        return self.events.on(event, callback)
+
+    # -- enqueue ------------------------------------------------------------------------
+    async def enqueue(self, job_type: str, params: Mapping[str, Any] | None = None, *,
+                      priority: int = 0, run_at: datetime | None = None,
+                      delay: float | None = None, max_retries: int | None = None,
+                      timeout: float | None = None, dedupe_key: str | None = None) -> Job:
+        """Add a pending job (see :func:`jobkit.queue.enqueue`)."""
+        async with self.sessions() as db:
+            return await queue.enqueue(
+                db, job_type, params, priority=priority, run_at=run_at, delay=delay,
+                max_retries=max_retries, timeout=timeout, dedupe_key=dedupe_key,
+                default_max_retries=self.settings.max_job_retries)
+
+    async def enqueue_many(self, jobs: Iterable[Mapping[str, Any] | tuple[Any, ...]]) -> list[Job]:
+        """Add many jobs in one round trip, all or nothing."""
+        async with self.sessions() as db:
+            return await queue.enqueue_many(db, jobs,
+                                            default_max_retries=self.settings.max_job_retries)
+
+    async def upload_video(self, filename: str, duration_ms: int, *, priority: int = 0,
+                           stored_path: str | None = None,
+                           size_bytes: int | None = None) -> tuple[VideoAsset, Job]:
+        """Create a VideoAsset and its pending ``cut_analysis`` job in one transaction."""
+        if not isinstance(filename, str) or not filename.strip():
+            raise InvalidTransition(f"filename must be a non-empty string, got {filename!r}")
+        if isinstance(duration_ms, bool) or not isinstance(duration_ms, int):
+            raise InvalidTransition(
+                f"duration_ms must be a whole number of milliseconds, got {duration_ms!r}")
+        if duration_ms <= 0:
+            raise InvalidTransition(f"duration_ms must be > 0, got {duration_ms}")
+        asset = VideoAsset(id=new_id(), filename=filename, duration_ms=duration_ms,
+                           stored_path=stored_path, size_bytes=size_bytes, created_at=utcnow())
+        async with self.sessions() as db:
+            db.add(asset)
+            await db.flush()
+            job = await queue.enqueue(db, "cut_analysis", {"video_asset_id": str(asset.id)},
+                                      priority=priority, commit=False,
+                                      default_max_retries=self.settings.max_job_retries)
+            await db.commit()
+        return asset, job
+
+    # -- run ----------------------------------------------------------------------------
+    async def step(self) -> StepSummary:
+        """Process ONE job (the seed's ``process_single_job``) and return its summary."""
+        async with self.sessions() as db:
+            summary = StepSummary(await process_single_job(
+                db, settings=self.settings, handlers=self.handlers, events=self.events))
+        self.last_step = summary
+        return summary
+
+    def worker(self, *, concurrency: int | None = None, burst: bool = False,
+               handle_signals: bool = False, **kwargs: Any) -> Worker:
+        """A :class:`Worker` on this runner's database, handlers and events."""
+        return Worker(self.engine, settings=self.settings, concurrency=concurrency,
+                      handlers=self.handlers, burst=burst, handle_signals=handle_signals,
+                      events=self.events, **kwargs)
+
+    async def drain(self, concurrency: int = 1, *, progress: bool | None = None) -> WorkerStats:
+        """Process jobs until nothing is eligible; returns what was done.
+
+        ``progress``: show a progress bar (default: only in a notebook).
+        """
+        from .display import progress_bar
+
+        async with self.sessions() as db:
+            total = await _eligible_count(db)
+        bar = progress_bar(total, progress)
+        worker = self.worker(concurrency=concurrency, burst=True,
+                             on_done=(lambda s: bar.update(1)) if bar else None)
+        try:
+            return await worker.run()
+        finally:
+            if bar:
+                bar.close()
+
+    async def work(self, concurrency: int | None = None, *, handle_signals: bool = False,
+                   **kwargs: Any) -> WorkerStats:
+        """Run a long-lived worker until it is stopped (or cancelled)."""
+        return await self.worker(concurrency=concurrency, handle_signals=handle_signals,
+                                 **kwargs).run()
+
+    # -- inspect & control -------------------------------------------------------------
+    async def get_job(self, job_id: uuid.UUID | str) -> Job:
+        async with self.sessions() as db:
+            return await queue.get_job(db, job_id)
+
+    async def get_asset(self, asset_id: uuid.UUID | str) -> VideoAsset:
+        async with self.sessions() as db:
+            asset = await db.get(VideoAsset, uuid.UUID(str(asset_id)))
+        if asset is None:
+            raise JobNotFound(asset_id)
+        return asset
+
+    async def clips_of(self, asset_id: uuid.UUID | str) -> list[Clip]:
+        async with self.sessions() as db:
+            rows = (await db.execute(select(Clip).where(
+                Clip.video_asset_id == uuid.UUID(str(asset_id))).order_by(Clip.start_ms))).scalars()
+            return list(rows)
+
+    async def cancel(self, job_id: uuid.UUID | str) -> Job:
+        """Cancel a waiting job (ends ``failed``/"cancelled"), or ask a running one to stop."""
+        async with self.sessions() as db:
+            return await queue.cancel_job(db, job_id)
+
+    async def retry_job(self, job_id: uuid.UUID | str) -> Job:
+        """Send a failed job back to ``pending`` with fresh attempts."""
+        async with self.sessions() as db:
+            return await queue.retry_job(db, job_id)
+
+
+async def _eligible_count(db: AsyncSession) -> int:
+    from sqlalchemy import func
+
+    from .models import jobs_table
+
+    n = (await db.execute(select(func.count()).select_from(jobs_table).where(
+        jobs_table.c.status.in_(queue.ELIGIBLE_VALUES), jobs_table.c.run_at <= utcnow()))).scalar()
+    await db.commit()
+    return int(n or 0)
+
+
+async def open(url: str | None = None, *, settings: Settings | None = None,
+               handlers: dict[str, Handler] | None = None, create_schema: bool = True,
+               **overrides: Any) -> Runner:
+    """Open a :class:`Runner` on ``url`` (default: ``JOBKIT_DATABASE_URL`` or ``./jobkit.db``).
+
+    Creates the schema if needed. Extra keyword arguments override settings, e.g.
+    ``await jobkit.open(cut_analysis_seconds=0.1)``.
+    """
+    settings = (settings or Settings.from_env()).replace(database_url=url, **overrides)
+    engine = create_engine(settings.database_url, settings=settings)
+    try:
+        if create_schema:
+            await init_schema(engine)
+    except BaseException:
+        await engine.dispose()
+        raise
+    return Runner(engine, settings, handlers)

@@ -1,0 +1,650 @@
+"""Run jobs: claim, dispatch, finish — one at a time (``process_single_job``) or many
+at once (:class:`Worker`).
+
+A job's handler runs with its own session. If the handler wrote through it, the
+job's completion joins that transaction (fenced), so the writes and the
+``completed`` status commit together or not at all. If it did not write, the
+completion is batched with other jobs finishing at the same moment: one
+statement for many jobs, each still fenced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import signal
+import socket
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import func, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from . import queue
+from .config import Settings
+from .database import make_sessionmaker, redact_url, session_wrote
+from .dispatcher import DISPATCH_TABLE, Handler, dispatch_job
+from .errors import InvalidParams, JobCancelled, JobkitError, PermanentError, Retry, UnknownJobType
+from .events import EventBus
+from .models import Job, JobStatus, utcnow, workers_table
+
+log = logging.getLogger("jobkit")
+
+NO_JOBS = {"processed": False, "message": "No pending jobs in queue"}
+_PERMANENT = (UnknownJobType, PermanentError, InvalidParams, JobCancelled)
+DB_ERRORS: tuple[type[BaseException], ...] = (SQLAlchemyError, OSError, ConnectionError)
+try:  # asyncpg raises its own errors for a dropped connection outside SQLAlchemy's wrapping
+    import asyncpg
+
+    DB_ERRORS += (asyncpg.PostgresError, asyncpg.InterfaceError)
+except ImportError:  # pragma: no cover
+    pass
+
+
+def default_worker_id() -> str:
+    """``host:pid``: the id used by one-off steps of this process."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, JobkitError | KeyError):
+        return f"{type(exc).__name__}: {exc}"
+    return "".join(traceback.format_exception(exc)).rstrip()
+
+
+def last_line(error: str | None) -> str | None:
+    """The last line of a stored error (the exception line of a traceback)."""
+    if not error:
+        return error
+    lines = [line for line in error.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else error
+
+
+class CompletionBatcher:
+    """Collects completions of jobs whose handlers did not write, and commits them together.
+
+    Every job finishing in the same event-loop turn joins one fenced ``UPDATE … FROM
+    (VALUES …)``; each caller awaits its own outcome.
+    """
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], worker_id: str,
+                 max_batch: int = 500) -> None:
+        self.sessions = sessions
+        self.worker_id = worker_id
+        self.max_batch = max_batch
+        self._items: list[tuple[Job, Any, asyncio.Future[bool]]] = []
+        self._scheduled = False
+        self._flushes: set[asyncio.Task[None]] = set()  # strong refs until done
+
+    async def complete(self, job: Job, result: Any) -> bool:
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._items.append((job, result, fut))
+        if len(self._items) >= self.max_batch:
+            self._scheduled = True
+            self._spawn_flush()
+        elif not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._spawn_flush)
+        return await fut
+
+    def _spawn_flush(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._flush())
+        self._flushes.add(task)
+        task.add_done_callback(self._flushes.discard)
+
+    async def _flush(self) -> None:
+        items, self._items = self._items, []
+        self._scheduled = False
+        if not items:
+            return
+        try:
+            async with self.sessions() as db:
+                done = await queue.complete_many(
+                    db, [(j, r) for j, r, _ in items], worker_id=self.worker_id)
+                await db.commit()
+        except BaseException as exc:
+            for _, _, fut in items:
+                if not fut.done():
+                    fut.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for job, _, fut in items:
+            if not fut.done():
+                fut.set_result(job.id in done)
+
+
+@dataclass
+class _Run:
+    """What a worker needs to run one job."""
+
+    worker_id: str
+    settings: Settings
+    table: dict[str, Handler]
+    events: EventBus | None = None
+    batcher: CompletionBatcher | None = None
+
+
+async def run_job(job: Job, db: AsyncSession, ctx: _Run) -> dict[str, Any]:
+    """Run one claimed job with ``db`` and record its outcome; returns the seed's summary."""
+    log.info("Processing job %s (type: %s)", job.id, job.job_type)
+    db.info["jobkit.settings"] = ctx.settings
+    db.info["jobkit.job"] = job
+    started = time.perf_counter()
+    timeout = job.timeout if job.timeout is not None else ctx.settings.job_timeout
+    error: str | None = None
+    permanent = False
+    retry_delay: float | None = None
+    result: Any = None
+    try:
+        async with asyncio.timeout(timeout) as deadline:
+            result = await dispatch_job(job, db, ctx.table)
+        result = queue.check_result(result)
+    except TimeoutError as exc:
+        if deadline.expired():
+            error = f"TimeoutError: job timed out after {timeout:g} s"
+        else:
+            error = _error_text(exc)
+    except Retry as exc:
+        error, retry_delay = f"Retry: {exc.reason}", exc.delay
+    except _PERMANENT as exc:
+        error, permanent = _error_text(exc), True
+    except Exception as exc:  # noqa: BLE001 - any handler error is a failed attempt
+        error = _error_text(exc)
+    # CancelledError (shutdown, lost lease, cancel request) propagates to the caller.
+
+    def elapsed_ms() -> int:
+        return int((time.perf_counter() - started) * 1000)
+
+    if error is None:
+        if ctx.batcher is not None and not session_wrote(db):
+            await db.rollback()  # nothing to keep; frees the connection
+            ok = await ctx.batcher.complete(job, result)
+        else:
+            ok = await queue.complete_job(db, job, result, worker_id=ctx.worker_id)
+            if ok:
+                await db.commit()
+            else:
+                await db.rollback()
+        ms = elapsed_ms()
+        if ok:
+            log.info("Job %s completed successfully in %sms", job.id, ms)
+            await _emit(ctx, "completed", job, status="completed", result=result)
+            return _summary(job, "completed", result, ms, None)
+        return await _lost(ctx, job, ms)
+
+    await db.rollback()  # drop the handler's writes before recording the failure
+    status = await queue.fail_job(
+        db, job, error, worker_id=ctx.worker_id, permanent=permanent, retry_delay=retry_delay,
+        backoff_base=ctx.settings.retry_backoff_base, backoff_max=ctx.settings.retry_backoff_max)
+    await db.commit()
+    ms = elapsed_ms()
+    short = last_line(error)
+    if status is None:
+        return await _lost(ctx, job, ms)
+    log.error("Job %s failed: %s", job.id, short)
+    if status is JobStatus.RETRY:
+        await _emit(ctx, "retried", job, status="retry", error=short)
+    else:
+        await _emit(ctx, "failed", job, status="failed", error=short, full_error=error)
+    return _summary(job, status.value, None, ms, short)
+
+
+async def _lost(ctx: _Run, job: Job, ms: int) -> dict[str, Any]:
+    msg = "lease lost: another worker took over this job; this attempt's writes were rolled back"
+    log.warning("Job %s: %s", job.id, msg)
+    await _emit(ctx, "lost", job, status="lost", error=msg)
+    return _summary(job, "lost", None, ms, msg)
+
+
+async def _emit(ctx: _Run, event: str, job: Job, **extra: Any) -> None:
+    if ctx.events:
+        payload = {"job_id": str(job.id), "job_type": job.job_type, "attempt": job.attempts,
+                   "max_attempts": job.max_attempts, "worker_id": ctx.worker_id, **extra}
+        await ctx.events.emit(event, payload)
+
+
+def _summary(job: Job, status: str, result: Any, ms: int, error: str | None) -> dict[str, Any]:
+    return {"processed": True, "job_id": str(job.id), "job_type": job.job_type,
+            "status": status, "result": result, "processing_time_ms": ms, "error": error}
+
+
+async def process_single_job(db: AsyncSession, *, settings: Settings | None = None,
+                             handlers: dict[str, Handler] | None = None,
+                             worker_id: str | None = None,
+                             events: EventBus | None = None) -> dict[str, Any]:
+    """Process ONE job with ``db`` and return the seed's summary dict.
+
+    Returns ``{"processed": False, "message": "No pending jobs in queue"}`` when
+    nothing is eligible.
+    """
+    found = db.info.get("jobkit.settings")
+    settings = settings or (found if isinstance(found, Settings) else Settings.from_env())
+    wid = worker_id or default_worker_id()
+    jobs = await queue.claim_jobs(db, 1, worker_id=wid, lease_seconds=settings.lease_seconds)
+    if not jobs:
+        return dict(NO_JOBS)
+    ctx = _Run(wid, settings, DISPATCH_TABLE if handlers is None else handlers, events)
+    if ctx.events:
+        await _emit(ctx, "claimed", jobs[0], status="processing")
+    return await run_job(jobs[0], db, ctx)
+
+
+@dataclass
+class WorkerStats:
+    """What a worker did: counts of outcomes and the time it ran."""
+
+    claimed: int = 0
+    completed: int = 0
+    failed: int = 0
+    retried: int = 0
+    lost: int = 0
+    released: int = 0
+    max_active: int = 0
+    started: float = field(default_factory=time.perf_counter)
+    finished: float | None = None
+
+    @property
+    def processed(self) -> int:
+        return self.completed + self.failed + self.retried + self.lost
+
+    @property
+    def elapsed(self) -> float:
+        return (self.finished or time.perf_counter()) - self.started
+
+    def count(self, status: str) -> None:
+        if status == "completed":
+            self.completed += 1
+        elif status == "failed":
+            self.failed += 1
+        elif status == "retry":
+            self.retried += 1
+        elif status == "lost":
+            self.lost += 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"processed": self.processed, "completed": self.completed, "failed": self.failed,
+                "retried": self.retried, "lost": self.lost, "released": self.released,
+                "max_active": self.max_active, "elapsed_s": round(self.elapsed, 3)}
+
+    def __repr__(self) -> str:
+        rate = self.processed / self.elapsed if self.elapsed > 0 else 0.0
+        return (f"<WorkerStats processed={self.processed} completed={self.completed} "
+                f"failed={self.failed} retried={self.retried} lost={self.lost} "
+                f"in {self.elapsed:.2f}s ({rate:.0f} jobs/s)>")
+
+    def _repr_html_(self) -> str:
+        from .display import stats_html
+
+        return stats_html(self)
+
+
+class Worker:
+    """Runs up to ``concurrency`` jobs at once in this process, until stopped.
+
+    Args:
+        engine: the database.
+        settings: poll interval, lease, heartbeat, timeouts, retries, grace period.
+        concurrency: jobs running at once (asyncio tasks).
+        handlers: the dispatch table (default: :data:`DISPATCH_TABLE`).
+        burst: exit as soon as nothing is eligible and nothing runs (``drain``).
+        handle_signals: stop gracefully on SIGTERM/SIGINT (a second SIGINT stops at
+            once). Leave it off inside someone else's event loop (a notebook).
+        on_done: called with each job's summary dict (progress bars, tests).
+    """
+
+    def __init__(self, engine: AsyncEngine, *, settings: Settings | None = None,
+                 concurrency: int | None = None, handlers: dict[str, Handler] | None = None,
+                 burst: bool = False, handle_signals: bool = False,
+                 worker_id: str | None = None, events: EventBus | None = None,
+                 on_done: Callable[[dict[str, Any]], Any] | None = None,
+                 job_types: list[str] | None = None, wakeup: bool = True) -> None:
+        self.engine = engine
+        self.settings = settings or Settings.from_env()
+        self.concurrency = concurrency or self.settings.concurrency
+        if self.concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {self.concurrency}")
+        self.handlers = DISPATCH_TABLE if handlers is None else handlers
+        self.burst = burst
+        self.handle_signals = handle_signals
+        self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.events = events
+        self.on_done = on_done
+        self.job_types = job_types
+        self.wakeup = wakeup
+        self.sessions = make_sessionmaker(engine)
+        self.stats = WorkerStats()
+        self.state = "new"
+        self._tasks: dict[uuid.UUID, asyncio.Task[dict[str, Any]]] = {}
+        self._jobs: dict[uuid.UUID, Job] = {}
+        self._cancel_reason: dict[uuid.UUID, str] = {}
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._immediate = asyncio.Event()
+        self._db_backoff = 0.0
+        self._batcher = CompletionBatcher(self.sessions, self.id)
+        self._ctx = _Run(self.id, self.settings, self.handlers, events, self._batcher)
+        self._signals_seen = 0
+
+    # -- public --------------------------------------------------------------------------
+    @property
+    def running(self) -> int:
+        return len(self._tasks)
+
+    def stop(self, immediate: bool = False) -> None:
+        """Stop claiming; finish running jobs within the grace period (or at once)."""
+        self._stopping.set()
+        if immediate:
+            self._immediate.set()
+        self._wake.set()
+
+    def __repr__(self) -> str:
+        s = self.stats
+        return (f"<Worker {self.id} {self.state} running={self.running}/{self.concurrency} "
+                f"done={s.completed} failed={s.failed} retried={s.retried} lost={s.lost}>")
+
+    async def run(self) -> WorkerStats:
+        """Work until stopped (or, with ``burst``, until nothing is eligible)."""
+        self.state = "running"
+        self.stats = WorkerStats()
+        loop = asyncio.get_running_loop()
+        key = queue.wake_key(self.engine)
+        queue.add_waker(key, self._wake.set)
+        background: list[asyncio.Task[None]] = []
+        if self.handle_signals:
+            self._install_signals(loop)
+        try:
+            await self._register()
+            await self._maintenance()
+            background.append(loop.create_task(self._heartbeat_loop(), name="jobkit-heartbeat"))
+            if self.wakeup and not self.burst:
+                background.append(loop.create_task(self._watch_loop(), name="jobkit-watch"))
+            await self._main_loop()
+        finally:
+            self.state = "stopping"
+            await self._shutdown()
+            for task in background:
+                task.cancel()
+            for task in background:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            queue.remove_waker(key, self._wake.set)
+            if self.handle_signals:
+                self._remove_signals(loop)
+            await self._unregister()
+            self.state = "stopped"
+            self.stats.finished = time.perf_counter()
+        return self.stats
+
+    # -- main loop -----------------------------------------------------------------------
+    async def _main_loop(self) -> None:
+        poll = self.settings.worker_poll_interval
+        while not self._stopping.is_set():
+            self._wake.clear()
+            free = self.concurrency - len(self._tasks)
+            claimed: list[Job] = []
+            if free > 0:
+                claimed = await self._claim(free)
+                for job in claimed:
+                    self._start(job)
+            if self._stopping.is_set():
+                break
+            if claimed and len(claimed) == free:
+                continue  # maybe more are waiting: fill free slots before sleeping
+            if self.burst and not claimed and not self._tasks and self._db_backoff == 0:
+                break
+            timeout = self._db_backoff or poll
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout if timeout > 0 else None):
+                    await self._wake.wait()
+
+    async def _claim(self, n: int) -> list[Job]:
+        try:
+            async with self.sessions() as db:
+                jobs = await queue.claim_jobs(db, n, worker_id=self.id,
+                                              lease_seconds=self.settings.lease_seconds,
+                                              job_types=self.job_types)
+        except DB_ERRORS as exc:
+            self._db_trouble("claim jobs", exc)
+            return []
+        self._db_ok()
+        self.stats.claimed += len(jobs)
+        return jobs
+
+    def _db_trouble(self, what: str, exc: BaseException) -> None:
+        self._db_backoff = min(5.0, max(0.1, self._db_backoff * 2))
+        log.warning("jobkit worker %s could not %s (%s); retrying in %.1fs", self.id, what,
+                    _short(exc), self._db_backoff)
+
+    def _db_ok(self) -> None:
+        if self._db_backoff:
+            log.info("jobkit worker %s: database is back", self.id)
+        self._db_backoff = 0.0
+
+    def _start(self, job: Job) -> None:
+        task = asyncio.get_running_loop().create_task(self._run_one(job), name=f"job-{job.id}")
+        self._tasks[job.id] = task
+        self._jobs[job.id] = job
+        self.stats.max_active = max(self.stats.max_active, len(self._tasks))
+        task.add_done_callback(functools.partial(self._finished, job.id))
+
+    def _finished(self, job_id: uuid.UUID, _task: object = None) -> None:
+        self._tasks.pop(job_id, None)
+        self._jobs.pop(job_id, None)
+        self._cancel_reason.pop(job_id, None)
+        self._wake.set()
+
+    async def _run_one(self, job: Job) -> dict[str, Any]:
+        if self.events:
+            await _emit(self._ctx, "claimed", job, status="processing")
+        try:
+            async with self.sessions() as db:
+                summary = await run_job(job, db, self._ctx)
+        except asyncio.CancelledError:
+            reason = self._cancel_reason.get(job.id, "shutdown")
+            if reason != "cancelled":
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            summary = await self._record_cancel(job)
+        except DB_ERRORS as exc:
+            log.error("Job %s: could not record its outcome (%s); its lease will recover it",
+                      job.id, _short(exc))
+            summary = _summary(job, "unknown", None, 0, f"database error: {_short(exc)}")
+        except Exception as exc:  # noqa: BLE001 - never let one job kill the worker
+            log.exception("Job %s: unexpected worker error", job.id)
+            summary = _summary(job, "unknown", None, 0, _short(exc))
+        self.stats.count(summary["status"])
+        if self.on_done is not None:
+            try:
+                self.on_done(summary)
+            except Exception:  # noqa: BLE001
+                log.exception("on_done callback failed")
+        return summary
+
+    async def _record_cancel(self, job: Job) -> dict[str, Any]:
+        async with self.sessions() as db:
+            status = await queue.fail_job(db, job, "cancelled", worker_id=self.id, permanent=True)
+            await db.commit()
+        log.error("Job %s failed: %s", job.id, "cancelled")
+        if status is None:
+            return await _lost(self._ctx, job, 0)
+        await _emit(self._ctx, "failed", job, status="failed", error="cancelled")
+        return _summary(job, "failed", None, 0, "cancelled")
+
+    # -- heartbeat, leases, recovery ----------------------------------------------------
+    async def _heartbeat_loop(self) -> None:
+        interval = self.settings.heartbeat_interval
+        while True:
+            await asyncio.sleep(interval)
+            await self._maintenance()
+
+    async def _maintenance(self) -> None:
+        """Extend our leases, act on cancel requests and lost leases, beat, reap the dead."""
+        try:
+            async with self.sessions() as db:
+                ids = list(self._tasks)
+                held, cancel = await queue.extend_leases(db, self.id, ids,
+                                                         self.settings.lease_seconds)
+                for jid in ids:
+                    task = self._tasks.get(jid)
+                    if task is None or task.done():
+                        continue
+                    if jid in cancel:
+                        self._cancel_reason[jid] = "cancelled"
+                        task.cancel()
+                    elif jid not in held and jid in self._tasks:
+                        self._cancel_reason[jid] = "lease lost"
+                        log.warning("Job %s: lease lost; cancelling this attempt", jid)
+                        task.cancel()
+                await self._beat(db)
+                reaped = await queue.reap_expired(db)
+                for jid, status in reaped:
+                    log.warning("Job %s: its worker was lost (lease expired); now %s",
+                                jid, status)
+                    if self.events:
+                        await self.events.emit("lost", {"job_id": str(jid), "status": str(status),
+                                                        "worker_id": self.id})
+                await self._mark_dead(db)
+        except DB_ERRORS as exc:
+            self._db_trouble("heartbeat", exc)
+        else:
+            self._db_ok()
+
+    async def _beat(self, db: AsyncSession) -> None:
+        now = queue._now(db)
+        await db.execute(update(workers_table).where(workers_table.c.id == self.id).values(
+            last_heartbeat_at=now, jobs_done=self.stats.processed, state="running"))
+        await db.commit()
+
+    async def _mark_dead(self, db: AsyncSession) -> None:
+        if queue.is_postgres(db):
+            cutoff: Any = func.now() - _seconds(self.settings.dead_after)
+        else:
+            cutoff = utcnow() - _seconds(self.settings.dead_after)
+        res = await db.execute(update(workers_table).where(
+            workers_table.c.state == "running",
+            workers_table.c.last_heartbeat_at < cutoff).values(state="dead"))
+        await db.commit()
+        if res.rowcount:  # type: ignore[attr-defined]
+            log.warning("marked %s silent worker(s) dead", res.rowcount)  # type: ignore[attr-defined]
+
+    async def _register(self) -> None:
+        async with self.sessions() as db:
+            now = queue._now(db)
+            await db.execute(workers_table.insert().values(
+                id=self.id, hostname=socket.gethostname(), pid=os.getpid(),
+                concurrency=self.concurrency, state="running", jobs_done=0,
+                started_at=now, last_heartbeat_at=now))
+            await db.commit()
+        log.info("jobkit worker %s started (concurrency %s) on %s", self.id, self.concurrency,
+                 redact_url(self.engine.url))
+
+    async def _unregister(self) -> None:
+        try:
+            async with self.sessions() as db:
+                await db.execute(update(workers_table).where(workers_table.c.id == self.id)
+                                 .values(state="stopped", jobs_done=self.stats.processed,
+                                         last_heartbeat_at=queue._now(db)))
+                await db.commit()
+        except DB_ERRORS as exc:
+            log.warning("could not mark worker %s stopped: %s", self.id, _short(exc))
+
+    # -- shutdown ------------------------------------------------------------------------
+    async def _shutdown(self) -> None:
+        tasks = dict(self._tasks)
+        if not tasks:
+            return
+        if not self._immediate.is_set():
+            log.info("jobkit worker %s: waiting up to %gs for %s running job(s)", self.id,
+                     self.settings.shutdown_grace_seconds, len(tasks))
+            all_done = asyncio.ensure_future(asyncio.wait(list(tasks.values())))
+            immediate = asyncio.ensure_future(self._immediate.wait())
+            try:
+                await asyncio.wait([all_done, immediate],
+                                   timeout=self.settings.shutdown_grace_seconds,
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                all_done.cancel()
+                immediate.cancel()
+        leftover = {jid: t for jid, t in tasks.items() if not t.done()}
+        for jid, task in leftover.items():
+            self._cancel_reason.setdefault(jid, "shutdown")
+            task.cancel()
+        for task in leftover.values():
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if leftover:
+            try:
+                async with self.sessions() as db:
+                    n = await queue.release_jobs(db, self.id, leftover)
+                self.stats.released += n
+                log.warning("jobkit worker %s: released %s unfinished job(s) at shutdown",
+                            self.id, n)
+            except DB_ERRORS as exc:
+                log.error("could not release jobs at shutdown (%s); their leases will "
+                          "recover them", _short(exc))
+
+    # -- signals -------------------------------------------------------------------------
+    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def _remove_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        self._signals_seen += 1
+        immediate = self._signals_seen > 1 and sig == signal.SIGINT
+        log.warning("jobkit worker %s: got %s, %s", self.id, sig.name,
+                    "stopping now" if immediate else
+                    f"finishing running jobs (grace {self.settings.shutdown_grace_seconds:g}s)")
+        self.stop(immediate=immediate)
+
+    # -- wake-up -------------------------------------------------------------------------
+    async def _watch_loop(self) -> None:
+        from .wakeup import watch
+
+        await watch(self.engine, self._wake.set, self._stopping)
+
+
+def _seconds(s: float) -> Any:
+    from datetime import timedelta
+
+    return timedelta(seconds=s)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+async def worker_loop(db: AsyncSession, *, settings: Settings | None = None,
+                      concurrency: int | None = None, burst: bool = False,
+                      handle_signals: bool = False) -> WorkerStats:
+    """The seed's worker loop: claim, dispatch, record, forever (or until signalled).
+
+    Runs a :class:`Worker` on ``db``'s engine; sleeps ``WORKER_POLL_INTERVAL`` when idle
+    (and wakes sooner on a new job).
+    """
+    engine = db.bind
+    if not isinstance(engine, AsyncEngine):
+        raise TypeError("worker_loop(db) needs a session bound to an AsyncEngine")
+    worker = Worker(engine, settings=settings, concurrency=concurrency, burst=burst,
+                    handle_signals=handle_signals)
+    return await worker.run()
+
+
+__all__ = ["NO_JOBS", "Worker", "WorkerStats", "process_single_job", "run_job", "worker_loop",
+           "default_worker_id", "last_line"]
