@@ -44,13 +44,16 @@ class Settings:
     media_dir: str = "./media"
     max_upload_bytes: int = 100 * 1024 * 1024
     worker_dead_after_seconds: float | None = None  # None: 3 heartbeats
+    alert_timeout: float = 5.0
+    alert_retries: int = 3
+    health_min_workers: int = 1
 
     def __post_init__(self) -> None:
         _check_url("database_url", self.database_url)
         for name in ("worker_poll_interval", "retry_backoff_base", "retry_backoff_max",
                      "cut_analysis_seconds", "shutdown_grace_seconds"):
             _non_negative(name, getattr(self, name))
-        for name in ("lease_seconds",):
+        for name in ("lease_seconds", "alert_timeout"):
             _positive(name, getattr(self, name))
         for name in ("heartbeat_seconds", "job_timeout", "worker_dead_after_seconds"):
             value = getattr(self, name)
@@ -59,6 +62,9 @@ class Settings:
         if self.max_job_retries < 0:
             raise ConfigError(_env_name("max_job_retries"), self.max_job_retries,
                               "a whole number >= 0")
+        for name in ("alert_retries", "health_min_workers"):
+            if getattr(self, name) < 0:
+                raise ConfigError(_env_name(name), getattr(self, name), "a whole number >= 0")
         if self.concurrency < 1:
             raise ConfigError(_env_name("concurrency"), self.concurrency, "a whole number >= 1")
         if self.max_upload_bytes < 1:
