@@ -76,6 +76,8 @@ def create_engine(url: str | None = None, *, settings: Settings | None = None,
                 "JOBKIT_DATABASE_URL", redact_url(url),
                 "a SQLite *file* (an in-memory database cannot be shared by workers); "
                 "e.g. sqlite+aiosqlite:///./jobkit.db")
+        if database.startswith("file:"):  # a SQLite URI (e.g. ?mode=ro&uri=true)
+            database = database[5:].split("?", 1)[0]
         folder = os.path.dirname(os.path.abspath(database))
         if not os.path.isdir(folder):
             raise DatabaseURLError("JOBKIT_DATABASE_URL", redact_url(url),
@@ -170,8 +172,30 @@ def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=True)
 
 
+async def schema_version(engine: AsyncEngine) -> int | None:
+    """The jobkit schema version stored in the database, or None when there is none yet."""
+    async with engine.connect() as conn:
+        has_meta = await conn.run_sync(
+            lambda sync: sync.dialect.has_table(sync, meta_table.name))
+        if not has_meta:
+            return None
+        value = (await conn.execute(
+            select(Meta.value).where(Meta.key == "schema_version"))).scalar_one_or_none()
+        return None if value is None else int(value)
+
+
 async def init_schema(engine: AsyncEngine) -> None:
-    """Create the tables and indexes if missing (idempotent, safe from several processes)."""
+    """Create the tables and indexes if missing (idempotent, safe from several processes).
+
+    A database already at this version is only read, so a read-only database opens.
+    """
+    current = await schema_version(engine)
+    if current == SCHEMA_VERSION:
+        return
+    if current is not None and current > SCHEMA_VERSION:
+        raise JobkitError(
+            f"the database has jobkit schema version {current}, newer than this jobkit "
+            f"({SCHEMA_VERSION}); upgrade jobkit before using this database")
     async with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
             await conn.execute(text("SELECT pg_advisory_xact_lock(727274001)"))
@@ -213,10 +237,11 @@ async def check_database(engine: AsyncEngine) -> None:
             await conn.execute(text("SELECT 1"))
     except Exception as exc:  # noqa: BLE001 - we re-raise with a clear message
         raise JobkitError(
-            f"cannot reach the database {redact_url(engine.url)}: {_describe(exc)}") from None
+            f"cannot reach the database {redact_url(engine.url)}: {describe_error(exc)}") from None
 
 
-def _describe(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
+    """One line naming a database error (no traceback, no password)."""
     msg = str(getattr(exc, "orig", None) or exc).strip().splitlines()
     first = msg[0] if msg else type(exc).__name__
     return f"{type(exc).__name__}: {first}"

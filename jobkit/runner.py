@@ -13,9 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from . import queue
 from .config import Settings
-from .database import create_engine, init_schema, make_sessionmaker, redact_url
+from .database import create_engine, describe_error, init_schema, make_sessionmaker, redact_url
 from .dispatcher import DISPATCH_TABLE, Handler, register_handler
-from .errors import InvalidTransition, JobNotFound
+from .errors import InvalidTransition, JobkitError, JobNotFound
 from .events import Callback, EventBus
 from .models import Clip, Job, VideoAsset, new_id, utcnow
 from .worker import Worker, WorkerStats, process_single_job
@@ -228,6 +228,13 @@ async def open(url: str | None = None, *, settings: Settings | None = None,
     try:
         if create_schema:
             await init_schema(engine)
+    except JobkitError:
+        await engine.dispose()
+        raise
+    except Exception as exc:  # noqa: BLE001 - one clear line instead of a driver traceback
+        await engine.dispose()
+        raise JobkitError(f"cannot open the database {redact_url(settings.database_url)}: "
+                          f"{describe_error(exc)}") from None
     except BaseException:
         await engine.dispose()
         raise

@@ -92,7 +92,7 @@ async def _watch_sqlite(engine: AsyncEngine, wake: Callable[[], None],
     delay = 0.1
     while not stop.is_set():
         try:
-            async with aiosqlite.connect(path) as conn:
+            async with aiosqlite.connect(path, uri=path.startswith("file:")) as conn:
                 last = None
                 while not stop.is_set():
                     async with conn.execute("PRAGMA data_version") as cur:

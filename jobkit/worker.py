@@ -539,6 +539,14 @@ class Worker:
             log.warning("marked %s silent worker(s) dead", res.rowcount)  # type: ignore[attr-defined]
 
     async def _register(self) -> None:
+        try:
+            await self._insert_row()
+        except DB_ERRORS as exc:
+            raise JobkitError(
+                f"worker cannot register itself in {redact_url(self.engine.url)}: {_short(exc)}. "
+                "Check that the database is reachable and writable.") from None
+
+    async def _insert_row(self) -> None:
         async with self.sessions() as db:
             now = queue._now(db)
             await db.execute(workers_table.insert().values(
