@@ -333,6 +333,7 @@ class Worker:
         self._batcher = CompletionBatcher(self.sessions, self.id)
         self._ctx = _Run(self.id, self.settings, self.handlers, events, self._batcher)
         self._signals_seen = 0
+        self._want_slot = False
 
     # -- public --------------------------------------------------------------------------
     @property
@@ -391,20 +392,28 @@ class Worker:
             self._wake.clear()
             free = self.concurrency - len(self._tasks)
             claimed: list[Job] = []
+            drained = False
             if free > 0:
                 claimed = await self._claim(free)
                 for job in claimed:
                     self._start(job)
+                drained = len(claimed) < free
             if self._stopping.is_set():
                 break
-            if claimed and len(claimed) == free:
-                continue  # maybe more are waiting: fill free slots before sleeping
+            if free > 0 and not drained:
+                continue  # got all we asked for: more may be waiting
             if self.burst and not claimed and not self._tasks and self._db_backoff == 0:
                 break
+            # Sleep until new work may exist (an enqueue, a notification, the poll). A freed
+            # slot wakes us too when we are full (the queue was not empty) and in burst mode
+            # (to notice the end); otherwise claiming on every finished job would only find
+            # the empty queue again.
+            self._want_slot = self.burst or len(self._tasks) >= self.concurrency
             timeout = self._db_backoff or poll
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout if timeout > 0 else None):
                     await self._wake.wait()
+            self._want_slot = False
 
     async def _claim(self, n: int) -> list[Job]:
         try:
@@ -440,7 +449,8 @@ class Worker:
         self._tasks.pop(job_id, None)
         self._jobs.pop(job_id, None)
         self._cancel_reason.pop(job_id, None)
-        self._wake.set()
+        if self._want_slot:
+            self._wake.set()
 
     async def _run_one(self, job: Job) -> dict[str, Any]:
         if self.events:
@@ -464,6 +474,8 @@ class Worker:
             log.exception("Job %s: unexpected worker error", job.id)
             summary = _summary(job, "unknown", None, 0, _short(exc))
         self.stats.count(summary["status"])
+        if summary["status"] == "retry":
+            self._wake.set()  # it may be eligible again at once (backoff 0)
         if self.on_done is not None:
             try:
                 self.on_done(summary)

@@ -661,3 +661,74 @@ async def test_reaper_marks_expired_jobs_and_silent_workers(runner: jobkit.Runne
         state = (await db.execute(select(workers_table.c.state).where(
             workers_table.c.id == "ghost"))).scalar_one()
     assert state == "dead"
+
+
+async def test_heartbeats_keep_a_long_job_leased(db_url: str, handlers: dict) -> None:
+    """A job running 3x its lease is not stolen while its worker heartbeats."""
+    async with await jobkit.open(db_url, handlers=handlers, lease_seconds=0.6,
+                                 heartbeat_seconds=0.15, worker_poll_interval=0.05) as runner:
+        runs: list[int] = []
+
+        @runner.handler("long")
+        async def long(job: jobkit.Job, db: Any) -> dict[str, Any]:
+            runs.append(job.attempts)
+            await asyncio.sleep(1.8)
+            return {}
+
+        job = await runner.enqueue("long", {})
+        a, b = runner.worker(), runner.worker()  # b reaps expired leases all along
+        tasks = [asyncio.create_task(a.run()), asyncio.create_task(b.run())]
+        await wait_until(lambda: _is_status(runner, job.id, JobStatus.COMPLETED), timeout=20,
+                         what="the long job to complete")
+        a.stop()
+        b.stop()
+        await asyncio.gather(*tasks)
+        assert runs == [1], "ran once: the live lease was never reaped"
+        assert (await runner.get_job(job.id)).attempts == 1
+
+
+async def test_listen_connection_comes_back_after_being_killed(pg_url: str,
+                                                              handlers: dict) -> None:
+    async with await jobkit.open(pg_url, handlers=handlers, worker_poll_interval=30) as runner:
+        started = asyncio.Event()
+
+        @runner.handler("ping")
+        async def ping(job: jobkit.Job, db: Any) -> dict[str, Any]:
+            started.set()
+            return {}
+
+        async def listeners() -> int:
+            async with runner.sessions() as db:
+                n = (await db.execute(text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = :d "
+                    "AND query ILIKE 'LISTEN%'"), {"d": runner.engine.url.database})).scalar()
+                await db.commit()
+            return int(n or 0)
+
+        # Only the LISTEN path can wake this worker quickly: not in-process, not the poll.
+        worker = runner.worker()
+        key = queue.wake_key(runner.engine)
+        task = asyncio.create_task(worker.run())
+        await wait_until(lambda: _listening(listeners), what="the LISTEN connection")
+        queue.remove_waker(key, worker._wake.set)
+        async with runner.sessions() as db:
+            await db.execute(text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d "
+                "AND query ILIKE 'LISTEN%'"), {"d": runner.engine.url.database})
+            await db.commit()
+        await wait_until(lambda: _listening(listeners), timeout=20,
+                         what="the LISTEN connection to come back")
+        other = jobkit.create_engine(pg_url)
+        async with jobkit.database.make_sessionmaker(other)() as db:
+            t0 = time.perf_counter()
+            await queue.enqueue(db, "ping", {})
+        await other.dispose()
+        await asyncio.wait_for(started.wait(), 10)
+        latency = time.perf_counter() - t0
+        worker.stop()
+        await task
+        assert latency < 5, f"woken after {latency:.2f}s; the poll interval is 30 s"
+
+
+async def _listening(listeners: Callable[[], Awaitable[int]]) -> bool:
+    return await listeners() >= 1
