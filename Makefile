@@ -19,7 +19,7 @@ demo: $(STAMP)
 test: $(STAMP) lint typecheck pytest nbval
 
 lint: $(STAMP)
-	$(BIN)/ruff check jobkit tests benchmarks
+	$(BIN)/ruff check jobkit tests $(wildcard benchmarks)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy jobkit
