@@ -1,9 +1,17 @@
 """The ``jobkit`` command line: thin argument parsing over the functions a script calls.
 
-Exit codes: 0 success; 1 a jobkit error (bad input, unknown job, unreachable
-database); 2 bad command-line usage; 3 ``work`` refused because the worker is
-disabled (``JOBKIT_WORKER_ENABLED=false``; pass ``--force`` or enable it);
-130 interrupted.
+Every command takes --database-url (default: $JOBKIT_DATABASE_URL or ./jobkit.db) and
+--json (machine-readable output on stdout); logs go to stderr.
+
+Exit codes:
+  0    success
+  1    jobkit refused the request (invalid params, a job in the wrong state, ...)
+  2    bad command-line usage or configuration (unknown option, malformed JSON, ...)
+  3    `work` refused: the worker is disabled (JOBKIT_WORKER_ENABLED is false;
+       pass --force or enable it)
+  4    no such job
+  5    the database cannot be reached, or has no jobkit tables (`jobkit init`)
+  130  interrupted
 """
 
 from __future__ import annotations
@@ -11,19 +19,38 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import json
 import logging
+import os
+import signal
 import sys
-from collections.abc import Callable, Coroutine
-from typing import Any
+import traceback
+from collections.abc import Callable, Coroutine, Sequence
+from datetime import datetime
+from typing import Any, NoReturn
 
 from .config import Settings
-from .errors import JobkitError
+from .errors import ConfigError, JobkitError, JobNotFound
+from .models import ALL_STATUSES, TERMINAL
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_DISABLED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_NOT_FOUND, EXIT_DATABASE = 4, 5
+INT32_MAX = 2**31 - 1
 
 Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 
 
+class UsageError(JobkitError):
+    """A command-line argument jobkit cannot use (exit code 2)."""
+
+
+class DatabaseUnavailable(JobkitError):
+    """The database cannot be reached or is not a jobkit database (exit code 5)."""
+
+
+# ---------------------------------------------------------------------------
+# Shared plumbing
+# ---------------------------------------------------------------------------
 def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
     return Settings.from_env(database_url=getattr(args, "database_url", None), **overrides)
 
@@ -33,10 +60,172 @@ def _import_modules(names: list[str]) -> None:
         try:
             importlib.import_module(name)
         except ImportError as exc:
-            raise JobkitError(f"--import {name}: cannot import it ({exc}); "
-                              "is it on PYTHONPATH?") from None
+            raise UsageError(f"--import {name}: cannot import it ({exc}); "
+                             "is it on PYTHONPATH?") from None
 
 
+async def _open(args: argparse.Namespace, *, create: bool = False,
+                settings: Settings | None = None) -> Any:
+    """A Runner on the command's database, checked reachable (and initialised unless
+    ``create``, which creates the schema)."""
+    from sqlalchemy import inspect
+
+    from .database import check_database, create_engine, init_schema, redact_url
+    from .runner import Runner
+
+    settings = settings or _settings(args)
+    url = settings.database_url
+    shown = redact_url(url)
+    if url.startswith("sqlite") and not create:
+        path = _sqlite_missing(url)
+        if path is not None:
+            raise DatabaseUnavailable(f"no database at {path}; create it with `jobkit init` "
+                                      "(or pass --database-url)")
+    extra: dict[str, Any] = {"connect_args": {"timeout": 10}} if url.startswith("postgresql") \
+        else {}
+    engine = create_engine(url, settings=settings, **extra)
+    try:
+        try:
+            await check_database(engine)
+        except JobkitError as exc:
+            raise DatabaseUnavailable(str(exc)) from None
+        if create:
+            await init_schema(engine)
+        else:
+            async with engine.connect() as conn:
+                ok = await conn.run_sync(lambda c: inspect(c).has_table("jobs"))
+            if not ok:
+                raise DatabaseUnavailable(f"{shown} has no jobkit tables; create them with "
+                                          "`jobkit init`")
+    except BaseException:
+        await engine.dispose()
+        raise
+    return Runner(engine, settings)
+
+
+def _out(args: argparse.Namespace, data: Any, human: str | Callable[[], str]) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(data, default=str, ensure_ascii=False))
+    else:
+        print(human() if callable(human) else human)
+
+
+def _table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
+    cells = [[("" if v is None else str(v)) for v in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    for r in cells:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    return "\n".join(lines)
+
+
+def _when(value: datetime | None) -> str:
+    return "" if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _short_error(error: str | None, width: int = 60) -> str:
+    from .worker import last_line
+
+    line = last_line(error) or ""
+    return line if len(line) <= width else line[:width - 1] + "…"
+
+
+def _ago(value: datetime | None) -> str:
+    from .models import utcnow
+
+    if value is None:
+        return "never"
+    s = max(0.0, (utcnow() - value).total_seconds())
+    if s < 120:
+        return f"{s:.0f}s ago"
+    if s < 7200:
+        return f"{s / 60:.0f}m ago"
+    if s < 172800:
+        return f"{s / 3600:.0f}h ago"
+    return f"{s / 86400:.0f}d ago"
+
+
+async def _alerts_on(runner: Any) -> Any:
+    from .alerts import enable_alerts
+
+    return enable_alerts(runner)
+
+
+async def _alerts_off(hook: Any) -> None:
+    if hook is not None:
+        await hook.aclose()
+
+
+# ---------------------------------------------------------------------------
+# Argument types (argparse turns a ValueError/ArgumentTypeError into exit 2)
+# ---------------------------------------------------------------------------
+def _int_type(minimum: int, what: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number{what}, got {text!r}") \
+                from None
+        if not minimum <= value <= INT32_MAX:
+            raise argparse.ArgumentTypeError(
+                f"must be between {minimum} and {INT32_MAX}{what}, got {value}")
+        return value
+
+    return parse
+
+
+def _float_type(strict_positive: bool) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") \
+                from None
+        ok = value > 0 if strict_positive else value >= 0
+        if not ok or value == float("inf"):
+            raise argparse.ArgumentTypeError(
+                f"must be a number of seconds {'>' if strict_positive else '>='} 0, got {text!r}")
+        return value
+
+    return parse
+
+
+def _datetime_type(text: str) -> datetime:
+    raw = text.strip()
+    try:
+        value = datetime.fromisoformat(raw[:-1] + "+00:00" if raw.endswith(("Z", "z")) else raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be an ISO 8601 time such as 2030-01-01T12:00:00Z, got {text!r}") from None
+    if value.tzinfo is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} has no time zone; add one, e.g. {raw}Z or {raw}+02:00")
+    return value
+
+
+def _duration_type(text: str) -> Any:
+    from .ops import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"is not valid JSON ({exc}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(
+            f"must be a JSON object such as '{{\"key\": 1}}', got a {type(value).__name__}")
+    return value
+
+
+# ---------------------------------------------------------------------------
+# Commands
+# ---------------------------------------------------------------------------
 async def cmd_work(args: argparse.Namespace) -> int:
     from .runner import open as open_runner
 
@@ -49,11 +238,15 @@ async def cmd_work(args: argparse.Namespace) -> int:
         return EXIT_DISABLED
     _import_modules(args.imports)
     runner = await open_runner(settings=settings)
+    hook = await _alerts_on(runner)
     try:
         stats = await runner.work(settings.concurrency, handle_signals=True, burst=args.burst)
     finally:
+        await _alerts_off(hook)
         await runner.close()
     print(f"jobkit worker stopped: {stats.as_dict()}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(stats.as_dict()))
     return EXIT_OK
 
 
@@ -64,52 +257,631 @@ async def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def cmd_init(args: argparse.Namespace) -> int:
+    from .database import redact_url
+    from .models import SCHEMA_VERSION
+
+    runner = await _open(args, create=True)
+    try:
+        url = redact_url(runner.engine.url)
+        _out(args, {"database_url": url, "backend": runner.backend,
+                    "schema_version": SCHEMA_VERSION},
+             f"jobkit schema ready in {url} (version {SCHEMA_VERSION})")
+    finally:
+        await runner.close()
+    return EXIT_OK
+
+
+def _video_file(path: str) -> tuple[str, str | None, int | None]:
+    """(name, stored_path, size_bytes) of ``upload FILE``: a real file, or a bare name."""
+    if os.path.isfile(path):
+        size: int | None = os.path.getsize(path)
+        if size is not None and size > INT32_MAX:
+            logging.getLogger("jobkit").warning(
+                "%s is %s bytes, more than the size column holds; size not recorded", path, size)
+            size = None
+        return os.path.basename(path), os.path.abspath(path), size
+    if os.path.exists(path):
+        raise UsageError(f"{path!r} is not a regular file")
+    if os.sep in path or (os.altsep and os.altsep in path):
+        raise UsageError(f"no such file {path!r}; give an existing video path, or a bare "
+                         "name (e.g. match.mp4) to register a video without a file")
+    if not path.strip():
+        raise UsageError("FILE must not be empty")
+    return path, None, None
+
+
+def _sqlite_missing(url: str) -> str | None:
+    """The path of a SQLite URL's file when it does not exist."""
+    path = url.split(":///", 1)[-1].split("?", 1)[0]
+    if path.startswith("file:"):
+        path = path[5:]
+    return None if os.path.exists(path) else path
+
+
+async def cmd_upload(args: argparse.Namespace) -> int:
+    name, stored_path, size = _video_file(args.file)
+    runner = await _open(args, create=True)
+    try:
+        asset, job = await runner.upload_video(name, args.duration_ms, priority=args.priority,
+                                               stored_path=stored_path, size_bytes=size)
+    finally:
+        await runner.close()
+    data = {"video_asset_id": str(asset.id), "job_id": str(job.id), "job_type": job.job_type,
+            "status": str(job.status), "filename": asset.filename,
+            "duration_ms": asset.duration_ms, "stored_path": asset.stored_path,
+            "size_bytes": asset.size_bytes}
+    _out(args, data, f"uploaded {asset.filename} ({asset.duration_ms / 1000:g} s) as asset "
+                     f"{asset.id}\njob {job.id} (cut_analysis) pending")
+    return EXIT_OK
+
+
+async def cmd_enqueue(args: argparse.Namespace) -> int:
+    from .dispatcher import DISPATCH_TABLE
+
+    _import_modules(args.imports)
+    if args.job_type not in DISPATCH_TABLE and not args.allow_unknown:
+        raise UsageError(
+            f"unknown job type {args.job_type!r} (registered: "
+            f"{', '.join(sorted(DISPATCH_TABLE)) or 'none'}); pass --import MODULE that "
+            "registers it, or --allow-unknown if only your workers know it")
+    runner = await _open(args, create=True)
+    try:
+        job = await runner.enqueue(args.job_type, args.params, priority=args.priority,
+                                   run_at=args.run_at, delay=args.delay,
+                                   max_retries=args.max_retries, timeout=args.timeout,
+                                   dedupe_key=args.dedupe_key)
+    finally:
+        await runner.close()
+    from .ops import job_dict
+
+    when = "" if job.run_at is None else f", eligible from {_when(job.run_at)} UTC"
+    _out(args, job_dict(job), f"job {job.id} ({job.job_type}) {job.status}{when}")
+    return EXIT_OK
+
+
+async def cmd_step(args: argparse.Namespace) -> int:
+    _import_modules(args.imports)
+    runner = await _open(args)
+    hook = await _alerts_on(runner)
+    try:
+        summary = await runner.step()
+    finally:
+        await _alerts_off(hook)
+        await runner.close()
+
+    def human() -> str:
+        if not summary.get("processed"):
+            return str(summary.get("message"))
+        head = (f"job {summary['job_id']} ({summary['job_type']}) {summary['status']} in "
+                f"{summary['processing_time_ms']}ms")
+        if summary.get("error"):
+            return f"{head}\nerror: {summary['error']}"
+        return f"{head}\nresult: {json.dumps(summary['result'], ensure_ascii=False)}"
+
+    _out(args, dict(summary), human)
+    return EXIT_OK
+
+
+async def cmd_drain(args: argparse.Namespace) -> int:
+    _import_modules(args.imports)
+    runner = await _open(args)
+    hook = await _alerts_on(runner)
+    try:
+        stats = await runner.drain(concurrency=args.concurrency, progress=False)
+    finally:
+        await _alerts_off(hook)
+        await runner.close()
+    d = stats.as_dict()
+    _out(args, d, f"drained {d['processed']} job(s) in {d['elapsed_s']:g} s: "
+                  f"{d['completed']} completed, {d['failed']} failed, {d['retried']} to retry")
+    return EXIT_OK
+
+
+async def cmd_status(args: argparse.Namespace) -> int:
+    from . import ops
+    from .database import redact_url
+
+    runner = await _open(args)
+    s = runner.settings
+    try:
+        async with runner.sessions() as db:
+            counts = await ops.status_counts(db)
+            depth = await ops.queue_depth(db)
+            workers = await ops.workers(db, s.dead_after)
+            alive = await ops.workers_alive(db, s.dead_after)
+            states = await ops.worker_states(db)
+            hist = await ops.processing_histogram(db)
+            await db.commit()
+        url = redact_url(runner.engine.url)
+    finally:
+        await runner.close()
+    problems = []
+    if alive < s.health_min_workers:
+        problems.append(f"{alive} worker(s) heartbeated in the last {s.dead_after:g} s; "
+                        f"{s.health_min_workers} needed")
+    avg = hist.sum / hist.count if hist.count else None
+    data = {"database_url": url, "jobs": counts, "total": sum(counts.values()),
+            "queue_depth": depth["ready"], "scheduled": depth["scheduled"],
+            "avg_processing_s": None if avg is None else round(avg, 4),
+            "workers_alive": alive, "workers_by_state": states,
+            "workers": [w.as_dict() for w in workers],
+            "health": "ok" if not problems else "unhealthy", "problems": problems}
+
+    def human() -> str:
+        lines = [f"database  {url}",
+                 "jobs      " + "  ".join(f"{k} {v}" for k, v in counts.items())
+                 + f"  (total {data['total']})",
+                 f"queue     {depth['ready']} ready now, {depth['scheduled']} scheduled later"]
+        if avg is not None:
+            lines.append(f"timing    {avg:.3f} s average over {hist.count} completed job(s)")
+        by_state = ", ".join(f"{k} {v}" for k, v in sorted(states.items())) or "none yet"
+        lines.append(f"workers   {alive} alive ({by_state})")
+        for w in workers:
+            if w.state == "running":
+                lines.append(f"  {w.id}  {'alive' if w.alive else 'SILENT'}  heartbeat "
+                             f"{_ago(w.last_heartbeat_at)}  done {w.jobs_done}  "
+                             f"concurrency {w.concurrency}")
+        lines.append("health    " + ("ok" if not problems else "UNHEALTHY: "
+                                      + "; ".join(problems)))
+        return "\n".join(lines)
+
+    _out(args, data, human)
+    return EXIT_OK
+
+
+async def cmd_jobs(args: argparse.Namespace) -> int:
+    from . import ops
+
+    runner = await _open(args)
+    try:
+        async with runner.sessions() as db:
+            jobs = await ops.list_jobs(db, status=args.status, job_type=args.job_type,
+                                       limit=args.limit)
+            await db.commit()
+    finally:
+        await runner.close()
+    rows = [(j.id, j.job_type, j.status, f"{j.attempts}/{j.max_attempts}", j.priority,
+             _when(j.created_at), _short_error(j.error, 50)) for j in jobs]
+    _out(args, [ops.job_dict(j) for j in jobs],
+         lambda: _table(rows, ["ID", "TYPE", "STATUS", "ATTEMPTS", "PRIO", "CREATED (UTC)",
+                               "ERROR"]) if rows else "no jobs")
+    return EXIT_OK
+
+
+async def cmd_show(args: argparse.Namespace) -> int:
+    from .ops import job_dict
+
+    runner = await _open(args)
+    try:
+        job = await runner.get_job(args.job_id)
+    finally:
+        await runner.close()
+    d = job_dict(job)
+
+    def human() -> str:
+        lines = [f"job {d['id']}"]
+        for key in ("job_type", "status", "attempts", "max_attempts", "priority", "timeout",
+                    "dedupe_key", "run_at", "created_at", "started_at", "finished_at",
+                    "processing_time_ms", "locked_by", "locked_until"):
+            if d[key] is not None:
+                lines.append(f"  {key:<18} {d[key]}")
+        lines.append(f"  {'params':<18} {json.dumps(d['params'], ensure_ascii=False)}")
+        if d["result"] is not None:
+            lines.append(f"  {'result':<18} {json.dumps(d['result'], ensure_ascii=False)}")
+        if d["error"]:
+            lines.append("  error:")
+            lines += ["    " + line for line in str(d["error"]).splitlines()]
+        return "\n".join(lines)
+
+    _out(args, d, human)
+    return EXIT_OK
+
+
+async def cmd_explain(args: argparse.Namespace) -> int:
+    runner = await _open(args)
+    try:
+        explain = getattr(runner, "explain", None)
+        if explain is not None:
+            found = await explain(args.job_id)
+        else:
+            found = await _explain_fallback(runner, args.job_id)
+    finally:
+        await runner.close()
+    data = _jsonable(found)
+    _out(args, data, lambda: _explain_text(found))
+    return EXIT_OK
+
+
+def _jsonable(value: Any) -> Any:
+    for attr in ("as_dict", "to_dict"):
+        fn = getattr(value, attr, None)
+        if callable(fn):
+            return fn()
+    if isinstance(value, dict):
+        return value
+    return {"explanation": str(value)}
+
+
+def _explain_text(value: Any) -> str:
+    text_fn = getattr(value, "text", None)
+    if callable(text_fn):
+        return str(text_fn())
+    if isinstance(value, dict):
+        return "\n".join(f"{k}: {v}" for k, v in value.items())
+    return str(value)
+
+
+async def _explain_fallback(runner: Any, job_id: str) -> dict[str, Any]:
+    """Why a job is where it is, from its row alone (used until jobkit.explain exists)."""
+    from .models import utcnow
+
+    job = await runner.get_job(job_id)
+    status = str(job.status)
+    if status == "pending":
+        why = ("waiting: eligible now; it runs when a worker has a free slot"
+               if job.run_at <= utcnow() else f"scheduled: not eligible before {job.run_at}")
+    elif status == "retry":
+        why = f"attempt {job.attempts} failed ({_short_error(job.error)}); next try from {job.run_at}"
+    elif status == "processing":
+        why = f"running on {job.locked_by}, lease until {job.locked_until}"
+    elif status == "completed":
+        why = f"completed after {job.attempts} attempt(s)"
+    elif job.error == "cancelled":
+        why = "cancelled on request"
+    else:
+        why = f"failed after {job.attempts} attempt(s): {_short_error(job.error)}"
+    return {"job_id": str(job.id), "status": status, "explanation": why}
+
+
+async def cmd_failed(args: argparse.Namespace) -> int:
+    from . import ops
+
+    runner = await _open(args)
+    try:
+        async with runner.sessions() as db:
+            jobs = await ops.recent_failures(db, args.limit)
+            await db.commit()
+    finally:
+        await runner.close()
+    rows = [(j.id, j.job_type, j.attempts, _when(j.finished_at), _short_error(j.error))
+            for j in jobs]
+    _out(args, [ops.job_dict(j) for j in jobs],
+         lambda: _table(rows, ["ID", "TYPE", "ATTEMPTS", "FAILED AT (UTC)", "ERROR"])
+         if rows else "no failed jobs")
+    return EXIT_OK
+
+
+async def cmd_retry(args: argparse.Namespace) -> int:
+    from . import ops
+    from .errors import InvalidTransition
+
+    if bool(args.job_id) == bool(args.all_failed):
+        raise UsageError("give a job ID or --all-failed (not both)")
+    runner = await _open(args)
+    try:
+        if args.job_id:
+            job = await runner.retry_job(args.job_id)
+            _out(args, ops.job_dict(job), f"job {job.id} ({job.job_type}) {job.status}")
+            return EXIT_OK
+        async with runner.sessions() as db:
+            ids, skipped = await ops.failed_job_ids(
+                db, include_cancelled=args.include_cancelled, job_type=args.job_type)
+        retried = []
+        for jid in ids:
+            try:
+                retried.append((await runner.retry_job(jid)).id)
+            except (InvalidTransition, JobNotFound):
+                continue  # retried or pruned by someone else meanwhile
+    finally:
+        await runner.close()
+    note = f"; {skipped} cancelled job(s) left alone (--include-cancelled)" if skipped else ""
+    _out(args, {"retried": len(retried), "job_ids": [str(i) for i in retried],
+                "skipped_cancelled": skipped},
+         f"{len(retried)} failed job(s) back to pending{note}")
+    return EXIT_OK
+
+
+async def cmd_cancel(args: argparse.Namespace) -> int:
+    from .ops import job_dict
+
+    runner = await _open(args)
+    try:
+        job = await runner.cancel(args.job_id)
+    finally:
+        await runner.close()
+    msg = (f"job {job.id} is running; its worker will stop it at its next heartbeat"
+           if str(job.status) == "processing" else f"job {job.id} cancelled (failed)")
+    _out(args, job_dict(job), msg)
+    return EXIT_OK
+
+
+async def cmd_prune(args: argparse.Namespace) -> int:
+    from . import ops
+    from .errors import InvalidTransition
+
+    try:
+        statuses = ops.check_prunable([s.strip() for s in args.status.split(",") if s.strip()])
+    except InvalidTransition as exc:
+        raise UsageError(f"--status: {exc}") from None
+    runner = await _open(args)
+    try:
+        async with runner.sessions() as db:
+            n = await ops.prune(db, args.older_than, statuses, batch_size=args.batch_size,
+                                dry_run=args.dry_run)
+    finally:
+        await runner.close()
+    verb = "would delete" if args.dry_run else "deleted"
+    _out(args, {"deleted": 0 if args.dry_run else n, "matched": n, "dry_run": args.dry_run,
+                "statuses": list(statuses),
+                "older_than_s": args.older_than.total_seconds()},
+         f"{verb} {n} {'/'.join(statuses)} job(s) finished more than {args.older_than} ago")
+    return EXIT_OK
+
+
+async def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from .api import create_app
+    except ImportError as exc:
+        raise UsageError(f"jobkit serve needs the api extra ({exc}): "
+                         "pip install 'jobkit[api]'") from None
+    settings = _settings(args, concurrency=args.concurrency,
+                         dev_endpoints=True if args.dev_endpoints else None)
+    _import_modules(args.imports)
+    runner = await _open(args, create=True, settings=settings)
+    app = create_app(settings, runner=runner)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_config=None,
+                            lifespan="on", server_header=False)
+    server = uvicorn.Server(config)
+    # uvicorn re-raises a caught SIGTERM once it has shut down; handle it so that a
+    # graceful stop exits 0 (SIGINT still ends with 130, as Ctrl-C should).
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(sig: int, frame: Any) -> None:
+        server.handle_exit(sig, frame)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        await server.serve()
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            raise JobkitError(f"the server could not start on {args.host}:{args.port} "
+                              "(see the log above)") from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        await runner.close()
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------
+# Parser
+# ---------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """Bad usage prints one line (no usage dump) and exits 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _log_options(p: argparse.ArgumentParser, *, top: bool) -> None:
+    """On the top parser with real defaults; on each command with none (SUPPRESS), so
+    ``jobkit --log-format json work`` and ``jobkit work --log-format json`` both work."""
+    suppress: Any = argparse.SUPPRESS
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors",
+                   default=False if top else suppress)
+    p.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS,
+                   help="logging level (default INFO)", default="INFO" if top else suppress)
+    p.add_argument("--log-format", choices=("text", "json"),
+                   help="log lines as text, or one JSON object per line (default text)",
+                   default="text" if top else suppress)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jobkit", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser = _Parser(prog="jobkit", description=__doc__,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    _log_options(parser, top=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
-    def db_arg(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--database-url", default=None,
-                       help="database URL (default: $JOBKIT_DATABASE_URL or ./jobkit.db)")
+    def add(name: str, func: Command, help_text: str, *, db: bool = True,
+            json_out: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if db:
+            p.add_argument("--database-url", default=None,
+                           help="database URL (default: $JOBKIT_DATABASE_URL or ./jobkit.db)")
+        if json_out:
+            p.add_argument("--json", action="store_true", help="print JSON instead of text")
+        _log_options(p, top=False)
+        p.set_defaults(func=func)
+        return p
 
-    p = sub.add_parser("work", help="run a worker until SIGINT/SIGTERM (or --burst)")
-    db_arg(p)
-    p.add_argument("--concurrency", type=int, default=None, help="jobs at once (default 1)")
+    def imports(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--import", dest="imports", action="append", default=[],
+                       metavar="MODULE", help="import MODULE first (it registers handlers); "
+                                              "repeatable")
+
+    positive = _int_type(1, "")
+    priority_type = _int_type(-INT32_MAX, "")
+
+    add("init", cmd_init, "create the jobkit tables (idempotent)")
+
+    p = add("upload", cmd_upload, "register a video and queue its cut_analysis job")
+    p.add_argument("file", metavar="FILE",
+                   help="a video file (its path and size are recorded) or just a name")
+    p.add_argument("--duration-ms", type=_int_type(1, " of milliseconds"), required=True,
+                   help="the video's length in milliseconds")
+    p.add_argument("--priority", type=priority_type, default=0, help="higher runs first")
+
+    p = add("enqueue", cmd_enqueue, "add a job of any registered type")
+    p.add_argument("job_type", metavar="TYPE", help="the handler's name, e.g. cut_analysis")
+    p.add_argument("--params", type=_json_object, default={}, metavar="JSON",
+                   help="the job's params as a JSON object (default {})")
+    p.add_argument("--priority", type=priority_type, default=0, help="higher runs first")
+    when = p.add_mutually_exclusive_group()
+    when.add_argument("--run-at", type=_datetime_type, default=None, metavar="TIME",
+                      help="not before this ISO 8601 time with a zone, e.g. 2030-01-01T09:00Z")
+    when.add_argument("--delay", type=_float_type(False), default=None, metavar="SECONDS",
+                      help="not before this many seconds from now")
+    p.add_argument("--dedupe-key", default=None,
+                   help="at most one unfinished job per key (the existing one is returned)")
+    p.add_argument("--max-retries", type=_int_type(0, ""), default=None,
+                   help="retries after the first attempt (default $JOBKIT_MAX_JOB_RETRIES)")
+    p.add_argument("--timeout", type=_float_type(True), default=None, metavar="SECONDS",
+                   help="seconds before a running attempt is cancelled")
+    p.add_argument("--allow-unknown", action="store_true",
+                   help="enqueue a type no imported module registers (your workers know it)")
+    imports(p)
+
+    p = add("step", cmd_step, "process ONE job now and print the seed's summary")
+    imports(p)
+
+    p = add("work", cmd_work, "run a worker until SIGINT/SIGTERM (or --burst)")
+    p.add_argument("--concurrency", type=positive, default=None, help="jobs at once (default 1)")
     p.add_argument("--poll-interval", type=float, default=None,
                    help="seconds between polls when idle (default 2)")
-    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
-                   help="import MODULE first (it registers handlers); repeatable")
+    imports(p)
     p.add_argument("--burst", action="store_true", help="exit when nothing is eligible")
     p.add_argument("--force", action="store_true",
                    help="run even when JOBKIT_WORKER_ENABLED is false")
-    p.set_defaults(func=cmd_work)
 
-    p = sub.add_parser("demo", help="upload sample videos, drain, print the outcome")
+    p = add("drain", cmd_drain, "process jobs until nothing is eligible, then exit")
+    p.add_argument("--concurrency", type=positive, default=1, help="jobs at once (default 1)")
+    imports(p)
+
+    add("status", cmd_status, "jobs per status, queue depth, workers and their health")
+
+    p = add("jobs", cmd_jobs, "list the newest jobs")
+    p.add_argument("--status", choices=[s.value for s in ALL_STATUSES], default=None,
+                   help="only jobs in this status")
+    p.add_argument("--type", dest="job_type", default=None, help="only jobs of this type")
+    p.add_argument("--limit", type=positive, default=20, help="at most this many (default 20)")
+
+    p = add("show", cmd_show, "everything about one job")
+    p.add_argument("job_id", metavar="ID")
+
+    p = add("explain", cmd_explain, "why a job is in its state, and what happens next")
+    p.add_argument("job_id", metavar="ID")
+
+    p = add("failed", cmd_failed, "the most recent failed jobs")
+    p.add_argument("--limit", type=positive, default=10, help="at most this many (default 10)")
+
+    p = add("retry", cmd_retry, "send a failed job (or every failed job) back to pending")
+    p.add_argument("job_id", metavar="ID", nargs="?", default=None)
+    p.add_argument("--all-failed", action="store_true", help="every failed job")
+    p.add_argument("--type", dest="job_type", default=None,
+                   help="with --all-failed: only jobs of this type")
+    p.add_argument("--include-cancelled", action="store_true",
+                   help="with --all-failed: also jobs that were cancelled on purpose")
+
+    p = add("cancel", cmd_cancel, "cancel a waiting job, or ask a running one to stop")
+    p.add_argument("job_id", metavar="ID")
+
+    terminal = ",".join(s.value for s in sorted(TERMINAL, key=lambda s: s.value))
+    p = add("prune", cmd_prune, "delete finished jobs older than a duration, in batches "
+                                "(never unfinished ones; clips are kept)")
+    p.add_argument("--older-than", type=_duration_type, required=True, metavar="DURATION",
+                   help="e.g. 30d, 12h, 1d12h, 90m, 45s")
+    p.add_argument("--status", default=terminal,
+                   help=f"comma-separated finished statuses (default {terminal})")
+    p.add_argument("--batch-size", type=positive, default=1000,
+                   help="rows deleted per transaction (default 1000)")
+    p.add_argument("--dry-run", action="store_true", help="count, delete nothing")
+
+    p = add("serve", cmd_serve, "run the HTTP API with uvicorn (and a worker when "
+                                "JOBKIT_WORKER_ENABLED is true)", json_out=False)
+    p.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1")
+    p.add_argument("--port", type=_int_type(0, ""), default=8000, help="default 8000")
+    p.add_argument("--concurrency", type=positive, default=None,
+                   help="the in-process worker's concurrency (default $JOBKIT_CONCURRENCY)")
+    p.add_argument("--dev-endpoints", action="store_true",
+                   help="enable POST /jobs/process (like JOBKIT_DEV_ENDPOINTS=true)")
+    imports(p)
+
+    p = add("demo", cmd_demo, "upload sample videos, drain, print the outcome", db=False,
+            json_out=False)
     p.add_argument("--database-url", default=None,
                    help="default: a fresh SQLite file in a temporary folder")
-    p.add_argument("--concurrency", type=int, default=5)
+    p.add_argument("--concurrency", type=positive, default=5)
     p.add_argument("--plot", default=None, help="write a PNG of the clip scores here")
-    p.set_defaults(func=cmd_demo)
     return parser
+
+
+# ---------------------------------------------------------------------------
+# Logging
+# ---------------------------------------------------------------------------
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message (+ exception)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        from datetime import UTC
+
+        out: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(
+                timespec="milliseconds"),
+            "level": record.levelname, "logger": record.name, "message": record.getMessage(),
+        }
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False, default=str)
+
+
+def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(
+        "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(getattr(logging, level, logging.INFO))
+
+
+# ---------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------
+def _exit_code(exc: BaseException) -> int:
+    from .worker import DB_ERRORS
+
+    if isinstance(exc, UsageError | ConfigError):
+        return EXIT_USAGE
+    if isinstance(exc, JobNotFound):
+        return EXIT_NOT_FOUND
+    if isinstance(exc, (DatabaseUnavailable, *DB_ERRORS)):
+        return EXIT_DATABASE
+    return EXIT_ERROR
+
+
+def _message(exc: BaseException) -> str:
+    from .worker import DB_ERRORS
+
+    if isinstance(exc, JobkitError):
+        return str(exc)
+    if isinstance(exc, DB_ERRORS):
+        msg = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        return f"database error: {type(exc).__name__}: {msg[0] if msg else ''}"
+    return (f"unexpected error: {type(exc).__name__}: {exc} "
+            "(run with --debug for the traceback)")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    setup_logging(args.log_level, args.log_format)
     func: Command = args.func
     try:
         return asyncio.run(func(args))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
-    except JobkitError as exc:
-        if args.debug:
-            raise
-        print(f"jobkit {args.command}: {exc}", file=sys.stderr)
+    except BrokenPipeError:  # stdout closed early (`jobkit jobs --json | head`)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_ERROR
+    except Exception as exc:  # noqa: BLE001 - every error becomes one line and an exit code
+        if args.debug:
+            traceback.print_exc()
+        print(f"jobkit {args.command}: {_message(exc)}", file=sys.stderr)
+        return _exit_code(exc)
