@@ -195,20 +195,16 @@ async def _enqueue_deduped(db: AsyncSession, row: dict[str, Any]) -> Job:
                 else sqlite_dialect.insert(jobs_table))
     stmt = ins.values(row).on_conflict_do_nothing(
         index_elements=[jobs_table.c.dedupe_key], index_where=where).returning(jobs_table.c.id)
-    inserted = (await db.execute(stmt)).scalar_one_or_none()
-    if inserted is not None:
-        return job_from_row(row)
-    existing = (await db.execute(
-        select(*_COLS).where(jobs_table.c.dedupe_key == row["dedupe_key"], where)
-    )).mappings().first()
-    if existing is None:  # finished between the two statements: try once more
-        inserted = (await db.execute(stmt)).scalar_one_or_none()
-        if inserted is not None:
+    existing_q = select(*_COLS).where(jobs_table.c.dedupe_key == row["dedupe_key"], where)
+    # Insert, or find the unfinished holder of the key; if that one finished in between,
+    # the key is free again: try once more.
+    for _ in range(3):
+        if (await db.execute(stmt)).scalar_one_or_none() is not None:
             return job_from_row(row)
-        existing = (await db.execute(
-            select(*_COLS).where(jobs_table.c.dedupe_key == row["dedupe_key"], where)
-        )).mappings().one()
-    return job_from_row(existing)
+        existing = (await db.execute(existing_q)).mappings().first()
+        if existing is not None:
+            return job_from_row(existing)
+    raise InvalidTransition(f"dedupe_key {row['dedupe_key']!r} is contended; try again")
 
 
 async def enqueue_many(db: AsyncSession, jobs: Iterable[Mapping[str, Any] | tuple[Any, ...]],
