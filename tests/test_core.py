@@ -575,3 +575,29 @@ async def test_runner_works_under_asyncio_run_in_a_script(tmp_path: Any) -> None
                          timeout=60)
     assert out.returncode == 0, out.stderr
     assert "completed 1" in out.stdout
+
+
+async def test_run_blocking_keeps_the_loop_free(runner: jobkit.Runner) -> None:
+    import threading
+    import time as _time
+
+    release = threading.Event()
+    ticks: list[int] = []
+
+    @runner.handler("blocking")
+    async def blocking(job: jobkit.Job, session: Any) -> dict[str, Any]:
+        ok = await jobkit.run_blocking(release.wait, 10)
+        return {"released": ok}
+
+    @runner.handler("ticker")
+    async def ticker(job: jobkit.Job, session: Any) -> dict[str, Any]:
+        ticks.append(1)
+        release.set()  # runs while the blocking job waits in its thread
+        return {}
+
+    await runner.enqueue("blocking", {}, priority=1)
+    await runner.enqueue("ticker", {})
+    started = _time.perf_counter()
+    stats = await runner.drain(concurrency=2, progress=False)
+    assert stats.completed == 2 and ticks == [1]
+    assert _time.perf_counter() - started < 10, "the loop was not blocked"
