@@ -434,7 +434,10 @@ def _limited(request: Request, limit: int) -> Request:
     return Request(request.scope, counting)
 
 
-def _too_large(limit: int) -> HTTPException:
+def _too_large(limit: int, json_body: bool = False) -> HTTPException:
+    if json_body:
+        return HTTPException(413, f"JSON body larger than {limit} bytes; send the video "
+                                  "itself as multipart/form-data")
     return HTTPException(413, f"upload larger than the limit of {limit} bytes "
                               "(JOBKIT_MAX_UPLOAD_BYTES)")
 
@@ -458,15 +461,16 @@ async def _upload(request: Request, runner: Runner, settings: Settings) -> Uploa
     body_limit = min(limit, JSON_BODY_LIMIT) if ctype == "application/json" \
         else limit + MULTIPART_SLACK
     declared = request.headers.get("content-length")
+    is_json = ctype == "application/json"
     if declared is not None and declared.isdigit() and int(declared) > body_limit:
-        raise _too_large(limit if ctype != "application/json" else body_limit)
+        raise _too_large(body_limit if is_json else limit, is_json)
     limited = _limited(request, body_limit)
 
-    if ctype == "application/json":
+    if is_json:
         try:
             raw = await limited.body()
         except _TooLarge:
-            raise _too_large(body_limit) from None
+            raise _too_large(body_limit, True) from None
         try:
             data = json.loads(raw)
         except ValueError as exc:

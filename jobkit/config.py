@@ -67,6 +67,9 @@ class Settings:
                 raise ConfigError(_env_name(name), getattr(self, name), "a whole number >= 0")
         if self.concurrency < 1:
             raise ConfigError(_env_name("concurrency"), self.concurrency, "a whole number >= 1")
+        if self.alert_url is not None and not self.alert_url.startswith(("http://", "https://")):
+            raise ConfigError(_env_name("alert_url"), self.alert_url,
+                              "an http:// or https:// URL")
         if self.max_upload_bytes < 1:
             raise ConfigError(_env_name("max_upload_bytes"), self.max_upload_bytes,
                               "a whole number >= 1")

@@ -176,6 +176,8 @@ def test_no_url_no_hook_and_bad_urls_refused(runner: jobkit.Runner) -> None:
     assert enable_alerts(runner) is None
     with pytest.raises(ValueError, match="http"):
         AlertHook("ftp://example.com/x")
+    with pytest.raises(jobkit.ConfigError, match="JOBKIT_ALERT_URL"):
+        jobkit.Settings.from_env({"JOBKIT_ALERT_URL": "hooks.example.com/x"})
 
 
 async def test_urllib_fallback_without_httpx(receiver: Receiver,
