@@ -575,7 +575,7 @@ async def _health(state: ApiState, runner: Runner) -> HealthOut:
                 q = await ops.queue_depth(db)
                 alive = await ops.workers_alive(db, s.dead_after)
                 await db.commit()
-        depth, scheduled = q["ready"], q["scheduled"]
+        depth, scheduled = q["eligible"], q["scheduled"]
     except _HEALTH_ERRORS as exc:
         database = f"unreachable: {_short(exc) if not isinstance(exc, TimeoutError) else 'timed out after 5 s'}"
         problems.append(f"database {database}")
@@ -623,7 +623,7 @@ async def _metrics(state: ApiState, runner: Runner) -> str:
     family("jobkit_jobs", "gauge", "Jobs in the database by status.",
            [(f'{{status="{s}"}}', n) for s, n in counts.items()])
     family("jobkit_queue_depth", "gauge",
-           "Jobs ready to run now (pending or retry, run_at passed).", [("", depth["ready"])])
+           "Jobs ready to run now (pending or retry, run_at passed).", [("", depth["eligible"])])
     family("jobkit_jobs_scheduled", "gauge",
            "Waiting jobs due later (delayed, or retries in their backoff).",
            [("", depth["scheduled"])])

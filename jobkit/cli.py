@@ -335,7 +335,8 @@ async def cmd_enqueue(args: argparse.Namespace) -> int:
         await runner.close()
     from .ops import job_dict
 
-    when = "" if job.run_at is None else f", eligible from {_when(job.run_at)} UTC"
+    later = job.run_at is not None and (job.run_at - job.created_at).total_seconds() >= 1
+    when = f", eligible from {_when(job.run_at)} UTC" if later else ""
     _out(args, job_dict(job), f"job {job.id} ({job.job_type}) {job.status}{when}")
     return EXIT_OK
 
@@ -402,7 +403,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
                         f"{s.health_min_workers} needed")
     avg = hist.sum / hist.count if hist.count else None
     data = {"database_url": url, "jobs": counts, "total": sum(counts.values()),
-            "queue_depth": depth["ready"], "scheduled": depth["scheduled"],
+            "queue_depth": depth["eligible"], "scheduled": depth["scheduled"],
             "avg_processing_s": None if avg is None else round(avg, 4),
             "workers_alive": alive, "workers_by_state": states,
             "workers": [w.as_dict() for w in workers],
@@ -412,7 +413,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
         lines = [f"database  {url}",
                  "jobs      " + "  ".join(f"{k} {v}" for k, v in counts.items())
                  + f"  (total {data['total']})",
-                 f"queue     {depth['ready']} ready now, {depth['scheduled']} scheduled later"]
+                 f"queue     {depth['eligible']} eligible now, {depth['scheduled']} scheduled later"]
         if avg is not None:
             lines.append(f"timing    {avg:.3f} s average over {hist.count} completed job(s)")
         by_state = ", ".join(f"{k} {v}" for k, v in sorted(states.items())) or "none yet"

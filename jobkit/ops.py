@@ -102,7 +102,7 @@ async def status_counts(db: AsyncSession) -> dict[str, int]:
 
 
 async def queue_depth(db: AsyncSession) -> dict[str, int]:
-    """``ready``: waiting jobs whose ``run_at`` has passed (the queue depth);
+    """``eligible``: waiting jobs whose ``run_at`` has passed (the queue depth);
     ``scheduled``: waiting jobs due later (delayed, or retries in their backoff)."""
     now = queue._now(db)
     waiting = jobs_table.c.status.in_(queue.ELIGIBLE_VALUES)
@@ -110,7 +110,7 @@ async def queue_depth(db: AsyncSession) -> dict[str, int]:
         func.count().filter(jobs_table.c.run_at <= now),
         func.count().filter(jobs_table.c.run_at > now),
     ).where(waiting))).one()
-    return {"ready": int(row[0] or 0), "scheduled": int(row[1] or 0)}
+    return {"eligible": int(row[0] or 0), "scheduled": int(row[1] or 0)}
 
 
 @dataclass
