@@ -53,8 +53,8 @@ async def run_demo(url: str | None = None, *, concurrency: int = 5,
                "processed": stats.processed}
         if plot_path:
             try:
-                from .monitoring import clips_frame  # type: ignore[import-not-found,unused-ignore]
-                from .plotting import plot_visual_scores  # type: ignore[import-not-found,unused-ignore]
+                from .monitoring import clips_frame
+                from .plotting import plot_visual_scores
             except ImportError:
                 say("(install jobkit[notebook] to get the plot)")
             else:

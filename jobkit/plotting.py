@@ -1,0 +1,306 @@
+"""Plots of jobkit's monitoring frames, with matplotlib and no global pyplot state.
+
+Every helper draws on the ``ax=`` you pass, or on a new figure it builds itself,
+and **returns the Figure** it drew on (``ax.figure`` when you passed ``ax``; the
+Axes is then the one you gave, else ``fig.axes[0]``).
+
+In a notebook, a figure built here shows exactly once as the cell's value: it is
+not registered with pyplot, so the inline backend does not show it a second time
+at the end of the cell, and it renders itself as a PNG (``_repr_png_``) even when
+pyplot was never imported. If you pass an ``ax`` from ``pyplot.subplots()``,
+pyplot owns that figure and shows it itself: end the line with ``;`` (or assign
+the result) so it is not shown twice.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.dates import AutoDateLocator, ConciseDateFormatter, date2num
+from matplotlib.figure import Figure
+from matplotlib.ticker import LogFormatter, MaxNLocator
+
+from .display import STATUS_COLOURS
+from .models import ALL_STATUSES
+
+__all__ = ["JobkitFigure", "plot_latency", "plot_status_counts", "plot_throughput",
+           "plot_visual_scores"]
+
+
+class JobkitFigure(Figure):
+    """A matplotlib Figure that renders itself as a PNG in Jupyter (once)."""
+
+    def _repr_png_(self) -> bytes:
+        buf = io.BytesIO()
+        self.savefig(buf, format="png", bbox_inches="tight")
+        return buf.getvalue()
+
+
+def _axes(ax: Axes | None, size: tuple[float, float]) -> Axes:
+    if ax is not None:
+        if not isinstance(ax, Axes):
+            raise TypeError(f"ax must be a matplotlib Axes, got {type(ax).__name__}")
+        return ax
+    fig = JobkitFigure(figsize=size, layout="constrained")
+    return fig.add_subplot()
+
+
+def _figure(ax: Axes) -> Figure:
+    """The root Figure of ``ax`` (an Axes may live in a SubFigure)."""
+    fig: Any = ax.figure
+    while not isinstance(fig, Figure):
+        fig = fig.figure
+    return fig
+
+
+def _require(frame: Any, columns: list[str], what: str, hint: str) -> pd.DataFrame:
+    if not isinstance(frame, pd.DataFrame):
+        raise TypeError(f"{what} needs a DataFrame ({hint}), got {type(frame).__name__}")
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{what}: the frame lacks column(s) {', '.join(missing)} ({hint})")
+    return frame
+
+
+def _empty_note(ax: Axes, text: str) -> None:
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center",
+            color="#6c757d")
+
+
+# ---------------------------------------------------------------------------
+# Clips
+# ---------------------------------------------------------------------------
+def plot_visual_scores(clips: pd.DataFrame, ax: Axes | None = None, *,
+                       cmap: str = "viridis") -> Figure:
+    """Each video's clips along its timeline, coloured by ``visual_score``; ★ marks the best.
+
+    Args:
+        clips: a frame like :func:`jobkit.monitoring.clips_frame`'s (needs ``filename``,
+            ``start_ms``, ``end_ms``, ``visual_score``; ``video_asset_id`` when two videos
+            share a filename).
+        ax: draw here instead of on a new figure.
+        cmap: a matplotlib colormap name for the scores (0 → 1).
+
+    Returns:
+        The Figure (one row per video, time in seconds on x, a colorbar for the score).
+    """
+    hint = "use `await runner.clips()` or jobkit.monitoring.clips_frame(db)"
+    clips = _require(clips, ["filename", "start_ms", "end_ms", "visual_score"],
+                     "plot_visual_scores", hint)
+    clips = clips.reset_index(drop=True)
+    key = "video_asset_id" if "video_asset_id" in clips.columns else "filename"
+    videos = list(dict.fromkeys(clips[key]))
+    ax = _axes(ax, (9.0, max(2.6, 0.55 * len(videos) + 1.6)))
+    fig = _figure(ax)
+    norm = Normalize(0.0, 1.0)
+    mappable = ScalarMappable(norm=norm, cmap=cmap)
+    row = {v: i for i, v in enumerate(videos)}
+    y = clips[key].map(row).to_numpy(dtype=float)
+    start_s = clips["start_ms"].to_numpy(dtype=float) / 1000.0
+    length_s = (clips["end_ms"].to_numpy(dtype=float) / 1000.0) - start_s
+    scores = clips["visual_score"].to_numpy(dtype=float)
+    if len(clips):
+        ax.barh(y, length_s, left=start_s, height=0.6, color=mappable.to_rgba(scores),
+                edgecolor="white", linewidth=1.0)
+        best = clips.groupby(key, sort=False)["visual_score"].idxmax()
+        pos = [int(i) for i in best.to_numpy()]  # positions: the index was reset above
+        bx = [start_s[k] + length_s[k] / 2 for k in pos]
+        by = [row[v] for v in best.index]
+        ax.scatter(bx, by, marker="*", s=160, color="white", edgecolor="black",
+                   linewidth=0.8, zorder=3, label="best clip")
+        for x, yy, k in zip(bx, by, pos, strict=True):
+            ax.annotate(f"{scores[k]:.2f}", (x, yy), xytext=(8, 0),
+                        textcoords="offset points", ha="left", va="center", fontsize=8,
+                        bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none",
+                              "alpha": 0.8})
+        labels = (clips.drop_duplicates(key).set_index(key)["filename"]
+                  .reindex(videos).astype(str).tolist())
+        ax.set_yticks(range(len(videos)), labels)
+        ax.set_ylim(len(videos) - 0.4, -0.75)
+        ax.set_xlim(0, float((start_s + length_s).max()) * 1.02)
+    else:
+        _empty_note(ax, "no clips yet: run some cut_analysis jobs")
+        ax.set_yticks([])
+    fig.colorbar(mappable, ax=ax, label="visual_score (0–1)", fraction=0.04, pad=0.02)
+    ax.set_xlabel("time in video (s)")
+    ax.set_ylabel("video")
+    ax.set_title("Candidate clips by visual_score (★ = best clip of each video)")
+    ax.grid(axis="x", alpha=0.3)
+    return fig
+
+
+# ---------------------------------------------------------------------------
+# Throughput
+# ---------------------------------------------------------------------------
+def _as_throughput(data: pd.DataFrame | pd.Series) -> pd.DataFrame:
+    if isinstance(data, pd.Series):
+        data = data.to_frame(name=str(data.name or "completed"))
+    if not isinstance(data, pd.DataFrame):
+        raise TypeError("plot_throughput needs the frame of `await runner.throughput()` "
+                        f"(or a Series of counts by time), got {type(data).__name__}")
+    if not isinstance(data.index, pd.DatetimeIndex):
+        raise ValueError("plot_throughput needs a DatetimeIndex of interval starts; use "
+                         "`await runner.throughput()` or jobkit.monitoring.throughput(db)")
+    return data
+
+
+def plot_throughput(series: pd.DataFrame | pd.Series, ax: Axes | None = None) -> Figure:
+    """Jobs finished per interval as stacked bars (``completed`` below, ``failed`` above).
+
+    Args:
+        series: :func:`jobkit.monitoring.throughput`'s frame (or a Series of counts
+            indexed by interval start).
+        ax: draw here instead of on a new figure.
+
+    Returns:
+        The Figure; x is time (UTC), y is jobs per interval.
+    """
+    data = _as_throughput(series)
+    ax = _axes(ax, (9.0, 3.6))
+    fig = _figure(ax)
+    index = pd.DatetimeIndex(data.index)
+    times = (index.tz_convert("UTC").tz_localize(None) if index.tz is not None else index)
+    step = _interval(index)
+    width_days = step.total_seconds() / 86400.0 * 0.85
+    bottom = np.zeros(len(data))
+    colours = {"completed": STATUS_COLOURS["completed"], "failed": STATUS_COLOURS["failed"]}
+    for column in data.columns:
+        values = data[column].to_numpy(dtype=float)
+        ax.bar(times.to_numpy(), values, width=width_days, bottom=bottom, align="edge",
+               color=colours.get(str(column)), label=str(column))
+        bottom = bottom + values
+    if len(data) == 0:
+        _empty_note(ax, "no finished jobs yet")
+    else:
+        locator = AutoDateLocator()  # type: ignore[no-untyped-call]
+        ax.xaxis.set_major_locator(locator)
+        ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))  # type: ignore[no-untyped-call]
+        pad = width_days / 0.85
+        first, last = (float(date2num(t))  # type: ignore[no-untyped-call]
+                       for t in (times[0].to_pydatetime(), times[-1].to_pydatetime()))
+        ax.set_xlim(first - pad / 2, last + pad * 1.5)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("time (UTC)")
+    ax.set_ylabel(f"jobs finished per {_describe(step)}")
+    ax.set_title("Throughput")
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def _interval(index: pd.DatetimeIndex) -> pd.Timedelta:
+    if index.freq is not None:
+        try:
+            return pd.Timedelta(index.freq.nanos, unit="ns")
+        except ValueError:  # a calendar offset (month…) has no fixed length
+            pass
+    if len(index) > 1:
+        return pd.Timedelta(np.diff(index.asi8).min(), unit=index.unit)
+    return pd.Timedelta(minutes=1)
+
+
+def _describe(step: pd.Timedelta) -> str:
+    seconds = step.total_seconds()
+    for unit, size in (("h", 3600), ("min", 60), ("s", 1)):
+        if seconds >= size and seconds % size == 0:
+            n = int(seconds // size)
+            return f"{n} {unit}"
+    return f"{seconds:g} s"
+
+
+# ---------------------------------------------------------------------------
+# Status counts
+# ---------------------------------------------------------------------------
+def plot_status_counts(counts: pd.Series | Mapping[str, int], ax: Axes | None = None) -> Figure:
+    """Jobs per status as coloured bars, in lifecycle order, each labelled with its count.
+
+    Args:
+        counts: :func:`jobkit.monitoring.status_counts`'s Series, or a ``{status: n}`` dict.
+        ax: draw here instead of on a new figure.
+
+    Returns:
+        The Figure.
+    """
+    if isinstance(counts, Mapping):
+        counts = pd.Series(dict(counts), dtype="int64")
+    if not isinstance(counts, pd.Series):
+        raise TypeError("plot_status_counts needs `await runner.status_counts()` or a "
+                        f"{{status: count}} dict, got {type(counts).__name__}")
+    order = [s.value for s in ALL_STATUSES]
+    found = {str(k): v for k, v in counts.items()}
+    unknown = sorted(set(found) - set(order))
+    if unknown:
+        raise ValueError(f"unknown status(es) {', '.join(unknown)}; expected {', '.join(order)}")
+    values = [int(found.get(s, 0)) for s in order]
+    ax = _axes(ax, (6.5, 3.4))
+    fig = _figure(ax)
+    bars = ax.bar(order, values, color=[STATUS_COLOURS[s] for s in order])
+    ax.bar_label(bars, labels=[str(v) for v in values], padding=2)
+    ax.set_ylim(0, max(values + [1]) * 1.18)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("status")
+    ax.set_ylabel("jobs")
+    ax.set_title(f"Jobs per status ({sum(values)} in all)")
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+# ---------------------------------------------------------------------------
+# Latency
+# ---------------------------------------------------------------------------
+def plot_latency(jobs: pd.DataFrame, ax: Axes | None = None, *, bins: int = 30) -> Figure:
+    """Distributions of wait time (created → started) and run time (started → finished).
+
+    Both are drawn as step histograms on one log-scaled millisecond axis (waits and runs
+    often differ by orders of magnitude), with a dashed line at each median.
+
+    Args:
+        jobs: :func:`jobkit.monitoring.jobs_frame`'s frame (needs ``wait_ms``, ``run_ms``).
+        ax: draw here instead of on a new figure.
+        bins: number of log-spaced bins.
+
+    Returns:
+        The Figure.
+    """
+    jobs = _require(jobs, ["wait_ms", "run_ms"], "plot_latency",
+                    "use `await runner.jobs()` or jobkit.monitoring.jobs_frame(db)")
+    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+        raise ValueError(f"bins must be a whole number >= 1, got {bins!r}")
+    ax = _axes(ax, (8.0, 3.6))
+    fig = _figure(ax)
+    series = {
+        "wait (created → started)": jobs["wait_ms"].dropna().to_numpy(dtype=float),
+        "run (started → finished)": jobs["run_ms"].dropna().to_numpy(dtype=float),
+    }
+    colours = ["#6c757d", "#0d6efd"]
+    every = np.concatenate(list(series.values()))
+    if every.size == 0:
+        _empty_note(ax, "no started jobs yet")
+    else:
+        low = max(0.1, float(every[every > 0].min()) if (every > 0).any() else 0.1)
+        high = max(low * 10, float(every.max()))
+        edges = np.geomspace(low * 0.9, high * 1.1, bins + 1)
+        for (label, values), colour in zip(series.items(), colours, strict=True):
+            if values.size == 0:
+                continue
+            median = float(np.median(values))
+            ax.hist(np.clip(values, edges[0], edges[-1]), bins=edges.tolist(), histtype="step",
+                    linewidth=2, color=colour, label=f"{label}: p50 {median:,.0f} ms")
+            ax.axvline(median, color=colour, linestyle="--", linewidth=1)
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
+        ax.xaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False))
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncols=2, frameon=False)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("time (ms, log scale)")
+    ax.set_ylabel("jobs")
+    ax.set_title("Wait and run times")
+    ax.grid(alpha=0.3)
+    return fig
