@@ -6,7 +6,8 @@ exponential backoff and a per-request timeout, and one that cannot be delivered
 is logged (never raised). ``jobkit work``, ``jobkit drain``, ``jobkit step`` and
 ``jobkit serve`` enable it whenever the URL is set; in code::
 
-    hook = jobkit.alerts.enable_alerts(runner)     # None when no URL is configured
+    from jobkit.alerts import enable_alerts
+    hook = enable_alerts(runner)                   # None when no URL is configured
     ...
     await hook.aclose()                             # wait (bounded) for alerts in flight
 
