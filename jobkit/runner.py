@@ -203,6 +203,99 @@ class Runner:
         async with self.sessions() as db:
             return await queue.retry_job(db, job_id)
 
+    # -- monitoring & notebook views ------------------------------------------------------
+    # pandas, matplotlib and ipywidgets are imported only when these methods are called
+    # (`import jobkit` stays light); the names below exist for type checkers only.
+    from typing import TYPE_CHECKING as _TYPE_CHECKING
+
+    if _TYPE_CHECKING:
+        from datetime import timedelta as _timedelta
+
+        import pandas as _pd
+
+        from .explain import Explanation as _Explanation
+        from .models import JobStatus as _JobStatus
+        from .widgets import Dashboard as _Dashboard
+
+    def _reading(self) -> AsyncSession:
+        db = self.sessions()
+        db.info["jobkit.settings"] = self.settings
+        return db
+
+    async def jobs(self, status: str | _JobStatus | Iterable[str | _JobStatus] | None = None,
+                   job_type: str | Iterable[str] | None = None,
+                   since: datetime | _timedelta | None = None,
+                   limit: int | None = None) -> _pd.DataFrame:
+        """One row per job with wait/run times (see :func:`jobkit.monitoring.jobs_frame`)."""
+        from .monitoring import jobs_frame
+
+        async with self._reading() as db:
+            return await jobs_frame(db, status=status, job_type=job_type, since=since,
+                                    limit=limit)
+
+    async def status_counts(self) -> _pd.Series:
+        """Jobs per status, all five in lifecycle order, zeros included."""
+        from .monitoring import status_counts
+
+        async with self._reading() as db:
+            return await status_counts(db)
+
+    async def queue_depth(self) -> _pd.Series:
+        """Waiting jobs: ``eligible`` now vs ``scheduled`` for later."""
+        from .monitoring import queue_depth
+
+        async with self._reading() as db:
+            return await queue_depth(db)
+
+    async def recent_failures(self, limit: int = 10) -> _pd.DataFrame:
+        """The most recently failed jobs, newest first, with their error's last line."""
+        from .monitoring import recent_failures
+
+        async with self._reading() as db:
+            return await recent_failures(db, limit=limit)
+
+    async def processing_stats(self) -> _pd.DataFrame:
+        """Per job_type: count, failed, mean/p50/p95/max run time and mean wait (ms)."""
+        from .monitoring import processing_stats
+
+        async with self._reading() as db:
+            return await processing_stats(db)
+
+    async def throughput(self, freq: str = "1min",
+                         since: datetime | _timedelta | None = None) -> _pd.DataFrame:
+        """Completed and failed jobs per interval of ``freq`` (a pandas frequency)."""
+        from .monitoring import throughput
+
+        async with self._reading() as db:
+            return await throughput(db, freq=freq, since=since)
+
+    async def clips(self, video_asset_id: uuid.UUID | str | None = None) -> _pd.DataFrame:
+        """Clips with their video's filename (see :func:`jobkit.monitoring.clips_frame`)."""
+        from .monitoring import clips_frame
+
+        async with self._reading() as db:
+            return await clips_frame(db, video_asset_id=video_asset_id)
+
+    async def worker_health(self, dead_after: float | None = None) -> _pd.DataFrame:
+        """Registered workers with heartbeat age and a ``healthy`` flag."""
+        from .monitoring import worker_health
+
+        async with self._reading() as db:
+            return await worker_health(db, dead_after=dead_after)
+
+    async def explain(self, job_id: uuid.UUID | str) -> _Explanation:
+        """Why a job is not running, or what happened to it, in words."""
+        from .explain import explain_job
+
+        async with self._reading() as db:
+            return await explain_job(db, job_id, settings=self.settings, handlers=self.handlers)
+
+    def dashboard(self, *, refresh_interval: float = 2.0) -> _Dashboard:
+        """An ipywidgets dashboard: counts, queue depth, last step, clips plot, and buttons."""
+        from .widgets import Dashboard
+
+        return Dashboard(self, refresh_interval=refresh_interval)
+
 
 async def _eligible_count(db: AsyncSession) -> int:
     from sqlalchemy import func

@@ -1,0 +1,317 @@
+"""``await runner.explain(job_id)``: why a job is not running, or what happened to it, in words."""
+
+from __future__ import annotations
+
+import html
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from .config import Settings
+from .errors import JobNotFound
+from .models import ELIGIBLE, JobStatus, jobs_table, utcnow, workers_table
+
+__all__ = ["CASES", "Explanation", "explain_job"]
+
+#: Every value :attr:`Explanation.case` can take.
+CASES = (
+    "scheduled",        # pending, not eligible before run_at
+    "retry_backoff",    # a failed attempt; the next one waits out its backoff
+    "waiting",          # eligible now, behind `ahead` other eligible jobs
+    "running",          # processing, leased by a live worker (or a one-off step)
+    "worker_dead",      # processing, but its worker stopped heart-beating or its lease ran out
+    "cancelled",        # failed because it was cancelled
+    "failed",           # failed: retries spent, or a permanent error
+    "completed",        # done, with a result
+)
+
+_ELIGIBLE_VALUES = tuple(s.value for s in ELIGIBLE)
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """The answer of :func:`explain_job`: one ``summary`` sentence, ``details``, and the facts.
+
+    ``str(explanation)`` is the summary followed by the details, one per line.
+    """
+
+    job_id: str
+    job_type: str
+    status: str
+    case: str
+    summary: str
+    details: tuple[str, ...] = ()
+    attempts: int = 0
+    max_attempts: int = 0
+    run_at: datetime | None = None
+    eligible_in_s: float | None = None
+    ahead: int | None = None
+    worker_id: str | None = None
+    worker_alive: bool | None = None
+    worker_state: str | None = None
+    heartbeat_age_s: float | None = None
+    locked_until: datetime | None = None
+    last_error: str | None = None
+    result_summary: str | None = None
+    facts: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __str__(self) -> str:
+        return "\n".join([self.summary, *(f"  - {d}" for d in self.details)])
+
+    def __repr__(self) -> str:
+        return f"<Explanation {self.job_id} {self.case}: {self.summary}>"
+
+    def _repr_html_(self) -> str:
+        from .display import status_badge
+
+        items = "".join(f"<li>{html.escape(d)}</li>" for d in self.details)
+        return (f"<div><div>{status_badge(self.status)} <b>{html.escape(self.job_type)}</b> "
+                f"<code>{html.escape(self.job_id)}</code></div>"
+                f"<div style='margin-top:4px'>{html.escape(self.summary)}</div>"
+                f"{f'<ul style=margin-top:2px>{items}</ul>' if items else ''}</div>")
+
+
+def _duration(seconds: float) -> str:
+    """``0.4 s``, ``12 s``, ``3 min 5 s``, ``2 h 10 min``."""
+    s = abs(seconds)
+    if s < 10:
+        return f"{s:.1f} s"
+    if s < 60:
+        return f"{s:.0f} s"
+    if s < 3600:
+        m, sec = divmod(int(round(s)), 60)
+        return f"{m} min {sec} s" if sec else f"{m} min"
+    h, rest = divmod(int(round(s)), 3600)
+    m = rest // 60
+    return f"{h} h {m} min" if m else f"{h} h"
+
+
+def _when(t: datetime) -> str:
+    return t.astimezone().strftime("%Y-%m-%d %H:%M:%S %Z").strip()
+
+
+def _last_line(error: str | None) -> str | None:
+    from .worker import last_line
+
+    return last_line(error)
+
+
+def summarise_result(result: Any) -> str:
+    """A short phrase for a job's result (clips for ``cut_analysis``, keys otherwise)."""
+    if isinstance(result, Mapping) and "clips_created" in result:
+        n = result["clips_created"]
+        text = f"{n} clip{'s' if n != 1 else ''} created"
+        if isinstance(result.get("duration"), int | float):
+            text += f" from a {result['duration'] / 1000:g} s video"
+        scores = [float(v["visual_score"]) for v in result.get("variants") or []
+                  if isinstance(v, Mapping) and isinstance(v.get("visual_score"), int | float)]
+        if scores:
+            text += f" (best visual_score {max(scores):.2f})"
+        return text
+    if result is None:
+        return "no result (None)"
+    text = repr(result)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+async def _now(db: AsyncSession) -> datetime:
+    if db.get_bind().dialect.name == "postgresql":
+        value = (await db.execute(select(func.clock_timestamp()))).scalar_one()
+        return value if isinstance(value, datetime) else utcnow()
+    return utcnow()
+
+
+def _claim_clock(db: AsyncSession) -> Any:
+    return func.now() if db.get_bind().dialect.name == "postgresql" else utcnow()
+
+
+async def _live_workers(db: AsyncSession, now: datetime, dead_after: float) -> int:
+    from datetime import timedelta
+
+    n = (await db.execute(select(func.count()).select_from(workers_table).where(
+        workers_table.c.state == "running",
+        workers_table.c.last_heartbeat_at > now - timedelta(seconds=dead_after)))).scalar()
+    return int(n or 0)
+
+
+async def explain_job(db: AsyncSession, job_id: uuid.UUID | str, *,
+                      settings: Settings | None = None,
+                      handlers: Mapping[str, Any] | None = None) -> Explanation:
+    """Explain the state of one job in words (see :data:`CASES`).
+
+    Args:
+        db: a session; it is only read.
+        job_id: the job's id (a UUID or its text); :class:`JobNotFound` when no such job.
+        settings: for the dead-worker threshold (default: ``db.info`` or the environment).
+        handlers: the dispatch table that will run it, to warn about an unknown job_type.
+    """
+    try:
+        jid = job_id if isinstance(job_id, uuid.UUID) else uuid.UUID(str(job_id))
+    except ValueError:
+        raise JobNotFound(job_id) from None
+    row = (await db.execute(select(jobs_table).where(jobs_table.c.id == jid))).mappings().first()
+    if row is None:
+        raise JobNotFound(job_id)
+    if settings is None:
+        found = db.info.get("jobkit.settings")
+        settings = found if isinstance(found, Settings) else Settings.from_env()
+    now = await _now(db)
+    status = JobStatus(row["status"])
+    base: dict[str, Any] = {
+        "job_id": str(jid), "job_type": row["job_type"], "status": status.value,
+        "attempts": int(row["attempts"]), "max_attempts": int(row["max_attempts"]),
+        "run_at": row["run_at"], "last_error": _last_line(row["error"]),
+        "facts": {"now": now, "created_at": row["created_at"], "started_at": row["started_at"],
+                  "finished_at": row["finished_at"], "priority": row["priority"]},
+    }
+    name = f"Job {jid} ({row['job_type']})"
+    attempts, max_attempts = base["attempts"], base["max_attempts"]
+    details: list[str] = []
+    if handlers is not None and row["job_type"] not in handlers and status.value in (
+            *_ELIGIBLE_VALUES, JobStatus.PROCESSING.value):
+        details.append(f"No handler named {row['job_type']!r} is registered here: it will fail "
+                       "with UnknownJobType when this runner claims it (register one with "
+                       "@runner.handler).")
+
+    if status.value in _ELIGIBLE_VALUES:
+        return await _explain_waiting(db, row, base, name, now, settings, details)
+    if status is JobStatus.PROCESSING:
+        return await _explain_processing(db, row, base, name, now, settings, details)
+    if status is JobStatus.COMPLETED:
+        took = (row["finished_at"] - row["started_at"]).total_seconds() * 1000 \
+            if row["finished_at"] and row["started_at"] else None
+        summary_result = summarise_result(row["result"])
+        tries = f"on attempt {attempts} of {max_attempts}" if attempts > 1 else "on its first attempt"
+        summary = f"{name} completed {tries}: {summary_result}."
+        if took is not None:
+            details.append(f"Its last attempt ran {took:,.0f} ms and finished at "
+                           f"{_when(row['finished_at'])}.")
+        return Explanation(case="completed", summary=summary, details=tuple(details),
+                           result_summary=summary_result, **base)
+    # failed
+    error = base["last_error"] or "(no error recorded)"
+    if row["error"] == "cancelled":
+        when = f" at {_when(row['finished_at'])}" if row["finished_at"] else ""
+        summary = f"{name} was cancelled{when}; it will not run."
+        details.append(f"It had used {attempts} of {max_attempts} attempts. Run it again with "
+                       f"`await runner.retry_job('{jid}')`.")
+        return Explanation(case="cancelled", summary=summary, details=tuple(details), **base)
+    if attempts >= max_attempts:
+        summary = (f"{name} failed: all {max_attempts} attempts are spent. "
+                   f"Last error: {error}")
+    else:
+        summary = (f"{name} failed at once on attempt {attempts} of {max_attempts}, "
+                   f"because retrying cannot help (a permanent error): {error}")
+    details.append(f"Run it again with `await runner.retry_job('{jid}')` once the cause is fixed.")
+    return Explanation(case="failed", summary=summary, details=tuple(details), **base)
+
+
+async def _explain_waiting(db: AsyncSession, row: Mapping[Any, Any], base: dict[str, Any],
+                           name: str, now: datetime, settings: Settings,
+                           details: list[str]) -> Explanation:
+    attempts, max_attempts = base["attempts"], base["max_attempts"]
+    status = base["status"]
+    run_at: datetime = row["run_at"]
+    wait = (run_at - now).total_seconds()
+    if status == JobStatus.RETRY.value:
+        failed_line = (f"Attempt {attempts} of {max_attempts} failed: "
+                       f"{base['last_error'] or '(no error recorded)'}")
+    if wait > 0:
+        if status == JobStatus.RETRY.value:
+            summary = (f"{name} is waiting out its retry backoff: attempt {attempts + 1} of "
+                       f"{max_attempts} becomes eligible in {_duration(wait)} "
+                       f"(at {_when(run_at)}).")
+            details.insert(0, failed_line + ".")
+            case = "retry_backoff"
+        else:
+            summary = (f"{name} is scheduled for later: it becomes eligible in "
+                       f"{_duration(wait)} (at {_when(run_at)}).")
+            case = "scheduled"
+        return Explanation(case=case, summary=summary, details=tuple(details),
+                           eligible_in_s=wait, **base)
+    c = jobs_table.c
+    ahead_q = select(func.count()).select_from(jobs_table).where(
+        c.status.in_(_ELIGIBLE_VALUES), c.run_at <= _claim_clock(db), c.id != row["id"],
+        or_(c.priority > row["priority"],
+            and_(c.priority == row["priority"],
+                 or_(c.created_at < row["created_at"],
+                     and_(c.created_at == row["created_at"], c.id < row["id"])))))
+    ahead = int((await db.execute(ahead_q)).scalar() or 0)
+    if ahead == 0:
+        summary = f"{name} is next in line: the next claim will take it."
+    else:
+        summary = (f"{name} is waiting behind {ahead} eligible job{'s' if ahead != 1 else ''} "
+                   f"(claims go by priority, then age; its priority is {row['priority']}).")
+    if status == JobStatus.RETRY.value:
+        details.insert(0, failed_line + f"; attempt {attempts + 1} of {max_attempts} is due.")
+    live = await _live_workers(db, now, settings.dead_after)
+    if live == 0:
+        details.append("No live worker is registered: run `await runner.step()` or "
+                       "`await runner.drain()`, or start `jobkit work`.")
+    else:
+        details.append(f"{live} live worker{'s' if live != 1 else ''} "
+                       f"{'are' if live != 1 else 'is'} polling the queue.")
+    return Explanation(case="waiting", summary=summary, details=tuple(details), ahead=ahead,
+                       eligible_in_s=0.0, **base)
+
+
+async def _explain_processing(db: AsyncSession, row: Mapping[Any, Any], base: dict[str, Any],
+                              name: str, now: datetime, settings: Settings,
+                              details: list[str]) -> Explanation:
+    attempts, max_attempts = base["attempts"], base["max_attempts"]
+    wid: str | None = row["locked_by"]
+    until: datetime | None = row["locked_until"]
+    worker = None
+    if wid is not None:
+        worker = (await db.execute(select(workers_table).where(workers_table.c.id == wid)
+                                   )).mappings().first()
+    started = row["started_at"]
+    running_for = f" for {_duration((now - started).total_seconds())}" if started else ""
+    attempt = f"attempt {attempts} of {max_attempts}"
+    lease_left = (until - now).total_seconds() if until is not None else None
+    fields: dict[str, Any] = {"worker_id": wid, "locked_until": until}
+    if row["cancel_requested"]:
+        details.append("A cancel was requested: its worker stops it at its next heartbeat.")
+    if worker is not None:
+        age = (now - worker["last_heartbeat_at"]).total_seconds()
+        fields.update(worker_state=worker["state"], heartbeat_age_s=age)
+        who = f"worker {wid} (host {worker['hostname']}, pid {worker['pid']})"
+        alive = worker["state"] == "running" and age < settings.dead_after
+    else:
+        age = None
+        who = f"{wid}, which is not a registered worker (a one-off step such as runner.step())"
+        alive = None
+    expired = lease_left is not None and lease_left <= 0
+    if expired:
+        alive = False
+    fields["worker_alive"] = alive
+    next_status = "failed" if attempts >= max_attempts else "retry"
+    if alive is False:
+        if expired:
+            why = f"its lease ran out {_duration(-lease_left)} ago" if lease_left is not None else ""
+        elif worker is not None and worker["state"] != "running":
+            why = f"the worker is marked {worker['state']}"
+        else:
+            why = f"its last heartbeat was {_duration(age or 0)} ago"
+        since = f", started {_duration((now - started).total_seconds())} ago," if started else ""
+        summary = (f"{name} is leased by {who}, which looks dead ({why}); its {attempt}{since} "
+                   "is presumed lost.")
+        if expired:
+            details.append(f"The next reaper (any worker's heartbeat) sends it to {next_status}.")
+        elif until is not None:
+            details.append(f"When its lease ends in {_duration(lease_left or 0)} (at "
+                           f"{_when(until)}), a worker's reaper sends it to {next_status}.")
+        return Explanation(case="worker_dead", summary=summary, details=tuple(details),
+                           **fields, **base)
+    beat = f", last heartbeat {_duration(age)} ago" if age is not None else ""
+    live_word = "live " if alive else ""
+    summary = f"{name} is running{running_for} on {live_word}{who}{beat} ({attempt})."
+    if until is not None and lease_left is not None:
+        details.append(f"Its lease runs {_duration(lease_left)} more (until {_when(until)}); the "
+                       "worker extends it while the job runs.")
+    return Explanation(case="running", summary=summary, details=tuple(details), **fields, **base)
