@@ -33,44 +33,87 @@ def _table(title: str, rows: list[tuple[str, Any]], raw: set[str] | None = None)
 
 
 def job_html(job: Job) -> str:
-    return _table("Job", [
+    rows: list[tuple[str, Any]] = [
         ("id", job.id), ("job_type", job.job_type), ("status", status_badge(job.status)),
         ("attempts", f"{job.attempts}/{job.max_attempts}"), ("priority", job.priority),
-        ("params", job.params), ("run_at", job.run_at), ("created_at", job.created_at),
-        ("finished_at", job.finished_at), ("error", _last(job.error)),
-    ], raw={"status"})
+        ("params", _short(job.params)), ("run_at", _when(job.run_at)),
+        ("created_at", _when(job.created_at)),
+    ]
+    if job.started_at is not None:
+        rows.append(("started_at", _when(job.started_at)))
+    if job.finished_at is not None:
+        rows.append(("finished_at", _when(job.finished_at)))
+    if job.locked_by:
+        rows.append(("locked_by", job.locked_by))
+    if job.result is not None:
+        from .explain import summarise_result
+
+        rows.append(("result", summarise_result(job.result)))
+    if job.error:
+        rows.append(("error", _last(job.error)))
+    return _table("Job", rows, raw={"status"})
 
 
 def asset_html(asset: VideoAsset) -> str:
     return _table("VideoAsset", [("id", asset.id), ("filename", asset.filename),
-                                 ("duration_ms", asset.duration_ms),
-                                 ("created_at", asset.created_at)])
+                                 ("duration", f"{asset.duration_ms / 1000:g} s "
+                                              f"({asset.duration_ms} ms)"),
+                                 ("created_at", _when(asset.created_at))])
 
 
 def summary_html(summary: dict[str, Any]) -> str:
     if not summary.get("processed"):
         return f"<i>{html.escape(str(summary.get('message')))}</i>"
-    result = summary.get("result")
-    if isinstance(result, dict) and "clips_created" in result:
-        result = f"{result['clips_created']} clips from {result.get('duration')} ms"
-    return _table("Step", [
+    from .explain import summarise_result
+
+    rows: list[tuple[str, Any]] = [
         ("job_id", summary["job_id"]), ("job_type", summary["job_type"]),
         ("status", status_badge(summary["status"])),
         ("processing_time_ms", summary["processing_time_ms"]),
-        ("result", result), ("error", summary.get("error")),
-    ], raw={"status"})
+    ]
+    if summary.get("result") is not None:
+        rows.append(("result", summarise_result(summary["result"])))
+    if summary.get("error"):
+        rows.append(("error", summary["error"]))
+    return _table("Step", rows, raw={"status"})
 
 
 def stats_html(stats: WorkerStats) -> str:
     d = stats.as_dict()
-    return _table("Drain", [(k, v) for k, v in d.items()])
+    rate = stats.processed / stats.elapsed if stats.elapsed > 0 else 0.0
+    colour = {"completed": "completed", "failed": "failed", "retried": "retry", "lost": "lost"}
+    rows: list[tuple[str, Any]] = [
+        (k, f"<b style='color:{STATUS_COLOURS[colour[k]]}'>{v}</b>" if k in colour and v else v)
+        for k, v in d.items() if k != "elapsed_s"]
+    rows.append(("elapsed", f"{d['elapsed_s']:.2f} s ({rate:.1f} jobs/s)"))
+    return _table("Drain", rows, raw=set(colour))
 
 
 def runner_html(runner: Runner) -> str:
     from .database import redact_url
 
-    return _table("jobkit Runner", [("database", redact_url(runner.engine.url)),
-                                    ("handlers", ", ".join(sorted(runner.handlers)))])
+    return _table("jobkit Runner", [
+        ("database", redact_url(runner.engine.url)), ("backend", runner.backend),
+        ("handlers", ", ".join(sorted(runner.handlers))),
+        ("settings", repr(runner.settings)),
+        ("views", "await runner.jobs() · clips() · status_counts() · explain(id) · "
+                  "dashboard()"),
+    ])
+
+
+def _when(value: Any) -> str:
+    """A datetime as ``YYYY-MM-DD HH:MM:SS.mmm UTC`` (empty for None)."""
+    if value is None:
+        return ""
+    try:
+        return f"{value:%Y-%m-%d %H:%M:%S}.{value.microsecond // 1000:03d} UTC"
+    except (TypeError, ValueError, AttributeError):
+        return str(value)
+
+
+def _short(value: Any, limit: int = 200) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _last(error: str | None) -> str | None:

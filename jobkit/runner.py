@@ -295,6 +295,7 @@ class Runner:
         from .widgets import Dashboard
 
         return Dashboard(self, refresh_interval=refresh_interval)
+    # -- end of monitoring & notebook views ------------------------------------------------
 
 
 async def _eligible_count(db: AsyncSession) -> int:
