@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import importlib
 import json
 import logging
@@ -27,11 +28,15 @@ import sys
 import traceback
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .config import Settings
 from .errors import ConfigError, JobkitError, JobNotFound
 from .models import ALL_STATUSES, TERMINAL
+
+if TYPE_CHECKING:
+    from .alerts import AlertHook
+    from .runner import Runner
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_DISABLED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_NOT_FOUND, EXIT_DATABASE = 4, 5
@@ -65,13 +70,13 @@ def _import_modules(names: list[str]) -> None:
 
 
 async def _open(args: argparse.Namespace, *, create: bool = False,
-                settings: Settings | None = None) -> Any:
+                settings: Settings | None = None) -> Runner:
     """A Runner on the command's database, checked reachable (and initialised unless
     ``create``, which creates the schema)."""
     from sqlalchemy import inspect
 
     from .database import check_database, create_engine, init_schema, redact_url
-    from .runner import Runner
+    from .runner import Runner as RunnerClass
 
     settings = settings or _settings(args)
     url = settings.database_url
@@ -100,7 +105,7 @@ async def _open(args: argparse.Namespace, *, create: bool = False,
     except BaseException:
         await engine.dispose()
         raise
-    return Runner(engine, settings)
+    return RunnerClass(engine, settings)
 
 
 def _out(args: argparse.Namespace, data: Any, human: str | Callable[[], str]) -> None:
@@ -145,13 +150,13 @@ def _ago(value: datetime | None) -> str:
     return f"{s / 86400:.0f}d ago"
 
 
-async def _alerts_on(runner: Any) -> Any:
+async def _alerts_on(runner: Runner) -> AlertHook | None:
     from .alerts import enable_alerts
 
     return enable_alerts(runner)
 
 
-async def _alerts_off(hook: Any) -> None:
+async def _alerts_off(hook: AlertHook | None) -> None:
     if hook is not None:
         await hook.aclose()
 
@@ -482,57 +487,11 @@ async def cmd_show(args: argparse.Namespace) -> int:
 async def cmd_explain(args: argparse.Namespace) -> int:
     runner = await _open(args)
     try:
-        explain = getattr(runner, "explain", None)
-        if explain is not None:
-            found = await explain(args.job_id)
-        else:
-            found = await _explain_fallback(runner, args.job_id)
+        explanation = await runner.explain(args.job_id)
     finally:
         await runner.close()
-    data = _jsonable(found)
-    _out(args, data, lambda: _explain_text(found))
+    _out(args, dataclasses.asdict(explanation), str(explanation))
     return EXIT_OK
-
-
-def _jsonable(value: Any) -> Any:
-    for attr in ("as_dict", "to_dict"):
-        fn = getattr(value, attr, None)
-        if callable(fn):
-            return fn()
-    if isinstance(value, dict):
-        return value
-    return {"explanation": str(value)}
-
-
-def _explain_text(value: Any) -> str:
-    text_fn = getattr(value, "text", None)
-    if callable(text_fn):
-        return str(text_fn())
-    if isinstance(value, dict):
-        return "\n".join(f"{k}: {v}" for k, v in value.items())
-    return str(value)
-
-
-async def _explain_fallback(runner: Any, job_id: str) -> dict[str, Any]:
-    """Why a job is where it is, from its row alone (used until jobkit.explain exists)."""
-    from .models import utcnow
-
-    job = await runner.get_job(job_id)
-    status = str(job.status)
-    if status == "pending":
-        why = ("waiting: eligible now; it runs when a worker has a free slot"
-               if job.run_at <= utcnow() else f"scheduled: not eligible before {job.run_at}")
-    elif status == "retry":
-        why = f"attempt {job.attempts} failed ({_short_error(job.error)}); next try from {job.run_at}"
-    elif status == "processing":
-        why = f"running on {job.locked_by}, lease until {job.locked_until}"
-    elif status == "completed":
-        why = f"completed after {job.attempts} attempt(s)"
-    elif job.error == "cancelled":
-        why = "cancelled on request"
-    else:
-        why = f"failed after {job.attempts} attempt(s): {_short_error(job.error)}"
-    return {"job_id": str(job.id), "status": status, "explanation": why}
 
 
 async def cmd_failed(args: argparse.Namespace) -> int:

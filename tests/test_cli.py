@@ -110,7 +110,9 @@ def test_upload_step_show_status_flow(db_url: str, tmp_path: Path) -> None:
                              "failed": 0}
     assert after["queue_depth"] == 1 and after["total"] == 2
     assert [j["id"] for j in out_json(jobs)] == [job_id]
-    assert out_json(explain)  # a non-empty explanation of a completed job
+    explained = out_json(explain)
+    assert explained["job_id"] == job_id and explained["case"] == "completed"
+    assert explained["summary"]
 
     # Bad arguments that need the database: unknown ids and refused transitions.
     unknown = str(uuid.uuid4())
