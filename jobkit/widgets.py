@@ -42,6 +42,7 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
 
     def __init__(self, runner: Runner, *, refresh_interval: float = 2.0,
                  drain_concurrency: int = 4) -> None:
+        self._auto_task: asyncio.Task[None] | None = None
         if not refresh_interval > 0:
             raise ValueError(f"refresh_interval must be > 0 seconds, got {refresh_interval!r}")
         if isinstance(drain_concurrency, bool) or not isinstance(drain_concurrency, int) \
@@ -57,7 +58,6 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
         self.errors: list[str] = []
         self.busy: str | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._auto_task: asyncio.Task[None] | None = None
         self._refreshed: asyncio.Condition | None = None
         self._clips_key: tuple[Any, ...] | None = None
         try:
@@ -176,10 +176,12 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
     def close(self) -> None:
         """Stop auto-refresh and close the widgets."""
         self._stop_auto()
-        for child in (self.title, self.counts_html, self.depth_html, self.last_step_html,
-                      self.message, self.clips_image, *self.action_buttons,
-                      self.refresh_button, self.auto_refresh):
-            child.close()
+        for name in ("title", "counts_html", "depth_html", "last_step_html", "message",
+                     "clips_image", "step_button", "run10_button", "drain_button",
+                     "refresh_button", "auto_refresh"):
+            child = self.__dict__.get(name)  # absent when __init__ refused its arguments
+            if child is not None:
+                child.close()
         super().close()
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -257,7 +259,8 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
             self._stop_auto()
 
     def _stop_auto(self) -> None:
-        if self._auto_task is not None:
+        if getattr(self, "_auto_task", None) is not None:
+            assert self._auto_task is not None
             self._auto_task.cancel()
             self._auto_task = None
 
