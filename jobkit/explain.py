@@ -79,14 +79,15 @@ class Explanation:
 def _duration(seconds: float) -> str:
     """``0.4 s``, ``12 s``, ``3 min 5 s``, ``2 h 10 min``."""
     s = abs(seconds)
-    if s < 10:
+    if s < 9.95:
         return f"{s:.1f} s"
-    if s < 60:
-        return f"{s:.0f} s"
-    if s < 3600:
-        m, sec = divmod(int(round(s)), 60)
+    whole = int(round(s))
+    if whole < 60:
+        return f"{whole} s"
+    if whole < 3600:
+        m, sec = divmod(whole, 60)
         return f"{m} min {sec} s" if sec else f"{m} min"
-    h, rest = divmod(int(round(s)), 3600)
+    h, rest = divmod(whole, 3600)
     m = rest // 60
     return f"{h} h {m} min" if m else f"{h} h"
 
