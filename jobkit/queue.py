@@ -9,27 +9,52 @@ that is still ``processing``, leased by this worker, on this attempt.
 
 from __future__ import annotations
 
+import functools
 import random
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Integer, Uuid, and_, case, event, func, select, update
-from sqlalchemy import values as sa_values
+from sqlalchemy import (
+    Integer,
+    Interval,
+    Uuid,
+    and_,
+    bindparam,
+    case,
+    event,
+    func,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session
-from sqlalchemy.sql import ColumnElement, column
+from sqlalchemy.orm import Session, configure_mappers
+from sqlalchemy.sql import ColumnElement
 
 from .errors import InvalidTransition, JobNotFound
-from .jsonutil import check_json, check_params
-from .models import ELIGIBLE, Job, JobStatus, JSONType, jobs_table, new_id, utcnow
+from .jsonutil import check_json, check_params, dumps
+from .models import (
+    ELIGIBLE,
+    Job,
+    JobStatus,
+    JSONType,
+    UTCDateTime,
+    jobs_table,
+    new_id,
+    utcnow,
+)
 
 NOTIFY_CHANNEL = "jobkit_jobs"
 ELIGIBLE_VALUES = tuple(s.value for s in ELIGIBLE)
 _COLS = tuple(jobs_table.c)
+# The claim's filter as literal text, not bound parameters: only then can SQLite (and
+# PostgreSQL's generic plans) use the partial index ix_jobs_eligible, whose predicate is
+# this same expression. With ``IN (?, ?)`` SQLite sorted every waiting job on every claim.
+_ELIGIBLE_WHERE = text("jobs.status IN ('pending', 'retry')")
 
 # ---------------------------------------------------------------------------
 # In-process wake-ups: enqueue wakes the workers of this process at commit.
@@ -84,11 +109,19 @@ def _now(db: AsyncSession) -> Any:
     return func.now() if is_postgres(db) else utcnow()
 
 
+_job_mapper = Job.__mapper__
+
+
 def job_from_row(row: Mapping[Any, Any]) -> Job:
-    """A detached :class:`Job` built from a ``RETURNING``/``SELECT`` row."""
-    job = Job()
-    for key, value in row.items():
-        setattr(job, key, value)
+    """A detached :class:`Job` built from a ``RETURNING``/``SELECT`` row.
+
+    Built the way the ORM's own loader builds instances (state, then the values straight
+    into ``__dict__``), without one instrumented ``setattr`` per column.
+    """
+    if not _job_mapper.configured:  # attribute access needs configured mappers
+        configure_mappers()
+    job: Job = _job_mapper.class_manager.new_instance()
+    job.__dict__.update(row)
     return job
 
 
@@ -242,6 +275,40 @@ async def enqueue_many(db: AsyncSession, jobs: Iterable[Mapping[str, Any] | tupl
 # ---------------------------------------------------------------------------
 # Claim
 # ---------------------------------------------------------------------------
+@functools.cache
+def _claim_statement(dialect: str, typed: bool) -> Any:
+    """The claim, built once per backend (statement building and its cache key cost
+    more than the database's work for a small claim)."""
+    pg = dialect == "postgresql"
+    now: Any = func.now() if pg else bindparam("now", type_=UTCDateTime)
+    until: Any = (func.now() + bindparam("lease", type_=Interval()) if pg
+                  else bindparam("until", type_=UTCDateTime))
+    if pg:
+        ready: Any = select(jobs_table.c.id).where(_ELIGIBLE_WHERE, jobs_table.c.run_at <= now)
+        if typed:
+            ready = ready.where(jobs_table.c.job_type.in_(bindparam("types", expanding=True)))
+        ready = (ready.order_by(jobs_table.c.priority.desc(), jobs_table.c.created_at,
+                                jobs_table.c.id)
+                 .limit(bindparam("n", type_=Integer)).with_for_update(skip_locked=True))
+    else:
+        # INDEXED BY: SQLite's planner otherwise prefers ix_jobs_status_finished and sorts
+        # every waiting job on every claim.
+        types_sql = " AND job_type IN :types" if typed else ""
+        ready = text(
+            "SELECT id FROM jobs INDEXED BY ix_jobs_eligible "
+            f"WHERE status IN ('pending', 'retry') AND run_at <= :now{types_sql} "
+            "ORDER BY priority DESC, created_at, id LIMIT :n"
+        ).bindparams(*([bindparam("types", expanding=True)] if typed else []),
+                     bindparam("now", type_=UTCDateTime), bindparam("n", type_=Integer)
+                     ).columns(jobs_table.c.id)
+    return (update(jobs_table)
+            .where(jobs_table.c.id.in_(ready))
+            .values(status=JobStatus.PROCESSING.value, attempts=jobs_table.c.attempts + 1,
+                    locked_by=bindparam("worker_id"), locked_until=until,
+                    started_at=now, updated_at=now, finished_at=None)
+            .returning(*_COLS))
+
+
 async def claim_jobs(db: AsyncSession, n: int = 1, *, worker_id: str,
                      lease_seconds: float = 60.0, job_types: Sequence[str] | None = None,
                      commit: bool = True) -> list[Job]:
@@ -252,21 +319,18 @@ async def claim_jobs(db: AsyncSession, n: int = 1, *, worker_id: str,
     """
     if n <= 0:
         return []
-    now = _now(db)
-    ready = (select(jobs_table.c.id)
-             .where(jobs_table.c.status.in_(ELIGIBLE_VALUES), jobs_table.c.run_at <= now)
-             .order_by(jobs_table.c.priority.desc(), jobs_table.c.created_at, jobs_table.c.id)
-             .limit(n)
-             .with_for_update(skip_locked=True))
+    dialect = db.get_bind().dialect.name
+    params: dict[str, Any] = {"n": n, "worker_id": worker_id}
+    if dialect == "postgresql":
+        params["lease"] = timedelta(seconds=lease_seconds)
+    else:
+        now = utcnow()
+        params["now"] = now
+        params["until"] = now + timedelta(seconds=lease_seconds)
     if job_types is not None:
-        ready = ready.where(jobs_table.c.job_type.in_(list(job_types)))
-    stmt = (update(jobs_table)
-            .where(jobs_table.c.id.in_(ready.scalar_subquery()))
-            .values(status=JobStatus.PROCESSING, attempts=jobs_table.c.attempts + 1,
-                    locked_by=worker_id, locked_until=now + timedelta(seconds=lease_seconds),
-                    started_at=now, updated_at=now, finished_at=None)
-            .returning(*_COLS))
-    rows = (await db.execute(stmt)).mappings().all()
+        params["types"] = list(job_types)
+    stmt = _claim_statement(dialect, job_types is not None)
+    rows = (await db.execute(stmt, params)).mappings().all()
     if commit:
         await db.commit()
     jobs = [job_from_row(r) for r in rows]
@@ -292,13 +356,57 @@ def _fence(job_id: uuid.UUID, attempt: int, worker_id: str) -> ColumnElement[boo
                 jobs_table.c.locked_by == worker_id, jobs_table.c.status == "processing")
 
 
+_COMPLETED_VALUES = {"status": JobStatus.COMPLETED.value, "error": None, "locked_by": None,
+                     "locked_until": None}
+
+
+@functools.cache
+def _complete_statement(dialect: str) -> Any:
+    """One job's fenced completion, built once per backend."""
+    now: Any = func.now() if dialect == "postgresql" else bindparam("now", type_=UTCDateTime)
+    return (update(jobs_table)
+            .where(jobs_table.c.id == bindparam("job_id", type_=Uuid),
+                   jobs_table.c.attempts == bindparam("attempt", type_=Integer),
+                   jobs_table.c.locked_by == bindparam("worker_id"),
+                   jobs_table.c.status == JobStatus.PROCESSING.value)
+            .values(result=bindparam("result", type_=JSONType), finished_at=now,
+                    updated_at=now, **_COMPLETED_VALUES))
+
+
+# Many fenced completions in one statement whose text does not depend on the batch size (so it
+# is compiled once): the batch travels as arrays (PostgreSQL) or one JSON array (SQLite), and
+# each result is already JSON text. On SQLite, ``+status`` keeps the planner on the primary key
+# (walking the batch) instead of the status index (rescanning the batch for every running job).
+_COMPLETE_MANY_PG = text("""
+    WITH v (id, att, res) AS (
+        SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:attempts AS integer[]),
+                             CAST(:results AS jsonb[])))
+    UPDATE jobs SET status = 'completed', result = v.res, error = NULL, finished_at = now(),
+           updated_at = now(), locked_by = NULL, locked_until = NULL
+    FROM v
+    WHERE jobs.id = v.id AND jobs.attempts = v.att AND jobs.locked_by = :worker_id
+      AND jobs.status = 'processing'
+    RETURNING jobs.id""").columns(jobs_table.c.id)
+_COMPLETE_MANY_SQLITE = text("""
+    WITH v (id, att, res) AS (
+        SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),
+               json_extract(value, '$[2]') FROM json_each(:batch))
+    UPDATE jobs SET status = 'completed', result = v.res, error = NULL,
+           finished_at = :now, updated_at = :now, locked_by = NULL, locked_until = NULL
+    FROM v
+    WHERE jobs.id = v.id AND jobs.attempts = v.att
+      AND jobs.locked_by = :worker_id AND +jobs.status = 'processing'
+    RETURNING jobs.id""").bindparams(bindparam("now", type_=UTCDateTime)).columns(jobs_table.c.id)
+
+
 async def complete_job(db: AsyncSession, job: Job, result: Any, *, worker_id: str) -> bool:
     """Mark ``job`` completed with ``result`` if this worker still holds it. Does not commit."""
-    now = _now(db)
-    res = await db.execute(
-        update(jobs_table).where(_fence(job.id, job.attempts, worker_id))
-        .values(status=JobStatus.COMPLETED, result=result, error=None, finished_at=now,
-                updated_at=now, locked_by=None, locked_until=None))
+    dialect = db.get_bind().dialect.name
+    params: dict[str, Any] = {"job_id": job.id, "attempt": job.attempts,
+                              "worker_id": worker_id, "result": result}
+    if dialect != "postgresql":
+        params["now"] = utcnow()
+    res = await db.execute(_complete_statement(dialect), params)
     return bool(res.rowcount == 1)  # type: ignore[attr-defined]
 
 
@@ -310,17 +418,15 @@ async def complete_many(db: AsyncSession, items: Sequence[tuple[Job, Any]], *,
     if len(items) == 1:
         job, result = items[0]
         return {job.id} if await complete_job(db, job, result, worker_id=worker_id) else set()
-    now = _now(db)
-    v = sa_values(column("vid", Uuid), column("vattempt", Integer), column("vresult", JSONType),
-                  name="v").data([(j.id, j.attempts, r) for j, r in items]).cte("v")
-    result_expr: Any = v.c.vresult
-    stmt = (update(jobs_table)
-            .where(jobs_table.c.id == v.c.vid, jobs_table.c.attempts == v.c.vattempt,
-                   jobs_table.c.locked_by == worker_id, jobs_table.c.status == "processing")
-            .values(status=JobStatus.COMPLETED, result=result_expr, error=None,
-                    finished_at=now, updated_at=now, locked_by=None, locked_until=None)
-            .returning(jobs_table.c.id))
-    return set((await db.execute(stmt)).scalars().all())
+    if is_postgres(db):
+        res = await db.execute(_COMPLETE_MANY_PG, {
+            "ids": [j.id for j, _ in items], "attempts": [j.attempts for j, _ in items],
+            "results": [dumps(r) for _, r in items], "worker_id": worker_id})
+    else:
+        batch = dumps([[j.id.hex, j.attempts, dumps(r)] for j, r in items])
+        res = await db.execute(_COMPLETE_MANY_SQLITE,
+                               {"batch": batch, "now": utcnow(), "worker_id": worker_id})
+    return set(res.scalars().all())
 
 
 async def fail_job(db: AsyncSession, job: Job, error: str, *, worker_id: str,
