@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -295,6 +296,15 @@ async def test_health_needs_a_recent_worker_heartbeat(client: httpx.AsyncClient,
     assert ok.json() == {**ok.json(), "status": "ok", "workers_alive": 1, "problems": []}
 
 
+async def _aiosqlite_threads_gone(timeout: float = 10) -> None:
+    """aiosqlite stops the thread of a failed connect without awaiting it: let it finish
+    while our event loop still runs (else it reports "Event loop is closed")."""
+    deadline = time.monotonic() + timeout
+    while any("_connection_worker_thread" in t.name for t in threading.enumerate()):
+        assert time.monotonic() < deadline, "aiosqlite threads still running"
+        await asyncio.sleep(0.01)
+
+
 async def test_health_is_503_when_the_database_is_unreachable(
         backend: str, tmp_path: Path, media: Path) -> None:
     if backend == "sqlite":
@@ -315,6 +325,8 @@ async def test_health_is_503_when_the_database_is_unreachable(
             j = await c.get(f"/jobs/{uuid.uuid4()}")
     finally:
         await runner.close()
+        if backend == "sqlite":
+            await _aiosqlite_threads_gone()
     assert r.status_code == 503
     assert r.json()["status"] == "unhealthy"
     assert r.json()["database"].startswith("unreachable:")
