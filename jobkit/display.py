@@ -131,8 +131,33 @@ def _in_notebook() -> bool:
     return shell is not None and shell.__class__.__name__ == "ZMQInteractiveShell"
 
 
-def progress_bar(total: int, enabled: bool | None) -> Any:
-    """A tqdm bar (a widget in Jupyter, text in a terminal), or None when off/unavailable."""
+class ProgressBar:
+    """A tqdm bar whose total grows when retries bring back jobs already counted."""
+
+    def __init__(self, bar: Any) -> None:
+        self.bar = bar
+
+    def update(self, n: int = 1) -> None:
+        bar = self.bar
+        if bar.total is not None and bar.n + n > bar.total:
+            bar.total = bar.n + n
+            container = getattr(bar, "container", None)  # the notebook widget's own max
+            if container is not None:
+                container.children[1].max = bar.total
+        bar.update(n)
+
+    def close(self) -> None:
+        self.bar.close()
+
+    def __repr__(self) -> str:
+        return f"<ProgressBar {self.bar.n}/{self.bar.total}>"
+
+
+def progress_bar(total: int, enabled: bool | None) -> ProgressBar | None:
+    """A tqdm bar (a widget in Jupyter, text in a terminal), or None when off/unavailable.
+
+    ``enabled=None`` means "only in a notebook"; ``False`` is silent.
+    """
     if enabled is None:
         enabled = _in_notebook()
     if not enabled:
@@ -141,4 +166,4 @@ def progress_bar(total: int, enabled: bool | None) -> Any:
         from tqdm.auto import tqdm
     except ImportError:
         return None
-    return tqdm(total=total, unit="job", desc="drain", leave=True)
+    return ProgressBar(tqdm(total=total, unit="job", desc="drain", leave=True))

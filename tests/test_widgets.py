@@ -150,3 +150,37 @@ def test_bad_arguments_get_clear_errors(tmp_path: Path) -> None:
             Dashboard(runner, drain_concurrency=0)
     finally:
         asyncio.run(runner.close())
+
+
+async def test_drain_progress_bar_is_silent_when_asked_and_grows_with_retries(
+        runner: jobkit.Runner, capsys: pytest.CaptureFixture[str]) -> None:
+    from jobkit.display import progress_bar
+
+    assert progress_bar(3, False) is None
+    assert progress_bar(3, None) is None, "outside Jupyter the default is no bar"
+    for i in range(2):
+        await runner.upload_video(f"v{i}.mp4", duration_ms=20_000)
+    await runner.drain(progress=False)
+    assert capsys.readouterr().err == ""
+
+    attempts: list[int] = []
+
+    @runner.handler("twice")
+    async def twice(job: jobkit.Job, db: Any) -> dict[str, Any]:
+        attempts.append(job.attempts)
+        if job.attempts == 1:
+            raise RuntimeError("first attempt fails")
+        return {}
+
+    await runner.enqueue("twice", {})
+    stats = await runner.drain(progress=True)
+    err = capsys.readouterr().err
+    assert stats.processed == 2 and attempts == [1, 2]
+    assert "drain" in err and "2/2" in err, "the total grew from 1 to 2 with the retry"
+
+    bar = progress_bar(1, True)
+    assert bar is not None
+    bar.update(1)
+    bar.update(1)
+    assert repr(bar) == "<ProgressBar 2/2>"
+    bar.close()
