@@ -280,11 +280,7 @@ async def cmd_init(args: argparse.Namespace) -> int:
 def _video_file(path: str) -> tuple[str, str | None, int | None]:
     """(name, stored_path, size_bytes) of ``upload FILE``: a real file, or a bare name."""
     if os.path.isfile(path):
-        size: int | None = os.path.getsize(path)
-        if size is not None and size > INT32_MAX:
-            logging.getLogger("jobkit").warning(
-                "%s is %s bytes, more than the size column holds; size not recorded", path, size)
-            size = None
+        size = os.path.getsize(path)
         return os.path.basename(path), os.path.abspath(path), size
     if os.path.exists(path):
         raise UsageError(f"{path!r} is not a regular file")

@@ -12,6 +12,7 @@ from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -199,7 +200,7 @@ class VideoAsset(Base):
     filename: Mapped[str] = mapped_column(String(500))
     duration_ms: Mapped[int] = mapped_column(Integer)
     stored_path: Mapped[str | None] = mapped_column(String(1000), nullable=True)
-    size_bytes: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     def __repr__(self) -> str:

@@ -14,7 +14,7 @@ import random
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     Integer,
@@ -49,6 +49,7 @@ from .models import (
 )
 
 NOTIFY_CHANNEL = "jobkit_jobs"
+INT32_MAX = 2**31 - 1
 ELIGIBLE_VALUES = tuple(s.value for s in ELIGIBLE)
 _COLS = tuple(jobs_table.c)
 # The claim's filter as literal text, not bound parameters: only then can SQLite (and
@@ -161,9 +162,12 @@ def build_job_row(job_type: str, params: Any = None, *, priority: int = 0,
     checked = check_params(params)
     if not isinstance(priority, int) or isinstance(priority, bool):
         raise InvalidTransition(f"priority must be an int, got {priority!r}")
+    if not -INT32_MAX <= priority <= INT32_MAX:  # the column is 32-bit on PostgreSQL
+        raise InvalidTransition(f"priority must be between {-INT32_MAX} and {INT32_MAX}, "
+                                f"got {priority}")
     retries = default_max_retries if max_retries is None else max_retries
-    if not isinstance(retries, int) or retries < 0:
-        raise InvalidTransition(f"max_retries must be an int >= 0, got {max_retries!r}")
+    if not isinstance(retries, int) or isinstance(retries, bool) or not 0 <= retries < 1000:
+        raise InvalidTransition(f"max_retries must be an int from 0 to 999, got {max_retries!r}")
     if timeout is not None and not (timeout > 0):
         raise InvalidTransition(f"timeout must be a number of seconds > 0, got {timeout!r}")
     now = now or utcnow()
@@ -490,7 +494,18 @@ async def extend_leases(db: AsyncSession, worker_id: str, job_ids: Iterable[uuid
     return {r[0] for r in rows}, {r[0] for r in rows if r[1]}
 
 
-async def reap_expired(db: AsyncSession) -> list[tuple[uuid.UUID, JobStatus]]:
+class Reaped(NamedTuple):
+    """A job recovered from a lost worker."""
+
+    id: uuid.UUID
+    status: JobStatus
+    job_type: str
+    attempts: int
+    max_attempts: int
+    error: str
+
+
+async def reap_expired(db: AsyncSession) -> list[Reaped]:
     """Recover ``processing`` jobs whose lease passed (their worker died or hung). Commits.
 
     They go to ``retry`` (eligible at once), or ``failed`` when their attempts are spent.
@@ -505,9 +520,11 @@ async def reap_expired(db: AsyncSession) -> list[tuple[uuid.UUID, JobStatus]]:
                      else_="worker lost: lease expired, the job will be retried"),
                 finished_at=case((spent, now), else_=None),
                 run_at=now, updated_at=now, locked_by=None, locked_until=None)
-        .returning(jobs_table.c.id, jobs_table.c.status))).all()
+        .returning(jobs_table.c.id, jobs_table.c.status, jobs_table.c.job_type,
+                   jobs_table.c.attempts, jobs_table.c.max_attempts, jobs_table.c.error)
+    )).all()
     await db.commit()
-    return [(r[0], JobStatus(r[1])) for r in rows]
+    return [Reaped(r[0], JobStatus(r[1]), r[2], r[3], r[4], r[5]) for r in rows]
 
 
 # ---------------------------------------------------------------------------

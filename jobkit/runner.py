@@ -90,6 +90,13 @@ class Runner:
 
         return decorate
 
+    def enable_alerts(self, url: str | None = None, **kwargs: Any) -> Any:
+        """POST an alert to ``url`` (default ``JOBKIT_ALERT_URL``) for each job that ends
+        ``failed`` in this runner's workers; see :func:`jobkit.alerts.enable_alerts`."""
+        from .alerts import enable_alerts
+
+        return enable_alerts(self, url, **kwargs)
+
     def on(self, event: str, callback: Callback) -> Callback:
         """Call ``callback(event, payload)`` on job events (claimed, completed, retried,
         failed, lost) of work run through this runner."""
@@ -124,6 +131,9 @@ class Runner:
                 f"duration_ms must be a whole number of milliseconds, got {duration_ms!r}")
         if duration_ms <= 0:
             raise InvalidTransition(f"duration_ms must be > 0, got {duration_ms}")
+        if duration_ms > queue.INT32_MAX:
+            raise InvalidTransition(
+                f"duration_ms must be at most {queue.INT32_MAX} (about 24 days), got {duration_ms}")
         asset = VideoAsset(id=new_id(), filename=filename, duration_ms=duration_ms,
                            stored_path=stored_path, size_bytes=size_bytes, created_at=utcnow())
         async with self.sessions() as db:

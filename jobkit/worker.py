@@ -520,12 +520,14 @@ class Worker:
                         task.cancel()
                 await self._beat(db)
                 reaped = await queue.reap_expired(db)
-                for jid, status in reaped:
+                for r in reaped:
                     log.warning("Job %s: its worker was lost (lease expired); now %s",
-                                jid, status)
+                                r.id, r.status)
                     if self.events:
-                        await self.events.emit("lost", {"job_id": str(jid), "status": str(status),
-                                                        "worker_id": self.id})
+                        await self.events.emit("lost", {
+                            "job_id": str(r.id), "job_type": r.job_type, "status": str(r.status),
+                            "attempt": r.attempts, "max_attempts": r.max_attempts,
+                            "error": r.error, "worker_id": self.id})
                 await self._mark_dead(db)
         except DB_ERRORS as exc:
             self._db_trouble("heartbeat", exc)

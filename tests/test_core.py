@@ -601,3 +601,16 @@ async def test_run_blocking_keeps_the_loop_free(runner: jobkit.Runner) -> None:
     stats = await runner.drain(concurrency=2, progress=False)
     assert stats.completed == 2 and ticks == [1]
     assert _time.perf_counter() - started < 10, "the loop was not blocked"
+
+
+async def test_out_of_range_values_are_refused_the_same_on_both_backends(
+        runner: jobkit.Runner) -> None:
+    with pytest.raises(InvalidTransition, match="priority must be between"):
+        await runner.enqueue("x", {}, priority=2**31)
+    with pytest.raises(InvalidTransition, match="max_retries must be an int from 0 to 999"):
+        await runner.enqueue("x", {}, max_retries=-1)
+    with pytest.raises(InvalidTransition, match="about 24 days"):
+        await runner.upload_video("long.mp4", duration_ms=2**31)
+    assert await count_jobs(runner) == 0
+    asset, _ = await runner.upload_video("big.mp4", duration_ms=1000, size_bytes=5 * 2**30)
+    assert (await runner.get_asset(asset.id)).size_bytes == 5 * 2**30
