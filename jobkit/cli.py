@@ -21,18 +21,19 @@ import asyncio
 import dataclasses
 import importlib
 import json
-import logging
 import os
 import signal
 import sys
 import traceback
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
+from . import cli_parser
+from .cli_parser import Command
 from .config import Settings
 from .errors import ConfigError, JobkitError, JobNotFound
-from .models import ALL_STATUSES, TERMINAL
+from .logsetup import setup_logging
 
 if TYPE_CHECKING:
     from .alerts import AlertHook
@@ -40,9 +41,6 @@ if TYPE_CHECKING:
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_DISABLED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_NOT_FOUND, EXIT_DATABASE = 4, 5
-INT32_MAX = 2**31 - 1
-
-Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 
 
 class UsageError(JobkitError):
@@ -159,73 +157,6 @@ async def _alerts_on(runner: Runner) -> AlertHook | None:
 async def _alerts_off(hook: AlertHook | None) -> None:
     if hook is not None:
         await hook.aclose()
-
-
-# ---------------------------------------------------------------------------
-# Argument types (argparse turns a ValueError/ArgumentTypeError into exit 2)
-# ---------------------------------------------------------------------------
-def _int_type(minimum: int, what: str) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be a whole number{what}, got {text!r}") \
-                from None
-        if not minimum <= value <= INT32_MAX:
-            raise argparse.ArgumentTypeError(
-                f"must be between {minimum} and {INT32_MAX}{what}, got {value}")
-        return value
-
-    return parse
-
-
-def _float_type(strict_positive: bool) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") \
-                from None
-        ok = value > 0 if strict_positive else value >= 0
-        if not ok or value == float("inf"):
-            raise argparse.ArgumentTypeError(
-                f"must be a number of seconds {'>' if strict_positive else '>='} 0, got {text!r}")
-        return value
-
-    return parse
-
-
-def _datetime_type(text: str) -> datetime:
-    raw = text.strip()
-    try:
-        value = datetime.fromisoformat(raw[:-1] + "+00:00" if raw.endswith(("Z", "z")) else raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"must be an ISO 8601 time such as 2030-01-01T12:00:00Z, got {text!r}") from None
-    if value.tzinfo is None:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} has no time zone; add one, e.g. {raw}Z or {raw}+02:00")
-    return value
-
-
-def _duration_type(text: str) -> Any:
-    from .ops import parse_duration
-
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _json_object(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"is not valid JSON ({exc}): {text!r}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(
-            f"must be a JSON object such as '{{\"key\": 1}}', got a {type(value).__name__}")
-    return value
 
 
 # ---------------------------------------------------------------------------
@@ -612,192 +543,6 @@ async def cmd_serve(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------
-# Parser
-# ---------------------------------------------------------------------------
-class _Parser(argparse.ArgumentParser):
-    """Bad usage prints one line (no usage dump) and exits 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
-
-
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-
-
-def _log_options(p: argparse.ArgumentParser, *, top: bool) -> None:
-    """On the top parser with real defaults; on each command with none (SUPPRESS), so
-    ``jobkit --log-format json work`` and ``jobkit work --log-format json`` both work."""
-    suppress: Any = argparse.SUPPRESS
-    p.add_argument("--debug", action="store_true", help="show tracebacks on errors",
-                   default=False if top else suppress)
-    p.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS,
-                   help="logging level (default INFO)", default="INFO" if top else suppress)
-    p.add_argument("--log-format", choices=("text", "json"),
-                   help="log lines as text, or one JSON object per line (default text)",
-                   default="text" if top else suppress)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="jobkit", description=__doc__,
-                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    _log_options(parser, top=True)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    sub.required = True
-
-    def add(name: str, func: Command, help_text: str, *, db: bool = True,
-            json_out: bool = True) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        if db:
-            p.add_argument("--database-url", default=None,
-                           help="database URL (default: $JOBKIT_DATABASE_URL or ./jobkit.db)")
-        if json_out:
-            p.add_argument("--json", action="store_true", help="print JSON instead of text")
-        _log_options(p, top=False)
-        p.set_defaults(func=func)
-        return p
-
-    def imports(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--import", dest="imports", action="append", default=[],
-                       metavar="MODULE", help="import MODULE first (it registers handlers); "
-                                              "repeatable")
-
-    positive = _int_type(1, "")
-    priority_type = _int_type(-INT32_MAX, "")
-
-    add("init", cmd_init, "create the jobkit tables (idempotent)")
-
-    p = add("upload", cmd_upload, "register a video and queue its cut_analysis job")
-    p.add_argument("file", metavar="FILE",
-                   help="a video file (its path and size are recorded) or just a name")
-    p.add_argument("--duration-ms", type=_int_type(1, " of milliseconds"), required=True,
-                   help="the video's length in milliseconds")
-    p.add_argument("--priority", type=priority_type, default=0, help="higher runs first")
-
-    p = add("enqueue", cmd_enqueue, "add a job of any registered type")
-    p.add_argument("job_type", metavar="TYPE", help="the handler's name, e.g. cut_analysis")
-    p.add_argument("--params", type=_json_object, default={}, metavar="JSON",
-                   help="the job's params as a JSON object (default {})")
-    p.add_argument("--priority", type=priority_type, default=0, help="higher runs first")
-    when = p.add_mutually_exclusive_group()
-    when.add_argument("--run-at", type=_datetime_type, default=None, metavar="TIME",
-                      help="not before this ISO 8601 time with a zone, e.g. 2030-01-01T09:00Z")
-    when.add_argument("--delay", type=_float_type(False), default=None, metavar="SECONDS",
-                      help="not before this many seconds from now")
-    p.add_argument("--dedupe-key", default=None,
-                   help="at most one unfinished job per key (the existing one is returned)")
-    p.add_argument("--max-retries", type=_int_type(0, ""), default=None,
-                   help="retries after the first attempt (default $JOBKIT_MAX_JOB_RETRIES)")
-    p.add_argument("--timeout", type=_float_type(True), default=None, metavar="SECONDS",
-                   help="seconds before a running attempt is cancelled")
-    p.add_argument("--allow-unknown", action="store_true",
-                   help="enqueue a type no imported module registers (your workers know it)")
-    imports(p)
-
-    p = add("step", cmd_step, "process ONE job now and print the seed's summary")
-    imports(p)
-
-    p = add("work", cmd_work, "run a worker until SIGINT/SIGTERM (or --burst)")
-    p.add_argument("--concurrency", type=positive, default=None, help="jobs at once (default 1)")
-    p.add_argument("--poll-interval", type=float, default=None,
-                   help="seconds between polls when idle (default 2)")
-    imports(p)
-    p.add_argument("--burst", action="store_true", help="exit when nothing is eligible")
-    p.add_argument("--force", action="store_true",
-                   help="run even when JOBKIT_WORKER_ENABLED is false")
-
-    p = add("drain", cmd_drain, "process jobs until nothing is eligible, then exit")
-    p.add_argument("--concurrency", type=positive, default=1, help="jobs at once (default 1)")
-    imports(p)
-
-    add("status", cmd_status, "jobs per status, queue depth, workers and their health")
-
-    p = add("jobs", cmd_jobs, "list the newest jobs")
-    p.add_argument("--status", choices=[s.value for s in ALL_STATUSES], default=None,
-                   help="only jobs in this status")
-    p.add_argument("--type", dest="job_type", default=None, help="only jobs of this type")
-    p.add_argument("--limit", type=positive, default=20, help="at most this many (default 20)")
-
-    p = add("show", cmd_show, "everything about one job")
-    p.add_argument("job_id", metavar="ID")
-
-    p = add("explain", cmd_explain, "why a job is in its state, and what happens next")
-    p.add_argument("job_id", metavar="ID")
-
-    p = add("failed", cmd_failed, "the most recent failed jobs")
-    p.add_argument("--limit", type=positive, default=10, help="at most this many (default 10)")
-
-    p = add("retry", cmd_retry, "send a failed job (or every failed job) back to pending")
-    p.add_argument("job_id", metavar="ID", nargs="?", default=None)
-    p.add_argument("--all-failed", action="store_true", help="every failed job")
-    p.add_argument("--type", dest="job_type", default=None,
-                   help="with --all-failed: only jobs of this type")
-    p.add_argument("--include-cancelled", action="store_true",
-                   help="with --all-failed: also jobs that were cancelled on purpose")
-
-    p = add("cancel", cmd_cancel, "cancel a waiting job, or ask a running one to stop")
-    p.add_argument("job_id", metavar="ID")
-
-    terminal = ",".join(s.value for s in sorted(TERMINAL, key=lambda s: s.value))
-    p = add("prune", cmd_prune, "delete finished jobs older than a duration, in batches "
-                                "(never unfinished ones; clips are kept)")
-    p.add_argument("--older-than", type=_duration_type, required=True, metavar="DURATION",
-                   help="e.g. 30d, 12h, 1d12h, 90m, 45s")
-    p.add_argument("--status", default=terminal,
-                   help=f"comma-separated finished statuses (default {terminal})")
-    p.add_argument("--batch-size", type=positive, default=1000,
-                   help="rows deleted per transaction (default 1000)")
-    p.add_argument("--dry-run", action="store_true", help="count, delete nothing")
-
-    p = add("serve", cmd_serve, "run the HTTP API with uvicorn (and a worker when "
-                                "JOBKIT_WORKER_ENABLED is true)", json_out=False)
-    p.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1")
-    p.add_argument("--port", type=_int_type(0, ""), default=8000, help="default 8000")
-    p.add_argument("--concurrency", type=positive, default=None,
-                   help="the in-process worker's concurrency (default $JOBKIT_CONCURRENCY)")
-    p.add_argument("--dev-endpoints", action="store_true",
-                   help="enable POST /jobs/process (like JOBKIT_DEV_ENDPOINTS=true)")
-    imports(p)
-
-    p = add("demo", cmd_demo, "upload sample videos, drain, print the outcome", db=False,
-            json_out=False)
-    p.add_argument("--database-url", default=None,
-                   help="default: a fresh SQLite file in a temporary folder")
-    p.add_argument("--concurrency", type=positive, default=5)
-    p.add_argument("--plot", default=None, help="write a PNG of the clip scores here")
-    return parser
-
-
-# ---------------------------------------------------------------------------
-# Logging
-# ---------------------------------------------------------------------------
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message (+ exception)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        from datetime import UTC
-
-        out: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(
-                timespec="milliseconds"),
-            "level": record.levelname, "logger": record.name, "message": record.getMessage(),
-        }
-        if record.exc_info:
-            out["exception"] = self.formatException(record.exc_info)
-        return json.dumps(out, ensure_ascii=False, default=str)
-
-
-def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(
-        "%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
-    root.addHandler(handler)
-    root.setLevel(getattr(logging, level, logging.INFO))
-
-
-# ---------------------------------------------------------------------------
 # Entry point
 # ---------------------------------------------------------------------------
 def _exit_code(exc: BaseException) -> int:
@@ -822,6 +567,19 @@ def _message(exc: BaseException) -> str:
         return f"database error: {type(exc).__name__}: {msg[0] if msg else ''}"
     return (f"unexpected error: {type(exc).__name__}: {exc} "
             "(run with --debug for the traceback)")
+
+
+COMMANDS: dict[str, Command] = {
+    "init": cmd_init, "upload": cmd_upload, "enqueue": cmd_enqueue, "step": cmd_step,
+    "work": cmd_work, "drain": cmd_drain, "status": cmd_status, "jobs": cmd_jobs,
+    "show": cmd_show, "explain": cmd_explain, "failed": cmd_failed, "retry": cmd_retry,
+    "cancel": cmd_cancel, "prune": cmd_prune, "serve": cmd_serve, "demo": cmd_demo,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every ``jobkit`` command."""
+    return cli_parser.build_parser(COMMANDS, __doc__)
 
 
 def main(argv: list[str] | None = None) -> int:
