@@ -1,0 +1,68 @@
+"""Profile jobkit's hot path with pyinstrument: ``python -m benchmarks.profile BACKEND SCENARIO``.
+
+Scenarios: ``drain1`` (no-op jobs, concurrency 1), ``drain100`` (concurrency 100),
+``write`` (a handler writing through its session), ``enqueue`` (single enqueues),
+``enqueue_many``. Writes an HTML and a text profile to ``benchmarks/results/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import time
+from typing import Any
+
+from . import handlers as _handlers  # noqa: F401 - registers the handlers
+from . import scenarios
+from .common import Databases
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+async def main(backend: str, scenario: str, n: int, tag: str) -> None:
+    from pyinstrument import Profiler
+
+    dbs = Databases()
+    await dbs.start()
+    try:
+        url = await dbs.fresh(backend)
+        job_type = "bench_write" if scenario == "write" else "bench_noop"
+        if scenario.startswith("drain") or scenario == "write":
+            await scenarios.seed_jobs(url, n, job_type)
+        r = await scenarios.open_runner(url)
+        profiler = Profiler(interval=0.0005, async_mode="disabled")
+        t0 = time.perf_counter()
+        profiler.start()
+        try:
+            if scenario == "enqueue":
+                for i in range(n):
+                    await r.enqueue("bench_noop", {"i": i})
+            elif scenario == "enqueue_many":
+                await r.enqueue_many([("bench_noop", {"i": i}) for i in range(n)])
+            else:
+                conc = {"drain1": 1, "drain100": 100, "write": 1}[scenario]
+                await r.worker(concurrency=conc, burst=True).run()
+        finally:
+            profiler.stop()
+            await r.close()
+        dt = time.perf_counter() - t0
+        print(f"{backend} {scenario}: {n} jobs in {dt:.2f}s = {n / dt:.0f} jobs/s")
+        out = os.path.join(HERE, "results", f"profile-{tag}-{backend}-{scenario}")
+        with open(out + ".txt", "w") as f:
+            f.write(profiler.output_text(unicode=False, color=False, show_all=False))
+        with open(out + ".html", "w") as f:
+            f.write(profiler.output_html())
+        print("wrote", out + ".txt")
+    finally:
+        await dbs.close()
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    p.add_argument("backend", choices=["sqlite", "postgresql"])
+    p.add_argument("scenario", choices=["drain1", "drain100", "write", "enqueue", "enqueue_many"])
+    p.add_argument("-n", type=int, default=2000)
+    p.add_argument("--tag", default="before")
+    a: Any = p.parse_args()
+    asyncio.run(main(a.backend, a.scenario, a.n, a.tag))

@@ -1,0 +1,391 @@
+"""``python -m benchmarks.run [--quick]``: every scenario, jobkit vs bare SQL, both backends.
+
+Prints a Markdown table (median and min–max of the repeats, ratio to the same-run
+baseline, the issue's target and whether it is met), writes ``results/latest.json``
+and ``results/latest.png``. A run whose jobs were not all done exactly once raises
+instead of reporting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import handlers as _handlers  # noqa: F401 - registers the benchmark handlers
+from . import scenarios as sc
+from .common import BACKENDS, Databases, Series
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.join(HERE, "results")
+
+FULL = {"repeats": 3, "enqueue": 2_000, "enqueue_many": 10_000, "drain": 20_000,
+        "drain_c1": 5_000, "write": 5_000, "cut": 500, "latency": 200, "multi": 20_000,
+        "scale": 1_000_000, "memory": 100_000, "memory_marks": (20_000, 100_000),
+        "scale_repeats": 20}
+QUICK = {"repeats": 1, "enqueue": 300, "enqueue_many": 2_000, "drain": 2_000,
+         "drain_c1": 300, "write": 300, "cut": 100, "latency": 50, "multi": 2_000,
+         "scale": 20_000, "memory": 4_000, "memory_marks": (1_000, 4_000), "scale_repeats": 3}
+
+
+@dataclass
+class Row:
+    """One line of the table: a jobkit figure, its baselines, and the target it is held to."""
+
+    backend: str
+    scenario: str
+    unit: str  # "jobs/s", "s", "ms"
+    jobkit: Series = field(default_factory=Series)
+    baselines: dict[str, Series] = field(default_factory=dict)
+    ratio_to: str | None = None  # key of the baseline the ratio (and target) refers to
+    target: str = ""
+    threshold: float | None = None  # on the ratio (throughput) or on the value (latency, time)
+    lower_is_better: bool = False
+    note: str = ""
+
+    def base(self, key: str) -> Series:
+        return self.baselines.setdefault(key, Series())
+
+    @property
+    def ratio(self) -> float | None:
+        if self.ratio_to is None or self.ratio_to not in self.baselines:
+            return None
+        b, j = self.baselines[self.ratio_to].median, self.jobkit.median
+        if not b or not j:
+            return None
+        return j / b
+
+    @property
+    def met(self) -> bool | None:
+        if self.threshold is None:
+            return None
+        if self.ratio_to is not None:
+            r = self.ratio
+            if r is None:
+                return None
+            return r <= self.threshold if self.lower_is_better else r >= self.threshold
+        return self.jobkit.median <= self.threshold if self.lower_is_better \
+            else self.jobkit.median >= self.threshold
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"backend": self.backend, "scenario": self.scenario, "unit": self.unit,
+                "jobkit": self.jobkit.values, "jobkit_median": self.jobkit.median,
+                "baselines": {k: {"values": v.values, "median": v.median}
+                              for k, v in self.baselines.items()},
+                "ratio_to": self.ratio_to, "ratio": self.ratio, "target": self.target,
+                "threshold": self.threshold, "met": self.met, "note": self.note}
+
+
+def fmt(s: Series, unit: str) -> str:
+    if not s.values:
+        return "–"
+    digits = 0 if unit == "jobs/s" else (2 if unit == "s" else 1)
+
+    def f(v: float) -> str:
+        return f"{v:,.{digits}f}"
+
+    if len(s.values) == 1:
+        return f"{f(s.median)} {unit}"
+    return f"{f(s.median)} {unit} ({f(s.lo)}–{f(s.hi)})"
+
+
+BASE_NAMES = {"one": "bare, one at a time", "batched": "bare, batched 100",
+              "multi": "bare multi-row insert", "ideal": "ideal", "bare": "bare SQL",
+              "empty": "same, empty table"}
+
+
+def table(rows: list[Row]) -> str:
+    out = ["| backend | scenario | jobkit | baseline(s) | ratio | target | met |",
+           "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        bases = "; ".join(f"{BASE_NAMES.get(k, k)}: {fmt(v, r.unit)}"
+                          for k, v in r.baselines.items())
+        ratio = f"{r.ratio:.2f}× of {BASE_NAMES.get(r.ratio_to or '', r.ratio_to)}" \
+            if r.ratio is not None else ""
+        met = {True: "met", False: "**missed**", None: ""}[r.met]
+        note = f" — {r.note}" if r.note else ""
+        out.append(f"| {r.backend} | {r.scenario} | {fmt(r.jobkit, r.unit)} | {bases} | "
+                   f"{ratio} | {r.target}{note} | {met} |")
+    return "\n".join(out)
+
+
+def plot(rows: list[Row], path: str) -> None:
+    try:
+        from jobkit.plotting import JobkitFigure as FigureClass
+    except ImportError:  # plotting extra missing or module not there
+        from matplotlib.figure import Figure as FigureClass
+    shown = [r for r in rows if (r.ratio is not None and not r.lower_is_better)
+             or r.threshold is not None]
+    labels, values, colors, marks = [], [], [], []
+    for r in shown:
+        if r.ratio is not None and not r.lower_is_better:
+            v, mark = r.ratio, r.threshold
+        else:  # times and latencies: plot target / value, so > 1 is good and the tick is 1
+            value = r.ratio if r.ratio is not None else r.jobkit.median
+            v = (r.threshold / value) if (r.threshold and value) else 0.0
+            mark = 1.0 if r.threshold else None
+        labels.append(f"{r.backend[:6]} · {r.scenario}")
+        values.append(v)
+        marks.append(mark)
+        colors.append({True: "#2a9d8f", False: "#e76f51", None: "#8d99ae"}[r.met])
+    fig = FigureClass(figsize=(10, 0.32 * len(labels) + 1.5), layout="constrained")
+    ax = fig.add_subplot()
+    y = list(range(len(labels)))[::-1]
+    ax.barh(y, values, color=colors)
+    for yi, m in zip(y, marks, strict=True):
+        if m is not None:
+            ax.plot([m, m], [yi - 0.4, yi + 0.4], color="black", linewidth=1.5)
+    ax.set_yticks(y, labels, fontsize=7)
+    ax.set_xlabel("throughput: ratio to the same-run bare-SQL baseline; times: target ÷ value "
+                  "(higher is better; black tick = target)")
+    ax.set_title("jobkit vs bare SQL (green: target met, red: missed, grey: no target)")
+    ax.grid(axis="x", alpha=0.3)
+    fig.savefig(path, dpi=110)
+
+
+async def run(quick: bool, only: set[str] | None, backends: tuple[str, ...]) -> list[Row]:
+    cfg = QUICK if quick else FULL
+    reps = int(cfg["repeats"])  # type: ignore[call-overload]
+    dbs = Databases()
+    await dbs.start()
+    rows: list[Row] = []
+
+    def want(name: str) -> bool:
+        return only is None or name in only
+
+    def say(msg: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+    try:
+        for be in backends:
+            if be == "postgresql" and not dbs.pg_ok:
+                continue
+
+            async def fresh() -> str:
+                return await dbs.fresh(be)  # noqa: B023 - used in this iteration only
+
+            if want("enqueue"):
+                n, m = cfg["enqueue"], cfg["enqueue_many"]
+                r1 = Row(be, f"enqueue ×{n:,} (one per transaction)", "jobs/s", ratio_to="one",
+                         target="≥ 0.60× bare insert+commit", threshold=0.60)
+                r2 = Row(be, f"enqueue_many ×{m:,}", "jobs/s", ratio_to="multi",
+                         target="≥ 0.50× bare multi-row insert", threshold=0.50)
+                for _ in range(reps):
+                    r1.jobkit.add(await sc.jk_enqueue_single(await fresh(), n))
+                    r1.base("one").add(await sc.bare_enqueue_single(await fresh(), n))
+                    r2.jobkit.add(await sc.jk_enqueue_many(await fresh(), m))
+                    r2.base("multi").add(await sc.bare_enqueue_many(await fresh(), m))
+                rows += [r1, r2]
+                say(f"{be} enqueue done")
+            if want("drain"):
+                n, n1 = cfg["drain"], cfg["drain_c1"]
+                one, batched = Series(), Series()
+                for _ in range(reps):
+                    one.add(await sc.bare_drain(await fresh(), n1, "one"))
+                    batched.add(await sc.bare_drain(await fresh(), n, "batched"))
+                for c in (1, 10, 100):
+                    size = n1 if c == 1 else n
+                    r = Row(be, f"no-op drain ×{size:,}, concurrency {c}", "jobs/s",
+                            baselines={"one": one, "batched": batched},
+                            ratio_to="batched" if c > 1 else "one")
+                    if c == 100:
+                        r.target, r.threshold = "≥ 0.40× bare batched", 0.40
+                    for _ in range(reps):
+                        r.jobkit.add(await sc.jk_drain(await fresh(), size, c))
+                    rows.append(r)
+                say(f"{be} drain done")
+            if want("write"):
+                n = cfg["write"]
+                one = Series()
+                for _ in range(reps):
+                    one.add(await sc.bare_drain(await fresh(), n, "write", "bench_write"))
+                for c in (1, 10):
+                    r = Row(be, f"transactional handler ×{n:,}, concurrency {c}", "jobs/s",
+                            baselines={"one": one}, ratio_to="one")
+                    if c == 1:
+                        r.target, r.threshold = "≥ 0.60× bare one at a time", 0.60
+                    for _ in range(reps):
+                        r.jobkit.add(await sc.jk_drain(await fresh(), n, c, "bench_write"))
+                    rows.append(r)
+                say(f"{be} write done")
+            if want("cut"):
+                n = cfg["cut"]
+                ideal = n / 100 * 0.5
+                r = Row(be, f"cut_analysis {n} × 0.5 s, concurrency 100", "s",
+                        ratio_to="ideal", lower_is_better=True,
+                        target=f"≤ 1.3× ideal {ideal:g} s", threshold=1.3)
+                r.base("ideal").values = [ideal]
+                for _ in range(reps):
+                    r.jobkit.add(await sc.jk_cut(await fresh(), n, 100, 0.5))
+                    r.base("bare").add(await sc.bare_cut(await fresh(), n, 100, 0.5))
+                rows.append(r)
+                say(f"{be} cut_analysis done")
+            if want("latency"):
+                n = cfg["latency"]
+                p50x = Row(be, f"latency p50, worker in another process ({n} jobs, 5 ms apart)",
+                           "ms", lower_is_better=True)
+                p99x = Row(be, "latency p99, worker in another process", "ms",
+                           lower_is_better=True)
+                p50i = Row(be, "latency p50, worker in the same process", "ms",
+                           lower_is_better=True, target="< 2 ms", threshold=2.0)
+                p99i = Row(be, "latency p99, worker in the same process", "ms",
+                           lower_is_better=True)
+                if be == "postgresql":
+                    p50x.target, p50x.threshold = "< 5 ms", 5.0
+                    p99x.target, p99x.threshold = "< 25 ms", 25.0
+                else:
+                    p50x.target, p50x.threshold = "< 20 ms", 20.0
+                for _ in range(reps):
+                    lat = await sc.jk_latency_xproc(await fresh(), n, 0.005)
+                    p50x.jobkit.add(pct(lat, 50))
+                    p99x.jobkit.add(pct(lat, 99))
+                    lat = await sc.jk_latency_inproc(await fresh(), n, 0.005)
+                    p50i.jobkit.add(pct(lat, 50))
+                    p99i.jobkit.add(pct(lat, 99))
+                    lat = await sc.bare_latency(await fresh(), n, 0.005)
+                    for row, q in ((p50x, 50), (p99x, 99), (p50i, 50), (p99i, 99)):
+                        row.base("bare").add(pct(lat, q))
+                rows += [p50x, p99x, p50i, p99i]
+                say(f"{be} latency done")
+            if want("multi"):
+                n = cfg["multi"]
+                for procs in (2, 4):
+                    r = Row(be, f"{procs} worker processes × concurrency 100, {n:,} no-op jobs",
+                            "jobs/s", ratio_to="bare", note="bare: same processes, batched 100")
+                    for _ in range(reps):
+                        r.jobkit.add(await sc.multiproc(await fresh(), n, procs, 100, False))
+                        r.base("bare").add(await sc.multiproc(await fresh(), n, procs, 100, True))
+                    rows.append(r)
+                say(f"{be} multi-process done")
+            if want("scale"):
+                rows += await scale_rows(be, cfg, fresh)
+                say(f"{be} scale done")
+            if want("memory"):
+                n = int(cfg["memory"])  # type: ignore[call-overload]
+                marks = cfg["memory_marks"]
+                m = await sc.memory(await fresh(), n, marks)  # type: ignore[arg-type]
+                grow = (m["rss_last"] - m["rss_first"]) / 2**20
+                r = Row(be, f"worker RSS after {marks[0]:,} → {marks[1]:,} jobs "  # type: ignore[index]
+                        "(concurrency 100)", "MB", target="no growth (< 10 MB)",
+                        threshold=10.0, lower_is_better=True,
+                        note=f"RSS {m['rss_first'] / 2**20:.1f} → {m['rss_last'] / 2**20:.1f} MB, "
+                             f"peak {m['peak_first'] / 2**20:.1f} → {m['peak_last'] / 2**20:.1f} MB")
+                r.jobkit.add(grow)
+                rows.append(r)
+                say(f"{be} memory done")
+    finally:
+        await dbs.close()
+    return rows
+
+
+async def scale_rows(be: str, cfg: dict[str, Any], fresh: Any) -> list[Row]:
+    reps = int(cfg["scale_repeats"])
+    url = await fresh()
+    empty = await sc.measure_queries(url, 1_000, reps)
+    url = await fresh()
+    t0 = time.perf_counter()
+    await sc.fill_finished(url, int(cfg["scale"]))
+    fill = time.perf_counter() - t0
+    full = await sc.measure_queries(url, 1_000, reps)
+    big = f"{int(cfg['scale']):,}"
+    rows = []
+    for key, label in (("claim1", "claim 1 job"), ("claim100", "claim 100 jobs")):
+        r = Row(be, f"{label} with {big} finished jobs", "ms", ratio_to="empty",
+                lower_is_better=True, target="≤ 2× the empty table", threshold=2.0,
+                note=f"1,000 waiting; table filled in {fill:.0f} s")
+        r.jobkit.add(full[key])
+        r.base("empty").add(empty[key])
+        rows.append(r)
+    for key, label in (("status_counts", "status_counts"), ("queue_depth", "queue_depth")):
+        r = Row(be, f"{label} with {big} finished jobs", "ms", lower_is_better=True)
+        if key == "status_counts":
+            r.target, r.threshold = "< 1 s", 1000.0
+        r.jobkit.add(full[key])
+        r.base("empty").add(empty[key])
+        rows.append(r)
+    return rows
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    k = max(0, min(len(s) - 1, round(q / 100 * (len(s) - 1))))
+    return s[k]
+
+
+def environment() -> dict[str, Any]:
+    import sqlite3
+
+    import aiosqlite
+    import asyncpg
+    import sqlalchemy
+
+    env: dict[str, Any] = {
+        "python": platform.python_version(), "sqlite": sqlite3.sqlite_version,
+        "sqlalchemy": sqlalchemy.__version__, "asyncpg": asyncpg.__version__,
+        "aiosqlite": aiosqlite.__version__, "cpus": os.cpu_count(),
+        "platform": platform.platform()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            env["cpu"] = next((line.split(":", 1)[1].strip() for line in f
+                               if line.startswith("model name")), "?")
+        with open("/proc/meminfo") as f:
+            env["memory_gb"] = round(int(f.readline().split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return env
+
+
+async def pg_version() -> str:
+    import asyncpg
+
+    from .common import PG_ADMIN_URL, plain_dsn
+
+    try:
+        conn = await asyncpg.connect(plain_dsn(PG_ADMIN_URL), timeout=5)
+        try:
+            return str(await conn.fetchval("SHOW server_version")) + ", synchronous_commit=" + \
+                str(await conn.fetchval("SHOW synchronous_commit"))
+        finally:
+            await conn.close()
+    except Exception as exc:  # noqa: BLE001
+        return f"unavailable ({type(exc).__name__})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="a reduced run (< 1 minute)")
+    p.add_argument("--only", default="", help="comma-separated scenarios: enqueue, drain, "
+                   "write, cut, latency, multi, scale, memory")
+    p.add_argument("--backend", choices=BACKENDS, action="append", default=None)
+    p.add_argument("--out", default=os.path.join(RESULTS, "latest"),
+                   help="path prefix of the .json and .png written")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    only = {s.strip() for s in args.only.split(",") if s.strip()} or None
+    t0 = time.perf_counter()
+    rows = asyncio.run(run(args.quick, only, tuple(args.backend or BACKENDS)))
+    elapsed = time.perf_counter() - t0
+    env = environment()
+    env["postgresql"] = asyncio.run(pg_version())
+    md = table(rows)
+    print(md)
+    print(f"\n{'quick' if args.quick else 'full'} run in {elapsed:.0f} s")
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out + ".json", "w") as f:
+        json.dump({"mode": "quick" if args.quick else "full", "elapsed_s": elapsed,
+                   "settings": QUICK if args.quick else FULL, "environment": env,
+                   "rows": [r.as_dict() for r in rows], "table": md}, f, indent=1, default=str)
+    plot(rows, args.out + ".png")
+    print(f"wrote {args.out}.json and {args.out}.png", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
