@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from sqlalchemy import event, select, text
 from sqlalchemy.engine import URL, Connection, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -34,6 +35,8 @@ from .models import SCHEMA_VERSION, Base, Meta, meta_table
 log = logging.getLogger("jobkit")
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: A pooled PostgreSQL connection idle for longer than this is pinged before use.
+PING_AFTER_IDLE_SECONDS = 2.0
 _READ_PREFIXES = ("SELECT", "PRAGMA", "EXPLAIN", "SAVEPOINT", "RELEASE")
 
 
@@ -89,10 +92,36 @@ def create_engine(url: str | None = None, *, settings: Settings | None = None,
     else:
         kwargs.setdefault("pool_size", pool_size)
         kwargs.setdefault("max_overflow", max_overflow)
-        kwargs.setdefault("pool_pre_ping", True)
+        kwargs.setdefault("pool_pre_ping", False)
         engine = create_async_engine(parsed, **kwargs)
+        if not kwargs["pool_pre_ping"]:
+            _install_idle_ping(engine)
     _install_write_tracking(engine)
     return engine
+
+
+def _install_idle_ping(engine: AsyncEngine) -> None:
+    """Check a pooled PostgreSQL connection before use only if it sat idle in the pool.
+
+    A server restart or a dropped connection strikes connections that wait in the pool;
+    one in constant use fails loudly and the worker retries. SQLAlchemy's ``pool_pre_ping``
+    costs three round trips (BEGIN, ping, ROLLBACK on asyncpg) on *every* checkout, more
+    than the statement the connection is checked out for.
+    """
+    sync_engine = engine.sync_engine
+
+    @event.listens_for(sync_engine, "checkout")
+    def _checkout(dbapi_conn: Any, record: Any, proxy: Any) -> None:
+        since = record.info.get("jk_idle_since")
+        if since is not None and time.monotonic() - since > PING_AFTER_IDLE_SECONDS:
+            try:
+                dbapi_conn.ping()
+            except Exception as exc:  # the pool replaces the connection and tries again
+                raise DisconnectionError(f"stale pooled connection: {exc}") from exc
+
+    @event.listens_for(sync_engine, "checkin")
+    def _checkin(dbapi_conn: Any, record: Any) -> None:
+        record.info["jk_idle_since"] = time.monotonic()
 
 
 def _install_sqlite_hooks(engine: AsyncEngine) -> None:

@@ -49,6 +49,7 @@ from .models import (
 )
 
 NOTIFY_CHANNEL = "jobkit_jobs"
+_INSERT = jobs_table.insert()
 INT32_MAX = 2**31 - 1
 ELIGIBLE_VALUES = tuple(s.value for s in ELIGIBLE)
 _COLS = tuple(jobs_table.c)
@@ -103,6 +104,16 @@ def _mark_enqueued(db: AsyncSession) -> None:
 # ---------------------------------------------------------------------------
 def is_postgres(db: AsyncSession) -> bool:
     return db.get_bind().dialect.name == "postgresql"
+
+
+async def one_statement_transaction(db: AsyncSession) -> None:
+    """On PostgreSQL, let a fresh session's single statement run without BEGIN and COMMIT.
+
+    One statement is atomic on its own; its explicit transaction only added two round trips.
+    Call it only when the session's next statement is the whole transaction.
+    """
+    if is_postgres(db) and not db.in_transaction():
+        await db.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
 
 
 def _now(db: AsyncSession) -> Any:
@@ -215,7 +226,9 @@ async def enqueue(db: AsyncSession, job_type: str, params: Any = None, *, priori
                         max_retries=max_retries, timeout=timeout, dedupe_key=dedupe_key,
                         default_max_retries=default_max_retries)
     if dedupe_key is None:
-        await db.execute(jobs_table.insert(), row)
+        if commit:
+            await one_statement_transaction(db)
+        await db.execute(_INSERT, row)
         job = job_from_row(row)
     else:
         job = await _enqueue_deduped(db, row)
@@ -244,7 +257,6 @@ async def _enqueue_deduped(db: AsyncSession, row: dict[str, Any]) -> Job:
     raise InvalidTransition(f"dedupe_key {row['dedupe_key']!r} is contended; try again")
 
 
-_INSERT = jobs_table.insert()
 _INSERT_MANY_PG = text("""
     INSERT INTO jobs (id, job_type, status, params, result, attempts, max_attempts, priority,
                       timeout, cancel_requested, run_at, created_at, updated_at)
@@ -357,6 +369,8 @@ async def claim_jobs(db: AsyncSession, n: int = 1, *, worker_id: str,
     if job_types is not None:
         params["types"] = list(job_types)
     stmt = _claim_statement(dialect, job_types is not None)
+    if commit:
+        await one_statement_transaction(db)
     rows = (await db.execute(stmt, params)).mappings().all()
     if commit:
         await db.commit()

@@ -107,6 +107,7 @@ class CompletionBatcher:
             return
         try:
             async with self.sessions() as db:
+                await queue.one_statement_transaction(db)
                 done = await queue.complete_many(
                     db, [(j, r) for j, r, _ in items], worker_id=self.worker_id)
                 await db.commit()
