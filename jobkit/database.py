@@ -158,6 +158,40 @@ def _install_sqlite_hooks(engine: AsyncEngine) -> None:
     event.listen(sync_engine, "commit", _end)
     event.listen(sync_engine, "rollback", _end)
 
+    # COMMIT/ROLLBACK when SQLite has no transaction open (a lone autocommit statement, a
+    # read-only session, the pool's reset on check-in) are no-ops, but each still costs a
+    # round trip to aiosqlite's thread; sqlite3 knows the state without one.
+    dialect: Any = sync_engine.dialect
+    do_commit, do_rollback = dialect.do_commit, dialect.do_rollback
+
+    def _commit(dbapi_conn: Any) -> None:
+        if not _sqlite_idle(dbapi_conn):
+            do_commit(dbapi_conn)
+
+    def _rollback(dbapi_conn: Any) -> None:
+        if not _sqlite_idle(dbapi_conn):
+            do_rollback(dbapi_conn)
+
+    dialect.do_commit, dialect.do_rollback = _commit, _rollback
+
+
+def _sqlite_idle(dbapi_conn: Any) -> bool:
+    """True when this aiosqlite connection is surely outside any SQLite transaction."""
+    try:
+        return not dbapi_conn._connection.in_transaction
+    except Exception:  # noqa: BLE001 - closed or unexpected: let the real call decide
+        return False
+
+
+def sqlite_autocommit(conn: Connection) -> None:
+    """Run this SQLite transaction's statements without ``BEGIN IMMEDIATE``.
+
+    For a transaction of ONE write statement: SQLite runs it atomically on its own and
+    takes the write lock when it starts (so it never has to upgrade a read), which is all
+    ``BEGIN IMMEDIATE`` gives; skipping it saves a round trip to aiosqlite's thread.
+    """
+    conn.info["jk_sqlite_begun"] = True
+
 
 def _install_write_tracking(engine: AsyncEngine) -> None:
     """Mark a connection's transaction as 'wrote' once it runs anything but a read.

@@ -107,13 +107,20 @@ def is_postgres(db: AsyncSession) -> bool:
 
 
 async def one_statement_transaction(db: AsyncSession) -> None:
-    """On PostgreSQL, let a fresh session's single statement run without BEGIN and COMMIT.
+    """Let a fresh session's single statement run without an explicit transaction.
 
-    One statement is atomic on its own; its explicit transaction only added two round trips.
+    One statement is atomic on its own; BEGIN/COMMIT only added round trips (PostgreSQL:
+    autocommit; SQLite: no ``BEGIN IMMEDIATE``, see :func:`database.sqlite_autocommit`).
     Call it only when the session's next statement is the whole transaction.
     """
-    if is_postgres(db) and not db.in_transaction():
+    if db.in_transaction():
+        return
+    if is_postgres(db):
         await db.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+    else:
+        from .database import sqlite_autocommit
+
+        sqlite_autocommit((await db.connection()).sync_connection)  # type: ignore[arg-type]
 
 
 def _now(db: AsyncSession) -> Any:
