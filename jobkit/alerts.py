@@ -22,6 +22,7 @@ import asyncio
 import logging
 import socket
 import urllib.error
+import urllib.parse
 import urllib.request
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -61,6 +62,22 @@ def build_alert(event: str, payload: dict[str, Any]) -> dict[str, Any]:
         "host": socket.gethostname(),
         "time": datetime.now(UTC).isoformat(),
     }
+
+
+def safe_url(url: str) -> str:
+    """Scheme, host and port only: a webhook's path, query and credentials are secrets."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or "?"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}/…"
+
+
+def check_alert_url(url: str) -> None:
+    """Raise ValueError unless ``url`` is an http(s) URL with a host (the message hides secrets)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("the alert URL must be an http:// or https:// URL with a host, "
+                         f"got {parts.scheme or '(no scheme)'}://{parts.hostname or '(no host)'}")
 
 
 def _post_urllib(url: str, body: bytes, timeout: float) -> int:
@@ -109,8 +126,7 @@ class AlertHook:
 
     def __init__(self, url: str, *, timeout: float = 5.0, retries: int = 3,
                  backoff: float = 0.5) -> None:
-        if not url.startswith(("http://", "https://")):
-            raise ValueError(f"alert URL {url!r} must start with http:// or https://")
+        check_alert_url(url)
         self.url = url
         self.timeout = timeout
         self.retries = retries
@@ -121,7 +137,7 @@ class AlertHook:
         self._buses: list[EventBus] = []
 
     def __repr__(self) -> str:
-        return (f"<AlertHook {self.url} sent={self.sent} undelivered={self.undelivered} "
+        return (f"<AlertHook {safe_url(self.url)} sent={self.sent} undelivered={self.undelivered} "
                 f"in_flight={len(self._tasks)}>")
 
     # -- wiring --------------------------------------------------------------------------
@@ -176,7 +192,7 @@ class AlertHook:
                 return True
         self.undelivered += 1
         log.error("alert for failed job %s not delivered to %s: %s", alert.get("job_id"),
-                  self.url, last)
+                  safe_url(self.url), last.replace(self.url, safe_url(self.url)))
         return False
 
     async def aclose(self, timeout: float | None = None) -> None:

@@ -1,6 +1,6 @@
 """The HTTP API: the seed's upload → process → get flow, job control, health and metrics.
 
-Needs the ``api`` extra (``pip install 'jobkit[api]'``). Build the app with
+Needs the ``api`` extra (``pip install -e '.[api]' (from the jobkit checkout)``). Build the app with
 :func:`create_app` and run it with ``jobkit serve`` (uvicorn). Every route calls the
 same functions a script would (:class:`jobkit.Runner`, :mod:`jobkit.queue`,
 :mod:`jobkit.ops`).
@@ -38,7 +38,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError(
         f"jobkit.api needs the 'api' extra ({exc.name} is missing): "
-        "pip install 'jobkit[api]'") from exc
+        "pip install -e '.[api]' (from the jobkit checkout)") from exc
 
 from . import ops
 from .alerts import AlertHook, enable_alerts

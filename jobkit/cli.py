@@ -513,7 +513,7 @@ async def cmd_serve(args: argparse.Namespace) -> int:
         from .api import create_app
     except ImportError as exc:
         raise UsageError(f"jobkit serve needs the api extra ({exc}): "
-                         "pip install 'jobkit[api]'") from None
+                         "pip install -e '.[api]' (from the jobkit checkout)") from None
     settings = _settings(args, concurrency=args.concurrency,
                          dev_endpoints=True if args.dev_endpoints else None)
     _import_modules(args.imports)

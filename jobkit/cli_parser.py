@@ -23,16 +23,17 @@ Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 # ---------------------------------------------------------------------------
 # Argument types (argparse turns a ValueError/ArgumentTypeError into exit 2)
 # ---------------------------------------------------------------------------
-def _int_type(minimum: int, what: str) -> Callable[[str], int]:
+def _int_type(minimum: int, unit: str = "", maximum: int = INT32_MAX) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"must be a whole number{what}, got {text!r}") \
-                from None
-        if not minimum <= value <= INT32_MAX:
             raise argparse.ArgumentTypeError(
-                f"must be between {minimum} and {INT32_MAX}{what}, got {value}")
+                f"must be a whole number{' of ' + unit if unit else ''}, got {text!r}") from None
+        if not minimum <= value <= maximum:
+            raise argparse.ArgumentTypeError(
+                f"must be between {minimum} and {maximum}{' ' + unit if unit else ''}, "
+                f"got {value}")
         return value
 
     return parse
@@ -139,15 +140,15 @@ def build_parser(commands: Mapping[str, Command], description: str | None = None
                        metavar="MODULE", help="import MODULE first (it registers handlers); "
                                               "repeatable")
 
-    positive = _int_type(1, "")
-    priority_type = _int_type(-INT32_MAX, "")
+    positive = _int_type(1)
+    priority_type = _int_type(-INT32_MAX)
 
     add("init", "create the jobkit tables (idempotent)")
 
     p = add("upload", "register a video and queue its cut_analysis job")
     p.add_argument("file", metavar="FILE",
                    help="a video file (its path and size are recorded) or just a name")
-    p.add_argument("--duration-ms", type=_int_type(1, " of milliseconds"), required=True,
+    p.add_argument("--duration-ms", type=_int_type(1, "milliseconds"), required=True,
                    help="the video's length in milliseconds")
     p.add_argument("--priority", type=priority_type, default=0, help="higher runs first")
 
@@ -163,7 +164,7 @@ def build_parser(commands: Mapping[str, Command], description: str | None = None
                       help="not before this many seconds from now")
     p.add_argument("--dedupe-key", default=None,
                    help="at most one unfinished job per key (the existing one is returned)")
-    p.add_argument("--max-retries", type=_int_type(0, ""), default=None,
+    p.add_argument("--max-retries", type=_int_type(0), default=None,
                    help="retries after the first attempt (default $JOBKIT_MAX_JOB_RETRIES)")
     p.add_argument("--timeout", type=_float_type(True), default=None, metavar="SECONDS",
                    help="seconds before a running attempt is cancelled")
@@ -229,7 +230,8 @@ def build_parser(commands: Mapping[str, Command], description: str | None = None
     p = add("serve", "run the HTTP API with uvicorn (and a worker when "
                                 "JOBKIT_WORKER_ENABLED is true)", json_out=False)
     p.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1")
-    p.add_argument("--port", type=_int_type(0, ""), default=8000, help="default 8000")
+    p.add_argument("--port", type=_int_type(0, "", 65535), default=8000,
+                   help="default 8000 (0: any free port)")
     p.add_argument("--concurrency", type=positive, default=None,
                    help="the in-process worker's concurrency (default $JOBKIT_CONCURRENCY)")
     p.add_argument("--dev-endpoints", action="store_true",

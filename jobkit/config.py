@@ -67,9 +67,14 @@ class Settings:
                 raise ConfigError(_env_name(name), getattr(self, name), "a whole number >= 0")
         if self.concurrency < 1:
             raise ConfigError(_env_name("concurrency"), self.concurrency, "a whole number >= 1")
-        if self.alert_url is not None and not self.alert_url.startswith(("http://", "https://")):
-            raise ConfigError(_env_name("alert_url"), self.alert_url,
-                              "an http:// or https:// URL")
+        if self.alert_url is not None:
+            from .alerts import check_alert_url, safe_url
+
+            try:
+                check_alert_url(self.alert_url)
+            except ValueError:
+                raise ConfigError(_env_name("alert_url"), safe_url(self.alert_url),
+                                  "an http:// or https:// URL with a host") from None
         if self.max_upload_bytes < 1:
             raise ConfigError(_env_name("max_upload_bytes"), self.max_upload_bytes,
                               "a whole number >= 1")
@@ -113,13 +118,23 @@ class Settings:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
     def __repr__(self) -> str:
-        from .database import redact_url
-
         shown = ", ".join(
-            f"{f.name}={redact_url(v) if f.name == 'database_url' else v!r}"
+            f"{f.name}={_shown(f.name, v)}"
             for f in fields(self) if (v := getattr(self, f.name)) != f.default
         )
         return f"Settings({shown})"
+
+
+def _shown(name: str, value: Any) -> str:
+    if name == "database_url":
+        from .database import redact_url
+
+        return repr(redact_url(value))
+    if name == "alert_url" and value:
+        from .alerts import safe_url
+
+        return repr(safe_url(value))
+    return repr(value)
 
 
 def _env_name(field_name: str) -> str:

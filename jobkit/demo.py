@@ -20,13 +20,15 @@ async def run_demo(url: str | None = None, *, concurrency: int = 5,
     """Run the demo on ``url`` (default: a fresh SQLite file in a temporary folder)."""
     tmp = None
     if url is None:
-        tmp = tempfile.mkdtemp(prefix="jobkit-demo-")
-        url = f"sqlite+aiosqlite:///{os.path.join(tmp, 'demo.db')}"
+        tmp = tempfile.TemporaryDirectory(prefix="jobkit-demo-")
+        url = f"sqlite+aiosqlite:///{os.path.join(tmp.name, 'demo.db')}"
     out: dict[str, Any] = {}
     runner = await open_runner(url)
     try:
         say = (lambda *a: None) if quiet else print
-        say(f"jobkit demo on {url}")
+        say(f"jobkit demo on {url}" + (
+            "\n  (a temporary database, removed at the end; pass --database-url to keep one)"
+            if tmp else ""))
         assets = []
         for name, ms in VIDEOS:
             asset, job = await runner.upload_video(name, duration_ms=ms)
@@ -56,7 +58,7 @@ async def run_demo(url: str | None = None, *, concurrency: int = 5,
                 from .monitoring import clips_frame
                 from .plotting import plot_visual_scores
             except ImportError:
-                say("(install jobkit[notebook] to get the plot)")
+                say("(install the notebook extra, pip install -e '.[notebook]', to get the plot)")
             else:
                 async with runner.sessions() as db:
                     frame = await clips_frame(db)
@@ -65,6 +67,8 @@ async def run_demo(url: str | None = None, *, concurrency: int = 5,
                 say(f"\nplot of the clip scores written to {plot_path}")
     finally:
         await runner.close()
+        if tmp is not None:
+            tmp.cleanup()
     return out
 
 

@@ -15,6 +15,10 @@ imported here and nowhere else in jobkit's core.
 
 from __future__ import annotations
 
+from .extras import require
+
+require("jobkit.monitoring", 'pandas')
+
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta

@@ -14,6 +14,10 @@ the result) so it is not shown twice.
 
 from __future__ import annotations
 
+from .extras import require
+
+require("jobkit.plotting", 'pandas', 'matplotlib')
+
 import io
 from collections.abc import Mapping
 from typing import Any

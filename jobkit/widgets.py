@@ -10,6 +10,10 @@ wait for clicked actions with ``await dash.settled()``.
 
 from __future__ import annotations
 
+from .extras import require
+
+require("jobkit.widgets", 'ipywidgets', 'pandas', 'matplotlib')
+
 import asyncio
 import html
 import logging

@@ -614,3 +614,16 @@ async def test_out_of_range_values_are_refused_the_same_on_both_backends(
     assert await count_jobs(runner) == 0
     asset, _ = await runner.upload_video("big.mp4", duration_ms=1000, size_bytes=5 * 2**30)
     assert (await runner.get_asset(asset.id)).size_bytes == 5 * 2**30
+
+
+def test_a_missing_extra_names_what_to_install() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['pandas'] = None\n"
+            "import jobkit\n"
+            "try:\n    import jobkit.monitoring\n"
+            "except ImportError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert "needs pandas" in out.stdout and "'notebook' extra" in out.stdout, out
