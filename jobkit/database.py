@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -26,6 +25,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.schema import CreateIndex, CreateTable
+from sqlalchemy.util import await_only
 
 from .config import Settings, _check_url
 from .errors import DatabaseURLError, JobkitError
@@ -35,8 +35,6 @@ from .models import SCHEMA_VERSION, Base, Meta, meta_table
 log = logging.getLogger("jobkit")
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
-#: A pooled PostgreSQL connection idle for longer than this is pinged before use.
-PING_AFTER_IDLE_SECONDS = 2.0
 _READ_PREFIXES = ("SELECT", "PRAGMA", "EXPLAIN", "SAVEPOINT", "RELEASE")
 
 
@@ -95,33 +93,33 @@ def create_engine(url: str | None = None, *, settings: Settings | None = None,
         kwargs.setdefault("pool_pre_ping", False)
         engine = create_async_engine(parsed, **kwargs)
         if not kwargs["pool_pre_ping"]:
-            _install_idle_ping(engine)
+            _install_light_ping(engine)
     _install_write_tracking(engine)
     return engine
 
 
-def _install_idle_ping(engine: AsyncEngine) -> None:
-    """Check a pooled PostgreSQL connection before use only if it sat idle in the pool.
+def _install_light_ping(engine: AsyncEngine) -> None:
+    """Check every pooled PostgreSQL connection before use, in one round trip.
 
-    A server restart or a dropped connection strikes connections that wait in the pool;
-    one in constant use fails loudly and the worker retries. SQLAlchemy's ``pool_pre_ping``
-    costs three round trips (BEGIN, ping, ROLLBACK on asyncpg) on *every* checkout, more
-    than the statement the connection is checked out for.
+    Same guarantee as SQLAlchemy's ``pool_pre_ping`` (a connection dropped by a restart or
+    ``pg_terminate_backend`` is replaced, not handed to the caller), but its asyncpg ping
+    costs three round trips (BEGIN, ping, ROLLBACK) on every checkout, more than the
+    one-statement transactions of the hot path.
     """
     sync_engine = engine.sync_engine
 
     @event.listens_for(sync_engine, "checkout")
     def _checkout(dbapi_conn: Any, record: Any, proxy: Any) -> None:
-        since = record.info.get("jk_idle_since")
-        if since is not None and time.monotonic() - since > PING_AFTER_IDLE_SECONDS:
-            try:
+        raw = getattr(dbapi_conn, "_connection", None)
+        try:
+            if raw is None:
                 dbapi_conn.ping()
-            except Exception as exc:  # the pool replaces the connection and tries again
-                raise DisconnectionError(f"stale pooled connection: {exc}") from exc
-
-    @event.listens_for(sync_engine, "checkin")
-    def _checkin(dbapi_conn: Any, record: Any) -> None:
-        record.info["jk_idle_since"] = time.monotonic()
+            elif raw.is_closed():  # the server's close already reached us: no round trip
+                raise ConnectionError("closed by the server")
+            else:
+                await_only(raw.fetchrow(";"))
+        except Exception as exc:  # the pool replaces the connection and tries again
+            raise DisconnectionError(f"stale pooled connection: {exc}") from exc
 
 
 def _install_sqlite_hooks(engine: AsyncEngine) -> None:

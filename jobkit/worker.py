@@ -167,7 +167,8 @@ async def run_job(job: Job, db: AsyncSession, ctx: _Run) -> dict[str, Any]:
 
     if error is None:
         if ctx.batcher is not None and not session_wrote(db):
-            await db.rollback()  # nothing to keep; frees the connection
+            if db.in_transaction():
+                await db.rollback()  # nothing to keep; frees the connection
             ok = await ctx.batcher.complete(job, result)
         else:
             ok = await queue.complete_job(db, job, result, worker_id=ctx.worker_id)
