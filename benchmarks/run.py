@@ -27,12 +27,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
 
 FULL = {"repeats": 3, "enqueue": 2_000, "enqueue_many": 10_000, "drain": 20_000,
-        "drain_c1": 5_000, "write": 5_000, "cut": 500, "latency": 200, "multi": 20_000,
+        "drain_c1": 3_000, "write": 2_000, "cut": 500, "latency": 200, "multi": 20_000,
         "scale": 1_000_000, "memory": 100_000, "memory_marks": (20_000, 100_000),
-        "scale_repeats": 20}
+        "scale_repeats": 20, "procs": (2, 4)}
 QUICK = {"repeats": 1, "enqueue": 300, "enqueue_many": 2_000, "drain": 2_000,
          "drain_c1": 300, "write": 300, "cut": 100, "latency": 50, "multi": 2_000,
-         "scale": 20_000, "memory": 4_000, "memory_marks": (1_000, 4_000), "scale_repeats": 3}
+         "scale": 20_000, "memory": 3_000, "memory_marks": (1_000, 3_000), "scale_repeats": 3,
+         "procs": (2,)}
 
 
 @dataclass
@@ -256,7 +257,7 @@ async def run(quick: bool, only: set[str] | None, backends: tuple[str, ...]) -> 
                 say(f"{be} latency done")
             if want("multi"):
                 n = cfg["multi"]
-                for procs in (2, 4):
+                for procs in cfg["procs"]:  # type: ignore[attr-defined]
                     r = Row(be, f"{procs} worker processes × concurrency 100, {n:,} no-op jobs",
                             "jobs/s", ratio_to="bare", note="bare: same processes, batched 100")
                     for _ in range(reps):
