@@ -278,13 +278,21 @@ async def cmd_step(args: argparse.Namespace) -> int:
     runner = await _open(args)
     hook = await _alerts_on(runner)
     try:
-        summary = await runner.step()
+        known = None if args.any_type else sorted(runner.handlers)
+        summary = await runner.step(job_types=known)
+        waiting = {} if summary.get("processed") or known is None else \
+            await _eligible_unknown(runner, known)
     finally:
         await _alerts_off(hook)
         await runner.close()
 
     def human() -> str:
         if not summary.get("processed"):
+            if waiting:
+                kinds = ", ".join(f"{n} {t!r}" for t, n in sorted(waiting.items()))
+                return (f"{summary.get('message')} that this process can run; waiting for a "
+                        f"handler: {kinds} (pass --import MODULE, or --any-type to fail "
+                        "them as unknown)")
             return str(summary.get("message"))
         head = (f"job {summary['job_id']} ({summary['job_type']}) {summary['status']} in "
                 f"{summary['processing_time_ms']}ms")
@@ -411,7 +419,24 @@ async def cmd_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _eligible_unknown(runner: Runner, known: list[str]) -> dict[str, int]:
+    """Eligible jobs per type that no handler of this process can run."""
+    from sqlalchemy import func, select
+
+    from .models import jobs_table, utcnow
+    from .queue import ELIGIBLE_VALUES
+
+    async with runner.sessions() as db:
+        rows = (await db.execute(
+            select(jobs_table.c.job_type, func.count())
+            .where(jobs_table.c.status.in_(ELIGIBLE_VALUES), jobs_table.c.run_at <= utcnow(),
+                   jobs_table.c.job_type.not_in(known))
+            .group_by(jobs_table.c.job_type))).all()
+    return {str(t): int(n) for t, n in rows}
+
+
 async def cmd_explain(args: argparse.Namespace) -> int:
+    _import_modules(args.imports)
     runner = await _open(args)
     try:
         explanation = await runner.explain(args.job_id)

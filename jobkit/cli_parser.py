@@ -174,6 +174,9 @@ def build_parser(commands: Mapping[str, Command], description: str | None = None
 
     p = add("step", "process ONE job now and print the seed's summary")
     imports(p)
+    p.add_argument("--any-type", action="store_true",
+                   help="also claim a job no imported handler can run (it fails as unknown, "
+                        "as in the seed); by default such jobs are left waiting")
 
     p = add("work", "run a worker until SIGINT/SIGTERM (or --burst)")
     p.add_argument("--concurrency", type=positive, default=None, help="jobs at once (default 1)")
@@ -201,6 +204,7 @@ def build_parser(commands: Mapping[str, Command], description: str | None = None
 
     p = add("explain", "why a job is in its state, and what happens next")
     p.add_argument("job_id", metavar="ID")
+    imports(p)
 
     p = add("failed", "the most recent failed jobs")
     p.add_argument("--limit", type=positive, default=10, help="at most this many (default 10)")

@@ -70,6 +70,11 @@ def create_engine(url: str | None = None, *, settings: Settings | None = None,
         raise DatabaseURLError("JOBKIT_DATABASE_URL", redact_url(url),
                                "a well-formed database URL") from None
     kwargs.setdefault("json_serializer", dumps)
+    if parsed.get_backend_name() == "postgresql" and "sslmode" in parsed.query:
+        raise DatabaseURLError(
+            "JOBKIT_DATABASE_URL", redact_url(url),
+            f"asyncpg's spelling of the TLS option: ?ssl={parsed.query['sslmode']} "
+            "instead of ?sslmode=…")
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database or ""
         if database in ("", ":memory:") or "mode=memory" in str(parsed):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterable, Mapping
 from datetime import datetime
@@ -19,6 +20,8 @@ from .errors import InvalidTransition, JobkitError, JobNotFound
 from .events import Callback, EventBus
 from .models import Clip, Job, VideoAsset, new_id, utcnow
 from .worker import Worker, WorkerStats, process_single_job
+
+log = logging.getLogger("jobkit")
 
 
 class StepSummary(dict[str, Any]):
@@ -107,7 +110,14 @@ class Runner:
                       priority: int = 0, run_at: datetime | None = None,
                       delay: float | None = None, max_retries: int | None = None,
                       timeout: float | None = None, dedupe_key: str | None = None) -> Job:
-        """Add a pending job (see :func:`jobkit.queue.enqueue`)."""
+        """Add a pending job (see :func:`jobkit.queue.enqueue`).
+
+        A type this runner has no handler for is accepted (a producer need not import the
+        handlers) with a warning: only a worker that has the handler will claim it.
+        """
+        if job_type not in self.handlers:
+            log.warning("enqueue: no handler named %r is registered in this process; only "
+                        "workers that register one will run it", job_type)
         async with self.sessions() as db:
             return await queue.enqueue(
                 db, job_type, params, priority=priority, run_at=run_at, delay=delay,
@@ -146,11 +156,16 @@ class Runner:
         return asset, job
 
     # -- run ----------------------------------------------------------------------------
-    async def step(self) -> StepSummary:
-        """Process ONE job (the seed's ``process_single_job``) and return its summary."""
+    async def step(self, *, job_types: list[str] | None = None) -> StepSummary:
+        """Process ONE job (the seed's ``process_single_job``) and return its summary.
+
+        Like the seed, any type is claimed and an unknown one fails at once; pass
+        ``job_types`` to claim only those.
+        """
         async with self.sessions() as db:
             summary = StepSummary(await process_single_job(
-                db, settings=self.settings, handlers=self.handlers, events=self.events))
+                db, settings=self.settings, handlers=self.handlers, events=self.events,
+                job_types=job_types))
         self.last_step = summary
         return summary
 

@@ -192,7 +192,11 @@ async def run_job(job: Job, db: AsyncSession, ctx: _Run) -> dict[str, Any]:
     short = last_line(error)
     if status is None:
         return await _lost(ctx, job, ms)
-    log.error("Job %s failed: %s", job.id, short)
+    if status is JobStatus.RETRY:
+        log.warning("Job %s failed: %s (attempt %s/%s; it will be retried)", job.id, short,
+                    job.attempts, job.max_attempts)
+    else:
+        log.error("Job %s failed: %s", job.id, short)
     if status is JobStatus.RETRY:
         await _emit(ctx, "retried", job, status="retry", error=short)
     else:
@@ -222,22 +226,33 @@ def _summary(job: Job, status: str, result: Any, ms: int, error: str | None) -> 
 async def process_single_job(db: AsyncSession, *, settings: Settings | None = None,
                              handlers: dict[str, Handler] | None = None,
                              worker_id: str | None = None,
-                             events: EventBus | None = None) -> dict[str, Any]:
+                             events: EventBus | None = None,
+                             job_types: list[str] | None = None) -> dict[str, Any]:
     """Process ONE job with ``db`` and return the seed's summary dict.
 
     Returns ``{"processed": False, "message": "No pending jobs in queue"}`` when
-    nothing is eligible.
+    nothing is eligible. As in the seed, any job type is claimed and an unknown one
+    fails at once; pass ``job_types`` to claim only those. If the caller is cancelled
+    (Ctrl-C) while the job runs, the job is released without burning an attempt.
     """
     found = db.info.get("jobkit.settings")
     settings = settings or (found if isinstance(found, Settings) else Settings.from_env())
     wid = worker_id or default_worker_id()
-    jobs = await queue.claim_jobs(db, 1, worker_id=wid, lease_seconds=settings.lease_seconds)
+    jobs = await queue.claim_jobs(db, 1, worker_id=wid, lease_seconds=settings.lease_seconds,
+                                  job_types=job_types)
     if not jobs:
         return dict(NO_JOBS)
     ctx = _Run(wid, settings, DISPATCH_TABLE if handlers is None else handlers, events)
     if ctx.events:
         await _emit(ctx, "claimed", jobs[0], status="processing")
-    return await run_job(jobs[0], db, ctx)
+    try:
+        return await run_job(jobs[0], db, ctx)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await db.rollback()
+            if await queue.release_jobs(db, wid, [jobs[0].id]):
+                log.warning("Job %s: interrupted; released back to the queue", jobs[0].id)
+        raise
 
 
 @dataclass
@@ -301,6 +316,10 @@ class Worker:
         handle_signals: stop gracefully on SIGTERM/SIGINT (a second SIGINT stops at
             once). Leave it off inside someone else's event loop (a notebook).
         on_done: called with each job's summary dict (progress bars, tests).
+        job_types: claim only these types. By default a worker claims only the types it
+            has a handler for, so a worker deployed without some handlers leaves those
+            jobs waiting for one that has them instead of failing them as unknown.
+        claim_unknown: claim every type (unknown ones then fail at once, as in the seed).
     """
 
     def __init__(self, engine: AsyncEngine, *, settings: Settings | None = None,
@@ -308,7 +327,8 @@ class Worker:
                  burst: bool = False, handle_signals: bool = False,
                  worker_id: str | None = None, events: EventBus | None = None,
                  on_done: Callable[[dict[str, Any]], Any] | None = None,
-                 job_types: list[str] | None = None, wakeup: bool = True) -> None:
+                 job_types: list[str] | None = None, claim_unknown: bool = False,
+                 wakeup: bool = True) -> None:
         self.engine = engine
         self.settings = settings or Settings.from_env()
         self.concurrency = concurrency or self.settings.concurrency
@@ -321,6 +341,7 @@ class Worker:
         self.events = events
         self.on_done = on_done
         self.job_types = job_types
+        self.claim_unknown = claim_unknown
         self.wakeup = wakeup
         self.sessions = make_sessionmaker(engine)
         self.stats = WorkerStats()
@@ -341,6 +362,13 @@ class Worker:
     @property
     def running(self) -> int:
         return len(self._tasks)
+
+    def claimable_types(self) -> list[str] | None:
+        """The job types this worker claims: the given ones, else those it has a handler for
+        (read live, so a handler registered later in a notebook is picked up), else any."""
+        if self.job_types is not None:
+            return self.job_types
+        return None if self.claim_unknown else list(self.handlers)
 
     def stop(self, immediate: bool = False) -> None:
         """Stop claiming; finish running jobs within the grace period (or at once)."""
@@ -422,7 +450,7 @@ class Worker:
             async with self.sessions() as db:
                 jobs = await queue.claim_jobs(db, n, worker_id=self.id,
                                               lease_seconds=self.settings.lease_seconds,
-                                              job_types=self.job_types)
+                                              job_types=self.claimable_types())
         except DB_ERRORS as exc:
             self._db_trouble("claim jobs", exc)
             return []
@@ -489,7 +517,7 @@ class Worker:
         async with self.sessions() as db:
             status = await queue.fail_job(db, job, "cancelled", worker_id=self.id, permanent=True)
             await db.commit()
-        log.error("Job %s failed: %s", job.id, "cancelled")
+        log.warning("Job %s failed: %s", job.id, "cancelled")
         if status is None:
             return await _lost(self._ctx, job, 0)
         await _emit(self._ctx, "failed", job, status="failed", error="cancelled")

@@ -104,7 +104,12 @@ async def test_receiver_down_the_worker_keeps_working(
         runner: jobkit.Runner, caplog: pytest.LogCaptureFixture) -> None:
     hook = AlertHook(closed_port_url(), timeout=2, retries=2, backoff=0.01)
     hook.attach(runner.events)
-    bad = await runner.enqueue("no_such_type", {})
+
+    @runner.handler("hopeless")
+    async def hopeless(job: jobkit.Job, db: object) -> None:
+        raise jobkit.PermanentError("cannot succeed")
+
+    bad = await runner.enqueue("hopeless", {})
     good = [(await runner.upload_video(f"v{i}.mp4", duration_ms=20_000))[1] for i in range(3)]
     with caplog.at_level(logging.WARNING, logger="jobkit"):
         stats = await runner.drain(concurrency=2, progress=False)

@@ -627,3 +627,8 @@ def test_a_missing_extra_names_what_to_install() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60)
     assert "needs pandas" in out.stdout and "'notebook' extra" in out.stdout, out
+
+
+def test_libpq_sslmode_gets_a_hint() -> None:
+    with pytest.raises(DatabaseURLError, match=r"\?ssl=require"):
+        jobkit.create_engine("postgresql+asyncpg://u:pw@db/x?sslmode=require")

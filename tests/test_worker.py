@@ -732,3 +732,61 @@ async def test_listen_connection_comes_back_after_being_killed(pg_url: str,
 
 async def _listening(listeners: Callable[[], Awaitable[int]]) -> bool:
     return await listeners() >= 1
+
+
+async def test_a_worker_leaves_jobs_it_has_no_handler_for_waiting(
+        runner: jobkit.Runner, caplog: pytest.LogCaptureFixture) -> None:
+    """A mis-deployed worker must not destroy other teams' jobs as 'unknown'."""
+    caplog.set_level(logging.WARNING, logger="jobkit")
+    foreign = await runner.enqueue("thumbnail", {"asset": 1})
+    assert "no handler named 'thumbnail'" in caplog.text
+    mine = await runner.enqueue("noop", {})
+    stats = await runner.drain(progress=False)
+    assert stats.completed == 1 and stats.failed == 0
+    assert (await runner.get_job(foreign.id)).status is JobStatus.PENDING
+    assert (await runner.get_job(mine.id)).status is JobStatus.COMPLETED
+    # Once a worker has the handler, it runs.
+    @runner.handler("thumbnail")
+    async def thumbnail(job: jobkit.Job, db: Any) -> dict[str, Any]:
+        return {"ok": True}
+
+    assert (await runner.drain(progress=False)).completed == 1
+    # claim_unknown=True restores the seed's behaviour: unknown types fail at once.
+    odd = await runner.enqueue("nobody", {})
+    stats = await runner.worker(burst=True, claim_unknown=True).run()
+    stored = await runner.get_job(odd.id)
+    assert stats.failed == 1 and stored.status is JobStatus.FAILED
+    assert "UnknownJobType" in (stored.error or "")
+
+
+def test_cli_step_without_the_handler_module_leaves_the_job_and_says_why(
+        sqlite_url: str) -> None:
+    env = worker_env()
+    run = lambda *a: subprocess.run([JOBKIT_BIN, *a, "--database-url", sqlite_url],  # noqa: E731
+                                    capture_output=True, text=True, timeout=60, env=env)
+    assert run("init").returncode == 0
+    made = run("enqueue", "sleepy", "--params", '{"s": 0}', "--import", "jobs_for_tests")
+    assert made.returncode == 0, made.stderr
+    out = run("step")
+    assert out.returncode == 0
+    assert "waiting for a handler: 1 'sleepy'" in out.stdout and "--import" in out.stdout
+    done = run("step", "--import", "jobs_for_tests")
+    assert "completed" in done.stdout, done.stdout + done.stderr
+
+
+async def test_interrupted_step_releases_its_job(runner: jobkit.Runner) -> None:
+    started = asyncio.Event()
+
+    @runner.handler("slowpoke")
+    async def slowpoke(job: jobkit.Job, db: Any) -> None:
+        started.set()
+        await asyncio.sleep(60)
+
+    job = await runner.enqueue("slowpoke", {})
+    task = asyncio.create_task(runner.step())
+    await asyncio.wait_for(started.wait(), 10)
+    task.cancel()  # what Ctrl-C does to `jobkit step`
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    stored = await runner.get_job(job.id)
+    assert stored.status is JobStatus.PENDING and stored.attempts == 0
