@@ -117,7 +117,8 @@ class SqliteBare(Bare):
         self.claim_sql = (
             "UPDATE jobs SET status='processing', attempts=attempts+1, locked_by=?, "
             "locked_until=?, started_at=?, updated_at=?, finished_at=NULL "
-            "WHERE id IN (SELECT id FROM jobs WHERE status IN ('pending','retry') AND run_at <= ? "
+            "WHERE id IN (SELECT id FROM jobs INDEXED BY ix_jobs_eligible "
+            "WHERE status IN ('pending', 'retry') AND run_at <= ? "
             "ORDER BY priority DESC, created_at, id LIMIT ?) "
             "RETURNING id, job_type, params, attempts, max_attempts, timeout, priority")
         self.complete_sql = (
