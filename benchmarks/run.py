@@ -84,6 +84,13 @@ class Row:
                 "threshold": self.threshold, "met": self.met, "note": self.note}
 
 
+def row_from_dict(d: dict[str, Any]) -> Row:
+    return Row(d["backend"], d["scenario"], d["unit"], Series(list(d["jobkit"])),
+               {k: Series(list(v["values"])) for k, v in d["baselines"].items()},
+               d["ratio_to"], d["target"], d["threshold"],
+               d["unit"] in ("ms", "s", "MB"), d["note"])
+
+
 def fmt(s: Series, unit: str) -> str:
     if not s.values:
         return "–"
@@ -139,13 +146,15 @@ def plot(rows: list[Row], path: str) -> None:
     fig = FigureClass(figsize=(10, 0.32 * len(labels) + 1.5), layout="constrained")
     ax = fig.add_subplot()
     y = list(range(len(labels)))[::-1]
+    values = [min(max(v, 0.02), 50.0) for v in values]  # log axis: keep the far ends visible
     ax.barh(y, values, color=colors)
+    ax.set_xscale("log")
     for yi, m in zip(y, marks, strict=True):
         if m is not None:
             ax.plot([m, m], [yi - 0.4, yi + 0.4], color="black", linewidth=1.5)
     ax.set_yticks(y, labels, fontsize=7)
-    ax.set_xlabel("throughput: ratio to the same-run bare-SQL baseline; times: target ÷ value "
-                  "(higher is better; black tick = target)")
+    ax.set_xlabel("throughput: jobkit ÷ same-run bare SQL;  times: target ÷ jobkit\n"
+                  "(log scale, higher is better, black tick = target)")
     ax.set_title("jobkit vs bare SQL (green: target met, red: missed, grey: no target)")
     ax.grid(axis="x", alpha=0.3)
     fig.savefig(path, dpi=110)
@@ -367,7 +376,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backend", choices=BACKENDS, action="append", default=None)
     p.add_argument("--out", default=os.path.join(RESULTS, "latest"),
                    help="path prefix of the .json and .png written")
+    p.add_argument("--replot", metavar="JSON", help="only redraw the PNG of a results file")
     args = p.parse_args(argv)
+    if args.replot:
+        with open(args.replot) as f:
+            saved = json.load(f)
+        rows = [row_from_dict(d) for d in saved["rows"]]
+        plot(rows, os.path.splitext(args.replot)[0] + ".png")
+        return 0
     logging.basicConfig(level=logging.WARNING)
     only = {s.strip() for s in args.only.split(",") if s.strip()} or None
     t0 = time.perf_counter()
