@@ -342,6 +342,7 @@ class Worker:
         self.on_done = on_done
         self.job_types = job_types
         self.claim_unknown = claim_unknown
+        self._by_type = False  # set once a job of a type without a handler was seen
         self.wakeup = wakeup
         self.sessions = make_sessionmaker(engine)
         self.stats = WorkerStats()
@@ -446,11 +447,31 @@ class Worker:
             self._want_slot = False
 
     async def _claim(self, n: int) -> list[Job]:
+        # Fast path: claim without a job_type filter, which lets the database walk the
+        # claim index in order (a type filter can make PostgreSQL sort every waiting job
+        # when its statistics are stale). Jobs of a type this worker cannot run are given
+        # back at once, attempt unburnt, and from then on this worker claims by type.
+        types = self.claimable_types()
+        filtered = self.job_types is not None or self._by_type
         try:
             async with self.sessions() as db:
                 jobs = await queue.claim_jobs(db, n, worker_id=self.id,
                                               lease_seconds=self.settings.lease_seconds,
-                                              job_types=self.claimable_types())
+                                              job_types=types if filtered else None)
+                foreign = [] if filtered or types is None else \
+                    [j for j in jobs if j.job_type not in self.handlers]
+                if foreign:
+                    await queue.release_jobs(db, self.id, [j.id for j in foreign])
+                    self._by_type = True
+                    log.warning(
+                        "jobkit worker %s has no handler for %s; left %s job(s) for a worker "
+                        "that has one, and claims only %s from now on", self.id,
+                        sorted({j.job_type for j in foreign}), len(foreign), sorted(types or []))
+                    jobs = [j for j in jobs if j.job_type in self.handlers]
+                    jobs += await queue.claim_jobs(
+                        db, n - len(jobs), worker_id=self.id,
+                        lease_seconds=self.settings.lease_seconds,
+                        job_types=self.claimable_types())
         except DB_ERRORS as exc:
             self._db_trouble("claim jobs", exc)
             return []

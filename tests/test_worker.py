@@ -743,7 +743,9 @@ async def test_a_worker_leaves_jobs_it_has_no_handler_for_waiting(
     mine = await runner.enqueue("noop", {})
     stats = await runner.drain(progress=False)
     assert stats.completed == 1 and stats.failed == 0
-    assert (await runner.get_job(foreign.id)).status is JobStatus.PENDING
+    assert "has no handler for ['thumbnail']" in caplog.text
+    left = await runner.get_job(foreign.id)
+    assert left.status is JobStatus.PENDING and left.attempts == 0 and left.locked_by is None
     assert (await runner.get_job(mine.id)).status is JobStatus.COMPLETED
     # Once a worker has the handler, it runs.
     @runner.handler("thumbnail")
