@@ -46,10 +46,11 @@ from .config import Settings
 from .database import redact_url
 from .dispatcher import Handler
 from .errors import InvalidParams, InvalidTransition, JobNotFound
+from .execute import DB_ERRORS
 from .models import JobStatus
 from .runner import Runner
 from .runner import open as open_runner
-from .worker import DB_ERRORS, Worker
+from .worker import Worker
 
 log = logging.getLogger("jobkit")
 

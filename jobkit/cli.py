@@ -127,7 +127,7 @@ def _when(value: datetime | None) -> str:
 
 
 def _short_error(error: str | None, width: int = 60) -> str:
-    from .worker import last_line
+    from .execute import last_line
 
     line = last_line(error) or ""
     return line if len(line) <= width else line[:width - 1] + "…"
@@ -571,7 +571,7 @@ async def cmd_serve(args: argparse.Namespace) -> int:
 # Entry point
 # ---------------------------------------------------------------------------
 def _exit_code(exc: BaseException) -> int:
-    from .worker import DB_ERRORS
+    from .execute import DB_ERRORS
 
     if isinstance(exc, UsageError | ConfigError):
         return EXIT_USAGE
@@ -583,7 +583,7 @@ def _exit_code(exc: BaseException) -> int:
 
 
 def _message(exc: BaseException) -> str:
-    from .worker import DB_ERRORS
+    from .execute import DB_ERRORS
 
     if isinstance(exc, JobkitError):
         return str(exc)

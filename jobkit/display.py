@@ -117,7 +117,7 @@ def _short(value: Any, limit: int = 200) -> str:
 
 
 def _last(error: str | None) -> str | None:
-    from .worker import last_line
+    from .execute import last_line
 
     return last_line(error)
 

@@ -97,7 +97,7 @@ def _when(t: datetime) -> str:
 
 
 def _last_line(error: str | None) -> str | None:
-    from .worker import last_line
+    from .execute import last_line
 
     return last_line(error)
 

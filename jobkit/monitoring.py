@@ -125,7 +125,7 @@ def _positive_int(name: str, value: int | None) -> None:
 
 
 def _last_line(error: str | None) -> str | None:
-    from .worker import last_line
+    from .execute import last_line
 
     return last_line(error)
 

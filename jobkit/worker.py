@@ -1,11 +1,8 @@
-"""Run jobs: claim, dispatch, finish — one at a time (``process_single_job``) or many
-at once (:class:`Worker`).
+"""Run jobs many at once (:class:`Worker`): claim up to the free slots, run each job as an
+asyncio task, heartbeat, recover lost leases, shut down gracefully, wake up fast.
 
-A job's handler runs with its own session. If the handler wrote through it, the
-job's completion joins that transaction (fenced), so the writes and the
-``completed`` status commit together or not at all. If it did not write, the
-completion is batched with other jobs finishing at the same moment: one
-statement for many jobs, each still fenced.
+One job's run (dispatch, then the fenced outcome) lives in :mod:`jobkit.execute`; the
+seed's ``process_single_job`` is re-exported here, where the seed documents it.
 """
 
 from __future__ import annotations
@@ -18,241 +15,37 @@ import os
 import signal
 import socket
 import time
-import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import func, update
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from . import queue
 from .config import Settings
-from .database import make_sessionmaker, redact_url, session_wrote
-from .dispatcher import DISPATCH_TABLE, Handler, dispatch_job
-from .errors import InvalidParams, JobCancelled, JobkitError, PermanentError, Retry, UnknownJobType
+from .database import make_sessionmaker, redact_url
+from .dispatcher import DISPATCH_TABLE, Handler
+from .errors import JobkitError
 from .events import EventBus
-from .models import Job, JobStatus, utcnow, workers_table
+from .execute import (
+    DB_ERRORS,
+    NO_JOBS,
+    CompletionBatcher,
+    _emit,
+    _lost,
+    _Run,
+    _short,
+    _summary,
+    default_worker_id,
+    last_line,
+    process_single_job,
+    run_job,
+)
+from .models import Job, utcnow, workers_table
 
 log = logging.getLogger("jobkit")
-
-NO_JOBS = {"processed": False, "message": "No pending jobs in queue"}
-_PERMANENT = (UnknownJobType, PermanentError, InvalidParams, JobCancelled)
-DB_ERRORS: tuple[type[BaseException], ...] = (SQLAlchemyError, OSError, ConnectionError)
-try:  # asyncpg raises its own errors for a dropped connection outside SQLAlchemy's wrapping
-    import asyncpg
-
-    DB_ERRORS += (asyncpg.PostgresError, asyncpg.InterfaceError)
-except ImportError:  # pragma: no cover
-    pass
-
-
-def default_worker_id() -> str:
-    """``host:pid``: the id used by one-off steps of this process."""
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _error_text(exc: BaseException) -> str:
-    if isinstance(exc, JobkitError | KeyError):
-        return f"{type(exc).__name__}: {exc}"
-    return "".join(traceback.format_exception(exc)).rstrip()
-
-
-def last_line(error: str | None) -> str | None:
-    """The last line of a stored error (the exception line of a traceback)."""
-    if not error:
-        return error
-    lines = [line for line in error.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else error
-
-
-class CompletionBatcher:
-    """Collects completions of jobs whose handlers did not write, and commits them together.
-
-    Every job finishing in the same event-loop turn joins one fenced ``UPDATE … FROM
-    (VALUES …)``; each caller awaits its own outcome.
-    """
-
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], worker_id: str,
-                 max_batch: int = 500) -> None:
-        self.sessions = sessions
-        self.worker_id = worker_id
-        self.max_batch = max_batch
-        self._items: list[tuple[Job, Any, asyncio.Future[bool]]] = []
-        self._scheduled = False
-        self._flushes: set[asyncio.Task[None]] = set()  # strong refs until done
-
-    async def complete(self, job: Job, result: Any) -> bool:
-        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._items.append((job, result, fut))
-        if len(self._items) >= self.max_batch:
-            self._scheduled = True
-            self._spawn_flush()
-        elif not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._spawn_flush)
-        return await fut
-
-    def _spawn_flush(self) -> None:
-        task = asyncio.get_running_loop().create_task(self._flush())
-        self._flushes.add(task)
-        task.add_done_callback(self._flushes.discard)
-
-    async def _flush(self) -> None:
-        items, self._items = self._items, []
-        self._scheduled = False
-        if not items:
-            return
-        try:
-            async with self.sessions() as db:
-                await queue.one_statement_transaction(db)
-                done = await queue.complete_many(
-                    db, [(j, r) for j, r, _ in items], worker_id=self.worker_id)
-                await db.commit()
-        except BaseException as exc:
-            for _, _, fut in items:
-                if not fut.done():
-                    fut.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
-            return
-        for job, _, fut in items:
-            if not fut.done():
-                fut.set_result(job.id in done)
-
-
-@dataclass
-class _Run:
-    """What a worker needs to run one job."""
-
-    worker_id: str
-    settings: Settings
-    table: dict[str, Handler]
-    events: EventBus | None = None
-    batcher: CompletionBatcher | None = None
-
-
-async def run_job(job: Job, db: AsyncSession, ctx: _Run) -> dict[str, Any]:
-    """Run one claimed job with ``db`` and record its outcome; returns the seed's summary."""
-    log.info("Processing job %s (type: %s)", job.id, job.job_type)
-    db.info["jobkit.settings"] = ctx.settings
-    db.info["jobkit.job"] = job
-    started = time.perf_counter()
-    timeout = job.timeout if job.timeout is not None else ctx.settings.job_timeout
-    error: str | None = None
-    permanent = False
-    retry_delay: float | None = None
-    result: Any = None
-    try:
-        async with asyncio.timeout(timeout) as deadline:
-            result = await dispatch_job(job, db, ctx.table)
-        result = queue.check_result(result)
-    except TimeoutError as exc:
-        if deadline.expired():
-            error = f"TimeoutError: job timed out after {timeout:g} s"
-        else:
-            error = _error_text(exc)
-    except Retry as exc:
-        error, retry_delay = f"Retry: {exc.reason}", exc.delay
-    except _PERMANENT as exc:
-        error, permanent = _error_text(exc), True
-    except Exception as exc:  # noqa: BLE001 - any handler error is a failed attempt
-        error = _error_text(exc)
-    # CancelledError (shutdown, lost lease, cancel request) propagates to the caller.
-
-    def elapsed_ms() -> int:
-        return int((time.perf_counter() - started) * 1000)
-
-    if error is None:
-        if ctx.batcher is not None and not session_wrote(db):
-            if db.in_transaction():
-                await db.rollback()  # nothing to keep; frees the connection
-            ok = await ctx.batcher.complete(job, result)
-        else:
-            ok = await queue.complete_job(db, job, result, worker_id=ctx.worker_id)
-            if ok:
-                await db.commit()
-            else:
-                await db.rollback()
-        ms = elapsed_ms()
-        if ok:
-            log.info("Job %s completed successfully in %sms", job.id, ms)
-            await _emit(ctx, "completed", job, status="completed", result=result)
-            return _summary(job, "completed", result, ms, None)
-        return await _lost(ctx, job, ms)
-
-    await db.rollback()  # drop the handler's writes before recording the failure
-    status = await queue.fail_job(
-        db, job, error, worker_id=ctx.worker_id, permanent=permanent, retry_delay=retry_delay,
-        backoff_base=ctx.settings.retry_backoff_base, backoff_max=ctx.settings.retry_backoff_max)
-    await db.commit()
-    ms = elapsed_ms()
-    short = last_line(error)
-    if status is None:
-        return await _lost(ctx, job, ms)
-    if status is JobStatus.RETRY:
-        log.warning("Job %s failed: %s (attempt %s/%s; it will be retried)", job.id, short,
-                    job.attempts, job.max_attempts)
-    else:
-        log.error("Job %s failed: %s", job.id, short)
-    if status is JobStatus.RETRY:
-        await _emit(ctx, "retried", job, status="retry", error=short)
-    else:
-        await _emit(ctx, "failed", job, status="failed", error=short, full_error=error)
-    return _summary(job, status.value, None, ms, short)
-
-
-async def _lost(ctx: _Run, job: Job, ms: int) -> dict[str, Any]:
-    msg = "lease lost: another worker took over this job; this attempt's writes were rolled back"
-    log.warning("Job %s: %s", job.id, msg)
-    await _emit(ctx, "lost", job, status="lost", error=msg)
-    return _summary(job, "lost", None, ms, msg)
-
-
-async def _emit(ctx: _Run, event: str, job: Job, **extra: Any) -> None:
-    if ctx.events:
-        payload = {"job_id": str(job.id), "job_type": job.job_type, "attempt": job.attempts,
-                   "max_attempts": job.max_attempts, "worker_id": ctx.worker_id, **extra}
-        await ctx.events.emit(event, payload)
-
-
-def _summary(job: Job, status: str, result: Any, ms: int, error: str | None) -> dict[str, Any]:
-    return {"processed": True, "job_id": str(job.id), "job_type": job.job_type,
-            "status": status, "result": result, "processing_time_ms": ms, "error": error}
-
-
-async def process_single_job(db: AsyncSession, *, settings: Settings | None = None,
-                             handlers: dict[str, Handler] | None = None,
-                             worker_id: str | None = None,
-                             events: EventBus | None = None,
-                             job_types: list[str] | None = None) -> dict[str, Any]:
-    """Process ONE job with ``db`` and return the seed's summary dict.
-
-    Returns ``{"processed": False, "message": "No pending jobs in queue"}`` when
-    nothing is eligible. As in the seed, any job type is claimed and an unknown one
-    fails at once; pass ``job_types`` to claim only those. If the caller is cancelled
-    (Ctrl-C) while the job runs, the job is released without burning an attempt.
-    """
-    found = db.info.get("jobkit.settings")
-    settings = settings or (found if isinstance(found, Settings) else Settings.from_env())
-    wid = worker_id or default_worker_id()
-    jobs = await queue.claim_jobs(db, 1, worker_id=wid, lease_seconds=settings.lease_seconds,
-                                  job_types=job_types)
-    if not jobs:
-        return dict(NO_JOBS)
-    ctx = _Run(wid, settings, DISPATCH_TABLE if handlers is None else handlers, events)
-    if ctx.events:
-        await _emit(ctx, "claimed", jobs[0], status="processing")
-    try:
-        return await run_job(jobs[0], db, ctx)
-    except asyncio.CancelledError:
-        with contextlib.suppress(Exception):
-            await db.rollback()
-            if await queue.release_jobs(db, wid, [jobs[0].id]):
-                log.warning("Job %s: interrupted; released back to the queue", jobs[0].id)
-        raise
 
 
 @dataclass
@@ -698,11 +491,6 @@ def _seconds(s: float) -> Any:
     return timedelta(seconds=s)
 
 
-def _short(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
-
-
 async def worker_loop(db: AsyncSession, *, settings: Settings | None = None,
                       concurrency: int | None = None, burst: bool = False,
                       handle_signals: bool = False) -> WorkerStats:
@@ -719,5 +507,5 @@ async def worker_loop(db: AsyncSession, *, settings: Settings | None = None,
     return await worker.run()
 
 
-__all__ = ["NO_JOBS", "Worker", "WorkerStats", "process_single_job", "run_job", "worker_loop",
-           "default_worker_id", "last_line"]
+__all__ = ["DB_ERRORS", "NO_JOBS", "Worker", "WorkerStats", "default_worker_id", "last_line",
+           "process_single_job", "run_job", "worker_loop"]
