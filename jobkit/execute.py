@@ -51,9 +51,17 @@ def default_worker_id() -> str:
 
 
 def _error_text(exc: BaseException) -> str:
+    """The stored error: a traceback whose LAST line is always ``Type: first line``.
+
+    Monitoring, logs and summaries show that last line, so a multi-line message keeps
+    its type and its first line there.
+    """
+    lines = str(exc).strip().splitlines()
+    summary = f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip()
     if isinstance(exc, JobkitError | KeyError):
-        return f"{type(exc).__name__}: {exc}"
-    return "".join(traceback.format_exception(exc)).rstrip()
+        return summary if len(lines) <= 1 else f"{type(exc).__name__}: {exc}\n{summary}"
+    text = "".join(traceback.format_exception(exc)).rstrip()
+    return text if text.endswith(summary) else f"{text}\n{summary}"
 
 
 def last_line(error: str | None) -> str | None:

@@ -632,3 +632,19 @@ def test_a_missing_extra_names_what_to_install() -> None:
 def test_libpq_sslmode_gets_a_hint() -> None:
     with pytest.raises(DatabaseURLError, match=r"\?ssl=require"):
         jobkit.create_engine("postgresql+asyncpg://u:pw@db/x?sslmode=require")
+
+
+async def test_multi_line_errors_keep_type_and_first_line(runner: jobkit.Runner, db: Any) -> None:
+    @runner.handler("wordy")
+    async def wordy(job: jobkit.Job, session: Any) -> None:
+        raise jobkit.PermanentError("kaboom\nsecond line") if job.params["p"] else \
+            RuntimeError("kaboom\nsecond line")
+
+    for p in (0, 1):
+        job = await runner.enqueue("wordy", {"p": p}, max_retries=0)
+        s = await process_single_job(db, handlers=runner.handlers)
+        kind = "PermanentError" if p else "RuntimeError"
+        assert s["error"] == f"{kind}: kaboom"
+        stored = await runner.get_job(job.id)
+        assert stored.error.splitlines()[-1] == f"{kind}: kaboom"
+        assert "second line" in stored.error
