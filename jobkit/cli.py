@@ -258,6 +258,9 @@ async def cmd_enqueue(args: argparse.Namespace) -> int:
             f"{', '.join(sorted(DISPATCH_TABLE)) or 'none'}); pass --import MODULE that "
             "registers it, or --allow-unknown if only your workers know it")
     runner = await _open(args, create=True)
+    from .models import utcnow
+
+    asked_at = utcnow()  # a deduplicated enqueue returns a job created before this
     try:
         job = await runner.enqueue(args.job_type, args.params, priority=args.priority,
                                    run_at=args.run_at, delay=args.delay,
@@ -269,7 +272,9 @@ async def cmd_enqueue(args: argparse.Namespace) -> int:
 
     later = job.run_at is not None and (job.run_at - job.created_at).total_seconds() >= 1
     when = f", eligible from {_when(job.run_at)} UTC" if later else ""
-    _out(args, job_dict(job), f"job {job.id} ({job.job_type}) {job.status}{when}")
+    existing = args.dedupe_key is not None and job.created_at < asked_at
+    note = f" (already queued under dedupe key {args.dedupe_key!r})" if existing else ""
+    _out(args, job_dict(job), f"job {job.id} ({job.job_type}) {job.status}{when}{note}")
     return EXIT_OK
 
 

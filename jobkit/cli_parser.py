@@ -120,6 +120,9 @@ def build_parser(commands: Mapping[str, Command], description: str | None = None
     parser = _Parser(prog="jobkit", description=description,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     _log_options(parser, top=True)
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"jobkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 

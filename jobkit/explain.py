@@ -203,7 +203,9 @@ async def explain_job(db: AsyncSession, job_id: uuid.UUID | str, *,
                        f"`await runner.retry_job('{jid}')`.")
         return Explanation(case="cancelled", summary=summary, details=tuple(details), **base)
     if attempts >= max_attempts:
-        summary = (f"{name} failed: all {max_attempts} attempts are spent. "
+        spent = "its only attempt is spent" if max_attempts == 1 else \
+            f"all {max_attempts} attempts are spent"
+        summary = (f"{name} failed: {spent}. "
                    f"Last error: {error}")
     else:
         summary = (f"{name} failed at once on attempt {attempts} of {max_attempts}, "
