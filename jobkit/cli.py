@@ -180,7 +180,8 @@ async def cmd_work(args: argparse.Namespace) -> int:
     finally:
         await _alerts_off(hook)
         await runner.close()
-    print(f"jobkit worker stopped: {stats.as_dict()}", file=sys.stderr)
+    done = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in stats.as_dict().items())
+    print(f"jobkit worker stopped: {done}", file=sys.stderr)
     if args.json:
         print(json.dumps(stats.as_dict()))
     return EXIT_OK
