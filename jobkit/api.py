@@ -43,7 +43,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
 from . import ops
 from .alerts import AlertHook, enable_alerts
 from .config import Settings
-from .database import redact_url
+from .database import describe_error, redact_url
 from .dispatcher import Handler
 from .errors import InvalidParams, InvalidTransition, JobNotFound
 from .execute import DB_ERRORS
@@ -365,7 +365,7 @@ def create_app(settings: Settings | None = None, *, runner: Runner | None = None
         try:
             text = await _metrics(state, get_runner())
         except DB_ERRORS as exc:
-            return PlainTextResponse(f"# database unreachable: {_short(exc)}\n",
+            return PlainTextResponse(f"# database unreachable: {describe_error(exc)}\n",
                                      status_code=503, media_type=media)
         return PlainTextResponse(text, media_type=media)
 
@@ -378,11 +378,6 @@ def _version() -> str:
     return __version__
 
 
-def _short(exc: BaseException) -> str:
-    msg = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    return f"{type(exc).__name__}: {msg[0] if msg else ''}".rstrip(": ")
-
-
 def _install_error_handlers(app: FastAPI) -> None:
     async def validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
@@ -393,8 +388,8 @@ def _install_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": str(exc)}, status_code=404)
 
     async def db_down(request: Request, exc: Exception) -> JSONResponse:
-        log.error("%s %s: database error: %s", request.method, request.url.path, _short(exc))
-        return JSONResponse({"detail": f"database unavailable: {_short(exc)}"}, status_code=503)
+        log.error("%s %s: database error: %s", request.method, request.url.path, describe_error(exc))
+        return JSONResponse({"detail": f"database unavailable: {describe_error(exc)}"}, status_code=503)
 
     app.add_exception_handler(RequestValidationError, validation)
     app.add_exception_handler(JobNotFound, not_found)
@@ -578,7 +573,7 @@ async def _health(state: ApiState, runner: Runner) -> HealthOut:
                 await db.commit()
         depth, scheduled = q["eligible"], q["scheduled"]
     except _HEALTH_ERRORS as exc:
-        database = f"unreachable: {_short(exc) if not isinstance(exc, TimeoutError) else 'timed out after 5 s'}"
+        database = f"unreachable: {describe_error(exc) if not isinstance(exc, TimeoutError) else 'timed out after 5 s'}"
         problems.append(f"database {database}")
     if database == "ok" and alive < s.health_min_workers:
         problems.append(f"{alive} worker(s) heartbeated in the last {s.dead_after:g} s; "
@@ -590,7 +585,7 @@ async def _health(state: ApiState, runner: Runner) -> HealthOut:
         if task is not None and task.done():
             why = "stopped"
             if not task.cancelled() and task.exception() is not None:
-                why = f"crashed: {_short(task.exception())}"  # type: ignore[arg-type]
+                why = f"crashed: {describe_error(task.exception())}"  # type: ignore[arg-type]
             own = why
             problems.append(f"this server's worker {why}")
     return HealthOut(status="ok" if not problems else "unhealthy", database=database,

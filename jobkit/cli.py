@@ -594,8 +594,9 @@ def _message(exc: BaseException) -> str:
     if isinstance(exc, JobkitError):
         return str(exc)
     if isinstance(exc, DB_ERRORS):
-        msg = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-        return f"database error: {type(exc).__name__}: {msg[0] if msg else ''}"
+        from .database import describe_error
+
+        return f"database error: {describe_error(exc)}"
     return (f"unexpected error: {type(exc).__name__}: {exc} "
             "(run with --debug for the traceback)")
 

@@ -309,5 +309,4 @@ async def check_database(engine: AsyncEngine) -> None:
 def describe_error(exc: BaseException) -> str:
     """One line naming a database error (no traceback, no password)."""
     msg = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    first = msg[0] if msg else type(exc).__name__
-    return f"{type(exc).__name__}: {first}"
+    return f"{type(exc).__name__}: {msg[0] if msg else ''}".rstrip(": ")

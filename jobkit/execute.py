@@ -258,7 +258,3 @@ async def process_single_job(db: AsyncSession, *, settings: Settings | None = No
                 log.warning("Job %s: interrupted; released back to the queue", jobs[0].id)
         raise
 
-
-def _short(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"

@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from . import queue
 from .config import Settings
-from .database import make_sessionmaker, redact_url
+from .database import describe_error, make_sessionmaker, redact_url
 from .dispatcher import DISPATCH_TABLE, Handler
 from .errors import JobkitError
 from .events import EventBus
@@ -36,7 +36,6 @@ from .execute import (
     _emit,
     _lost,
     _Run,
-    _short,
     _summary,
     default_worker_id,
     last_line,
@@ -275,7 +274,7 @@ class Worker:
     def _db_trouble(self, what: str, exc: BaseException) -> None:
         self._db_backoff = min(5.0, max(0.1, self._db_backoff * 2))
         log.warning("jobkit worker %s could not %s (%s); retrying in %.1fs", self.id, what,
-                    _short(exc), self._db_backoff)
+                    describe_error(exc), self._db_backoff)
 
     def _db_ok(self) -> None:
         if self._db_backoff:
@@ -312,11 +311,11 @@ class Worker:
             summary = await self._record_cancel(job)
         except DB_ERRORS as exc:
             log.error("Job %s: could not record its outcome (%s); its lease will recover it",
-                      job.id, _short(exc))
-            summary = _summary(job, "unknown", None, 0, f"database error: {_short(exc)}")
+                      job.id, describe_error(exc))
+            summary = _summary(job, "unknown", None, 0, f"database error: {describe_error(exc)}")
         except Exception as exc:  # noqa: BLE001 - never let one job kill the worker
             log.exception("Job %s: unexpected worker error", job.id)
-            summary = _summary(job, "unknown", None, 0, _short(exc))
+            summary = _summary(job, "unknown", None, 0, describe_error(exc))
         self.stats.count(summary["status"])
         if summary["status"] == "retry":
             self._wake.set()  # it may be eligible again at once (backoff 0)
@@ -401,7 +400,7 @@ class Worker:
             await self._insert_row()
         except DB_ERRORS as exc:
             raise JobkitError(
-                f"worker cannot register itself in {redact_url(self.engine.url)}: {_short(exc)}. "
+                f"worker cannot register itself in {redact_url(self.engine.url)}: {describe_error(exc)}. "
                 "Check that the database is reachable and writable.") from None
 
     async def _insert_row(self) -> None:
@@ -423,7 +422,7 @@ class Worker:
                                          last_heartbeat_at=queue._now(db)))
                 await db.commit()
         except DB_ERRORS as exc:
-            log.warning("could not mark worker %s stopped: %s", self.id, _short(exc))
+            log.warning("could not mark worker %s stopped: %s", self.id, describe_error(exc))
 
     # -- shutdown ------------------------------------------------------------------------
     async def _shutdown(self) -> None:
@@ -458,7 +457,7 @@ class Worker:
                             self.id, n)
             except DB_ERRORS as exc:
                 log.error("could not release jobs at shutdown (%s); their leases will "
-                          "recover them", _short(exc))
+                          "recover them", describe_error(exc))
 
     # -- signals -------------------------------------------------------------------------
     def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
