@@ -9,6 +9,7 @@ import tempfile
 import time
 from typing import Any
 
+from . import ops
 from .runner import open as open_runner
 
 VIDEOS = [("intro.mp4", 15_000), ("match_highlights.mp4", 60_000),
@@ -38,7 +39,8 @@ async def run_demo(url: str | None = None, *, concurrency: int = 5,
         stats = await runner.drain(concurrency=concurrency, progress=False)
         elapsed = time.perf_counter() - started
         say(f"\ndrained {stats.processed} jobs in {elapsed:.2f} s with concurrency {concurrency}")
-        counts = await _status_counts(runner)
+        async with runner.sessions() as db:
+            counts = await ops.status_counts(db)
         say("\njobs per status:")
         for status, n in counts.items():
             say(f"  {status:<11} {n}")
@@ -70,18 +72,6 @@ async def run_demo(url: str | None = None, *, concurrency: int = 5,
         if tmp is not None:
             tmp.cleanup()
     return out
-
-
-async def _status_counts(runner: Any) -> dict[str, int]:
-    from sqlalchemy import func, select
-
-    from .models import ALL_STATUSES, jobs_table
-
-    async with runner.sessions() as db:
-        rows = (await db.execute(select(jobs_table.c.status, func.count())
-                                 .group_by(jobs_table.c.status))).all()
-    found = {str(s): int(n) for s, n in rows}
-    return {s.value: found.get(s.value, 0) for s in ALL_STATUSES}
 
 
 def main(argv: list[str] | None = None) -> int:

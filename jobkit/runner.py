@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from . import queue
+from . import ops, queue
 from .config import Settings
 from .database import create_engine, describe_error, init_schema, make_sessionmaker, redact_url
 from .dispatcher import DISPATCH_TABLE, Handler, register_handler
@@ -184,7 +184,7 @@ class Runner:
         from .display import progress_bar
 
         async with self.sessions() as db:
-            total = await _eligible_count(db)
+            total = (await ops.queue_depth(db))["eligible"]
         bar = progress_bar(total, progress)
         worker = self.worker(concurrency=concurrency, burst=True,
                              on_done=(lambda s: bar.update(1)) if bar else None)
@@ -321,17 +321,6 @@ class Runner:
 
         return Dashboard(self, refresh_interval=refresh_interval)
     # -- end of monitoring & notebook views ------------------------------------------------
-
-
-async def _eligible_count(db: AsyncSession) -> int:
-    from sqlalchemy import func
-
-    from .models import jobs_table
-
-    n = (await db.execute(select(func.count()).select_from(jobs_table).where(
-        jobs_table.c.status.in_(queue.ELIGIBLE_VALUES), jobs_table.c.run_at <= utcnow()))).scalar()
-    await db.commit()
-    return int(n or 0)
 
 
 async def open(url: str | None = None, *, settings: Settings | None = None,
