@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import func, update
@@ -140,7 +141,6 @@ class Worker:
         self.stats = WorkerStats()
         self.state = "new"
         self._tasks: dict[uuid.UUID, asyncio.Task[dict[str, Any]]] = {}
-        self._jobs: dict[uuid.UUID, Job] = {}
         self._cancel_reason: dict[uuid.UUID, str] = {}
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -243,14 +243,14 @@ class Worker:
         # claim index in order (a type filter can make PostgreSQL sort every waiting job
         # when its statistics are stale). Jobs of a type this worker cannot run are given
         # back at once, attempt unburnt, and from then on this worker claims by type.
-        types = self.claimable_types()
         filtered = self.job_types is not None or self._by_type
         try:
             async with self.sessions() as db:
                 jobs = await queue.claim_jobs(db, n, worker_id=self.id,
                                               lease_seconds=self.settings.lease_seconds,
-                                              job_types=types if filtered else None)
-                foreign = [] if filtered or types is None else \
+                                              job_types=self.claimable_types() if filtered
+                                              else None)
+                foreign = [] if filtered or self.claim_unknown else \
                     [j for j in jobs if j.job_type not in self.handlers]
                 if foreign:
                     await queue.release_jobs(db, self.id, [j.id for j in foreign])
@@ -258,7 +258,7 @@ class Worker:
                     log.warning(
                         "jobkit worker %s has no handler for %s; left %s job(s) for a worker "
                         "that has one, and claims only %s from now on", self.id,
-                        sorted({j.job_type for j in foreign}), len(foreign), sorted(types or []))
+                        sorted({j.job_type for j in foreign}), len(foreign), sorted(self.handlers))
                     jobs = [j for j in jobs if j.job_type in self.handlers]
                     jobs += await queue.claim_jobs(
                         db, n - len(jobs), worker_id=self.id,
@@ -284,13 +284,11 @@ class Worker:
     def _start(self, job: Job) -> None:
         task = asyncio.get_running_loop().create_task(self._run_one(job), name=f"job-{job.id}")
         self._tasks[job.id] = task
-        self._jobs[job.id] = job
         self.stats.max_active = max(self.stats.max_active, len(self._tasks))
         task.add_done_callback(functools.partial(self._finished, job.id))
 
     def _finished(self, job_id: uuid.UUID, _task: object = None) -> None:
         self._tasks.pop(job_id, None)
-        self._jobs.pop(job_id, None)
         self._cancel_reason.pop(job_id, None)
         if self._want_slot:
             self._wake.set()
@@ -385,9 +383,9 @@ class Worker:
 
     async def _mark_dead(self, db: AsyncSession) -> None:
         if queue.is_postgres(db):
-            cutoff: Any = func.now() - _seconds(self.settings.dead_after)
+            cutoff: Any = func.now() - timedelta(seconds=self.settings.dead_after)
         else:
-            cutoff = utcnow() - _seconds(self.settings.dead_after)
+            cutoff = utcnow() - timedelta(seconds=self.settings.dead_after)
         res = await db.execute(update(workers_table).where(
             workers_table.c.state == "running",
             workers_table.c.last_heartbeat_at < cutoff).values(state="dead"))
@@ -482,12 +480,6 @@ class Worker:
         from .wakeup import watch
 
         await watch(self.engine, self._wake.set, self._stopping)
-
-
-def _seconds(s: float) -> Any:
-    from datetime import timedelta
-
-    return timedelta(seconds=s)
 
 
 async def worker_loop(db: AsyncSession, *, settings: Settings | None = None,
