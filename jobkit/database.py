@@ -17,7 +17,12 @@ from typing import Any
 
 from sqlalchemy import event, select, text
 from sqlalchemy.engine import URL, Connection, make_url
-from sqlalchemy.exc import ArgumentError, DisconnectionError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DisconnectionError,
+    PendingRollbackError,
+    ResourceClosedError,
+)
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -156,7 +161,9 @@ def _install_sqlite_hooks(engine: AsyncEngine) -> None:
         cursor.execute("BEGIN IMMEDIATE")
 
     def _end(conn: Connection) -> None:
-        conn.info["jk_sqlite_begun"] = True
+        info = connection_info(conn)
+        if info is not None:
+            info["jk_sqlite_begun"] = True
 
     event.listen(sync_engine, "commit", _end)
     event.listen(sync_engine, "rollback", _end)
@@ -176,6 +183,22 @@ def _install_sqlite_hooks(engine: AsyncEngine) -> None:
             do_rollback(dbapi_conn)
 
     dialect.do_commit, dialect.do_rollback = _commit, _rollback
+
+
+def connection_info(conn: Connection) -> dict[Any, Any] | None:
+    """``conn.info``, or None when the connection was invalidated or closed.
+
+    A transaction-end listener runs while SQLAlchemy rolls back a connection that a
+    cancellation (or a dropped server) invalidated. Reading ``conn.info`` there raises
+    ``PendingRollbackError``, which would replace the ``CancelledError`` in flight: the
+    caller's cancellation would turn into an ordinary database error and be retried.
+    """
+    if conn.invalidated or conn.closed:
+        return None
+    try:
+        return conn.info
+    except (PendingRollbackError, ResourceClosedError):
+        return None
 
 
 def _sqlite_idle(dbapi_conn: Any) -> bool:

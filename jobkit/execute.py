@@ -18,8 +18,11 @@ import os
 import socket
 import time
 import traceback
-from dataclasses import dataclass
-from typing import Any
+import types
+import uuid
+from collections.abc import Coroutine, Generator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -33,6 +36,7 @@ from .events import EventBus
 from .models import Job, JobStatus
 
 log = logging.getLogger("jobkit")
+T = TypeVar("T")
 
 NO_JOBS = {"processed": False, "message": "No pending jobs in queue"}
 _PERMANENT = (UnknownJobType, PermanentError, InvalidParams, JobCancelled)
@@ -136,6 +140,48 @@ class _Run:
     table: dict[str, Handler]
     events: EventBus | None = None
     batcher: CompletionBatcher | None = None
+    # Jobs whose handler has returned and whose outcome is being recorded.
+    finishing: set[uuid.UUID] = field(default_factory=set)
+
+
+BLOCKED_LOOP_WARNING_S = 0.5
+
+
+@types.coroutine
+def _watch_blocking(coro: Coroutine[Any, Any, T], job: Job) -> Generator[Any, Any, T]:
+    """Await ``coro``, timing each of its synchronous steps on the event loop.
+
+    A handler step that runs longer than :data:`BLOCKED_LOOP_WARNING_S` without awaiting
+    (``time.sleep``, CPU work, blocking I/O) stalls every other job, heartbeat and timeout
+    of this worker; say so once, naming the job, instead of silently serialising them.
+    """
+    steps = coro.__await__()
+    warned = False
+    value: Any = None
+    error: BaseException | None = None
+    try:
+        while True:
+            started = time.perf_counter()
+            try:
+                yielded = steps.send(value) if error is None else steps.throw(error)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+            finally:
+                took = time.perf_counter() - started
+                if took > BLOCKED_LOOP_WARNING_S and not warned:
+                    warned = True
+                    log.warning(
+                        "Job %s (type: %s) blocked the event loop for %.1fs: every other job, "
+                        "heartbeat and timeout of this worker waited. Run blocking code with "
+                        "`await jobkit.run_blocking(fn, *args)`", job.id, job.job_type, took)
+            try:
+                value, error = (yield yielded), None
+            except GeneratorExit:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - thrown in (cancellation): pass it on
+                value, error = None, exc
+    finally:
+        steps.close()  # type: ignore[attr-defined]
 
 
 async def run_job(job: Job, db: AsyncSession, ctx: _Run) -> dict[str, Any]:
@@ -151,7 +197,7 @@ async def run_job(job: Job, db: AsyncSession, ctx: _Run) -> dict[str, Any]:
     result: Any = None
     try:
         async with asyncio.timeout(timeout) as deadline:
-            result = await dispatch_job(job, db, ctx.table)
+            result = await _watch_blocking(dispatch_job(job, db, ctx.table), job)
         result = queue.check_result(result)
     except TimeoutError as exc:
         if deadline.expired():
@@ -165,6 +211,7 @@ async def run_job(job: Job, db: AsyncSession, ctx: _Run) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - any handler error is a failed attempt
         error = _error_text(exc)
     # CancelledError (shutdown, lost lease, cancel request) propagates to the caller.
+    ctx.finishing.add(job.id)  # from here on, a lease the heartbeat misses is our own finish
 
     def elapsed_ms() -> int:
         return int((time.perf_counter() - started) * 1000)

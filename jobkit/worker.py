@@ -192,14 +192,18 @@ class Worker:
             if self.wakeup and not self.burst:
                 background.append(loop.create_task(self._watch_loop(), name="jobkit-watch"))
             await self._main_loop()
+        except asyncio.CancelledError:
+            # Cancelling the worker's task (a notebook interrupt, a caller's timeout) means
+            # stop now: no grace period; unfinished jobs are released, then it propagates.
+            self._immediate.set()
+            raise
         finally:
             self.state = "stopping"
             await self._shutdown()
             for task in background:
                 task.cancel()
-            for task in background:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            if background:  # asyncio.wait never raises their CancelledError into ours
+                await asyncio.wait(background)
             queue.remove_waker(key, self._wake.set)
             if self.handle_signals:
                 self._remove_signals(loop)
@@ -271,10 +275,17 @@ class Worker:
         self.stats.claimed += len(jobs)
         return jobs
 
-    def _db_trouble(self, what: str, exc: BaseException) -> None:
-        self._db_backoff = min(5.0, max(0.1, self._db_backoff * 2))
+    def _db_trouble(self, what: str, exc: BaseException, retry_in: float | None = None) -> None:
+        """Log a database failure with the truth about the next try.
+
+        Claims back off exponentially (0.1 s doubling to 5 s); the heartbeat keeps its own
+        interval (``retry_in``), so its leases are extended as soon as the database is back.
+        """
+        if retry_in is None:
+            self._db_backoff = min(5.0, max(0.1, self._db_backoff * 2))
+            retry_in = self._db_backoff
         log.warning("jobkit worker %s could not %s (%s); retrying in %.1fs", self.id, what,
-                    describe_error(exc), self._db_backoff)
+                    describe_error(exc), retry_in)
 
     def _db_ok(self) -> None:
         if self._db_backoff:
@@ -289,6 +300,7 @@ class Worker:
 
     def _finished(self, job_id: uuid.UUID, _task: object = None) -> None:
         self._tasks.pop(job_id, None)
+        self._ctx.finishing.discard(job_id)
         self._cancel_reason.pop(job_id, None)
         if self._want_slot:
             self._wake.set()
@@ -355,7 +367,10 @@ class Worker:
                     if jid in cancel:
                         self._cancel_reason[jid] = "cancelled"
                         task.cancel()
-                    elif jid not in held and jid in self._tasks:
+                    elif jid not in held and jid not in self._ctx.finishing:
+                        # Not ours any more while its handler still runs: the lease expired
+                        # and the job was reaped or taken over. (A job that just finished
+                        # is no longer held either; that is not a takeover.)
                         self._cancel_reason[jid] = "lease lost"
                         log.warning("Job %s: lease lost; cancelling this attempt", jid)
                         task.cancel()
@@ -371,7 +386,7 @@ class Worker:
                             "error": r.error, "worker_id": self.id})
                 await self._mark_dead(db)
         except DB_ERRORS as exc:
-            self._db_trouble("heartbeat", exc)
+            self._db_trouble("heartbeat", exc, retry_in=self.settings.heartbeat_interval)
         else:
             self._db_ok()
 
@@ -443,9 +458,8 @@ class Worker:
         for jid, task in leftover.items():
             self._cancel_reason.setdefault(jid, "shutdown")
             task.cancel()
-        for task in leftover.values():
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if leftover:
+            await asyncio.wait(leftover.values())
         if leftover:
             try:
                 async with self.sessions() as db:
