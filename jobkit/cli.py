@@ -10,7 +10,8 @@ Exit codes:
   3    `work` refused: the worker is disabled (JOBKIT_WORKER_ENABLED is false;
        pass --force or enable it)
   4    no such job
-  5    the database cannot be reached, or has no jobkit tables (`jobkit init`)
+  5    the database cannot be reached, has no jobkit tables (`jobkit init`), or its
+       schema is older (`jobkit migrate`) or newer (upgrade jobkit) than this jobkit's
   130  interrupted
 """
 
@@ -32,12 +33,15 @@ from typing import TYPE_CHECKING, Any
 from . import cli_parser
 from .cli_parser import Command
 from .config import Settings
-from .errors import ConfigError, JobkitError, JobNotFound
+from .errors import ConfigError, JobkitError, JobNotFound, SchemaError
 from .logsetup import setup_logging
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
     from .alerts import AlertHook
     from .runner import Runner
+    from .schema import SchemaState
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_DISABLED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_NOT_FOUND, EXIT_DATABASE = 4, 5
@@ -68,42 +72,43 @@ def _import_modules(names: list[str]) -> None:
 
 
 async def _open(args: argparse.Namespace, *, create: bool = False,
-                settings: Settings | None = None) -> Runner:
-    """A Runner on the command's database, checked reachable (and initialised unless
-    ``create``, which creates the schema)."""
-    from sqlalchemy import inspect
-
-    from .database import check_database, create_engine, init_schema, redact_url
+                settings: Settings | None = None, check_schema: bool = True) -> Runner:
+    """A Runner on the command's database, checked reachable and at this jobkit's schema
+    (created when ``create``; upgraded as :func:`jobkit.open` does)."""
     from .runner import Runner as RunnerClass
+    from .schema import ensure_schema
 
     settings = settings or _settings(args)
     url = settings.database_url
-    shown = redact_url(url)
     if url.startswith("sqlite") and not create:
         path = _sqlite_missing(url)
         if path is not None:
             raise DatabaseUnavailable(f"no database at {path}; create it with `jobkit init` "
                                       "(or pass --database-url)")
-    extra: dict[str, Any] = {"connect_args": {"timeout": 10}} if url.startswith("postgresql") \
-        else {}
-    engine = create_engine(url, settings=settings, **extra)
+    engine = await _engine(settings)
     try:
-        try:
-            await check_database(engine)
-        except JobkitError as exc:
-            raise DatabaseUnavailable(str(exc)) from None
-        if create:
-            await init_schema(engine)
-        else:
-            async with engine.connect() as conn:
-                ok = await conn.run_sync(lambda c: inspect(c).has_table("jobs"))
-            if not ok:
-                raise DatabaseUnavailable(f"{shown} has no jobkit tables; create them with "
-                                          "`jobkit init`")
+        if check_schema:
+            await ensure_schema(engine, settings, create=create)
     except BaseException:
         await engine.dispose()
         raise
     return RunnerClass(engine, settings)
+
+
+async def _engine(settings: Settings) -> AsyncEngine:
+    """An engine on the settings' database, checked reachable."""
+    from .database import check_database, create_engine
+
+    url = settings.database_url
+    extra: dict[str, Any] = {"connect_args": {"timeout": 10}} if url.startswith("postgresql") \
+        else {}
+    engine = create_engine(url, settings=settings, **extra)
+    try:
+        await check_database(engine)
+    except JobkitError as exc:
+        await engine.dispose()
+        raise DatabaseUnavailable(str(exc)) from None
+    return engine
 
 
 def _out(args: argparse.Namespace, data: Any, human: str | Callable[[], str]) -> None:
@@ -196,17 +201,80 @@ async def cmd_demo(args: argparse.Namespace) -> int:
 
 async def cmd_init(args: argparse.Namespace) -> int:
     from .database import redact_url
-    from .models import SCHEMA_VERSION
+    from .schema import read_state
 
     runner = await _open(args, create=True)
     try:
         url = redact_url(runner.engine.url)
+        state = await read_state(runner.engine)
         _out(args, {"database_url": url, "backend": runner.backend,
-                    "schema_version": SCHEMA_VERSION},
-             f"jobkit schema ready in {url} (version {SCHEMA_VERSION})")
+                    "schema_revision": state.revision},
+             f"jobkit schema ready in {url} (revision {state.revision})")
     finally:
         await runner.close()
     return EXIT_OK
+
+
+async def cmd_migrate(args: argparse.Namespace) -> int:
+    from .database import redact_url
+    from .schema import describe_change, upgrade
+
+    settings = _settings(args)
+    if args.sql:
+        start = args.from_revision or await _sql_start(settings)
+        sys.stdout.write(_offline_sql(settings.database_url, start))
+        return EXIT_OK
+    if args.from_revision:
+        raise UsageError("--from goes with --sql (a live database says where it is)")
+    engine = await _engine(settings)
+    try:
+        before, after = await upgrade(engine)
+    finally:
+        await engine.dispose()
+    url = redact_url(settings.database_url)
+    change = describe_change(before, after)
+    human = f"{change} in {url}" if change else \
+        f"jobkit schema in {url} is current (revision {after.revision})"
+    _out(args, {"database_url": url, "from_revision": before.revision,
+                "revision": after.revision, "head": after.head,
+                "upgraded": change is not None}, human)
+    return EXIT_OK
+
+
+async def _sql_start(settings: Settings) -> str:
+    """Where the database is, for ``migrate --sql`` without ``--from`` (read-only)."""
+    from .schema import FROM_EMPTY, FROM_V010, read_state
+
+    url = settings.database_url
+    if url.startswith("sqlite") and _sqlite_missing(url) is not None:
+        return FROM_EMPTY
+    try:
+        engine = await _engine(settings)
+    except DatabaseUnavailable as exc:
+        raise DatabaseUnavailable(f"{exc}; to print the SQL without connecting, say where the "
+                                  "database is with --from base|0.1.0|REVISION") from None
+    try:
+        state = await read_state(engine)
+    finally:
+        await engine.dispose()
+    if state.status == "newer":
+        from . import __version__
+        from .database import redact_url
+        from .errors import SchemaTooNew
+
+        raise SchemaTooNew(redact_url(url), str(state.revision), state.head, __version__)
+    if state.revision is None:
+        return FROM_EMPTY
+    return state.revision if state.stamped else FROM_V010
+
+
+def _offline_sql(url: str, start: str) -> str:
+    from .schema import offline_sql
+
+    try:
+        return offline_sql(url, start)
+    except SchemaError as exc:
+        raise UsageError(f"--from: {exc}") from None
 
 
 def _video_file(path: str) -> tuple[str, str | None, int | None]:
@@ -328,10 +396,15 @@ async def cmd_drain(args: argparse.Namespace) -> int:
 async def cmd_status(args: argparse.Namespace) -> int:
     from . import ops
     from .database import redact_url
+    from .schema import read_state
 
-    runner = await _open(args)
+    runner = await _open(args, check_schema=False)
     s = runner.settings
     try:
+        state = await read_state(runner.engine)
+        if state.status != "current":
+            return _schema_status(args, redact_url(runner.engine.url), state,
+                                  runner.engine.dialect.name)
         async with runner.sessions() as db:
             counts = await ops.status_counts(db)
             depth = await ops.queue_depth(db)
@@ -353,10 +426,11 @@ async def cmd_status(args: argparse.Namespace) -> int:
             "avg_processing_s": None if avg is None else round(avg, 4),
             "workers_alive": alive, "workers_by_state": states,
             "workers": [w.as_dict() for w in workers],
-            "health": "ok" if not problems else "unhealthy", "problems": problems}
+            "health": "ok" if not problems else "unhealthy", "problems": problems,
+            "schema": state.as_dict()}
 
     def human() -> str:
-        lines = [f"database  {url}",
+        lines = [f"database  {url}", f"schema    revision {state.revision} (current)",
                  "jobs      " + "  ".join(f"{k} {v}" for k, v in counts.items())
                  + f"  (total {data['total']})",
                  f"queue     {depth['eligible']} eligible now, {depth['scheduled']} scheduled later"]
@@ -374,6 +448,27 @@ async def cmd_status(args: argparse.Namespace) -> int:
         return "\n".join(lines)
 
     _out(args, data, human)
+    return EXIT_OK
+
+
+def _schema_status(args: argparse.Namespace, url: str, state: SchemaState,
+                   backend: str) -> int:
+    """``jobkit status`` of a database whose schema this jobkit cannot use as it is."""
+    if state.status == "empty":
+        raise DatabaseUnavailable(f"{url} has no jobkit tables; create them with `jobkit init`")
+    if state.status == "newer":
+        line = (f"revision {state.revision}, newer than this jobkit's newest ({state.head}): "
+                "upgrade jobkit on this host")
+    elif backend == "sqlite":
+        line = (f"revision {state.revision}, older than this jobkit's {state.head}: opening "
+                "it with jobkit upgrades it (or run `jobkit migrate`)")
+    else:
+        line = (f"revision {state.revision}, older than this jobkit's {state.head}: "
+                "run `jobkit migrate`")
+    data = {"database_url": url, "schema": state.as_dict(), "health": "unhealthy",
+            "problems": [f"schema {line}"]}
+    _out(args, data, f"database  {url}\nschema    {line}\nhealth    UNHEALTHY: the schema "
+                     "is not this jobkit's; job counts need a current schema")
     return EXIT_OK
 
 
@@ -583,7 +678,7 @@ def _exit_code(exc: BaseException) -> int:
         return EXIT_USAGE
     if isinstance(exc, JobNotFound):
         return EXIT_NOT_FOUND
-    if isinstance(exc, (DatabaseUnavailable, *DB_ERRORS)):
+    if isinstance(exc, (DatabaseUnavailable, SchemaError, *DB_ERRORS)):
         return EXIT_DATABASE
     return EXIT_ERROR
 
@@ -602,7 +697,7 @@ def _message(exc: BaseException) -> str:
 
 
 COMMANDS: dict[str, Command] = {
-    "init": cmd_init, "upload": cmd_upload, "enqueue": cmd_enqueue, "step": cmd_step,
+    "init": cmd_init, "migrate": cmd_migrate, "upload": cmd_upload, "enqueue": cmd_enqueue, "step": cmd_step,
     "work": cmd_work, "drain": cmd_drain, "status": cmd_status, "jobs": cmd_jobs,
     "show": cmd_show, "explain": cmd_explain, "failed": cmd_failed, "retry": cmd_retry,
     "cancel": cmd_cancel, "prune": cmd_prune, "serve": cmd_serve, "demo": cmd_demo,

@@ -148,6 +148,14 @@ def build_parser(commands: Mapping[str, Command], description: str | None = None
 
     add("init", "create the jobkit tables (idempotent)")
 
+    p = add("migrate", "upgrade the database's schema to this jobkit's newest revision "
+                       "(or print the SQL with --sql)")
+    p.add_argument("--sql", action="store_true",
+                   help="print the upgrade's SQL (one transaction) for a DBA instead of running it")
+    p.add_argument("--from", dest="from_revision", default=None, metavar="REVISION",
+                   help="with --sql: the database's revision, so it is not asked: base (an "
+                        "empty database), 0.1.0 (made by jobkit 0.1.0) or a revision id")
+
     p = add("upload", "register a video and queue its cut_analysis job")
     p.add_argument("file", metavar="FILE",
                    help="a video file (its path and size are recorded) or just a name")

@@ -47,6 +47,7 @@ class Settings:
     alert_timeout: float = 5.0
     alert_retries: int = 3
     health_min_workers: int = 1
+    auto_migrate: bool = False
 
     def __post_init__(self) -> None:
         _check_url("database_url", self.database_url)

@@ -29,13 +29,12 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.schema import CreateIndex, CreateTable
 from sqlalchemy.util import await_only
 
 from .config import Settings, _check_url
 from .errors import DatabaseURLError, JobkitError
 from .jsonutil import dumps
-from .models import SCHEMA_VERSION, Base, Meta, meta_table
+from .models import Meta, meta_table
 
 log = logging.getLogger("jobkit")
 
@@ -262,7 +261,11 @@ def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
 
 
 async def schema_version(engine: AsyncEngine) -> int | None:
-    """The jobkit schema version stored in the database, or None when there is none yet."""
+    """The number of the database's jobkit schema revision, or None when there is none yet.
+
+    Read from ``jobkit_meta`` (jobkit 0.1.0's record, kept equal to the Alembic revision);
+    :func:`jobkit.schema.read_state` tells the whole story.
+    """
     async with engine.connect() as conn:
         has_meta = await conn.run_sync(
             lambda sync: sync.dialect.has_table(sync, meta_table.name))
@@ -273,39 +276,25 @@ async def schema_version(engine: AsyncEngine) -> int | None:
         return None if value is None else int(value)
 
 
-async def init_schema(engine: AsyncEngine) -> None:
-    """Create the tables and indexes if missing (idempotent, safe from several processes).
+async def init_schema(engine: AsyncEngine, settings: Settings | None = None) -> None:
+    """Create the schema, or bring it to this jobkit's revision (see :mod:`jobkit.schema`).
 
-    A database already at this version is only read, so a read-only database opens.
+    An empty database is created by the migrations; an older one is upgraded on SQLite
+    and, on PostgreSQL, only with ``JOBKIT_AUTO_MIGRATE=true`` (else
+    :class:`~jobkit.errors.SchemaOutdated` says to run ``jobkit migrate``); a newer one is
+    refused (:class:`~jobkit.errors.SchemaTooNew`). A database already current is only
+    read, so a read-only database opens.
     """
-    current = await schema_version(engine)
-    if current == SCHEMA_VERSION:
-        return
-    if current is not None and current > SCHEMA_VERSION:
-        raise JobkitError(
-            f"the database has jobkit schema version {current}, newer than this jobkit "
-            f"({SCHEMA_VERSION}); upgrade jobkit before using this database")
-    async with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
-            await conn.execute(text("SELECT pg_advisory_xact_lock(727274001)"))
-        for table in Base.metadata.sorted_tables:
-            await conn.execute(CreateTable(table, if_not_exists=True))
-            for index in sorted(table.indexes, key=lambda i: i.name or ""):
-                await conn.execute(CreateIndex(index, if_not_exists=True))
-        if engine.dialect.name == "postgresql":
-            from .wakeup import PG_NOTIFY_DDL
+    from .schema import ensure_schema
 
-            for ddl in PG_NOTIFY_DDL:
-                await conn.execute(text(ddl))
-        row = (await conn.execute(
-            select(Meta.value).where(Meta.key == "schema_version"))).scalar_one_or_none()
-        if row is None:
-            await conn.execute(meta_table.insert().values(
-                key="schema_version", value=str(SCHEMA_VERSION)))
-        elif int(row) > SCHEMA_VERSION:
-            raise JobkitError(
-                f"the database has jobkit schema version {row}, newer than this jobkit "
-                f"({SCHEMA_VERSION}); upgrade jobkit before using this database")
+    await ensure_schema(engine, settings)
+
+
+def sqlite_begin_immediate(conn: Connection) -> None:
+    """Open ``conn``'s transaction with ``BEGIN IMMEDIATE`` now (take the write lock first)."""
+    conn.exec_driver_sql("SELECT 1")  # SQLAlchemy's autobegin (a read: no BEGIN emitted)
+    conn.info["jk_sqlite_begun"] = True
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 async def get_db(url: str | None = None) -> AsyncIterator[AsyncSession]:

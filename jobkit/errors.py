@@ -89,3 +89,32 @@ class Retry(JobkitError):
 
 class JobCancelled(JobkitError):
     """A running job was cancelled on request."""
+
+
+class SchemaError(JobkitError):
+    """The database's schema is not the one this jobkit works with."""
+
+
+class SchemaOutdated(SchemaError):
+    """The database's schema is older than this jobkit's, and upgrading it is not automatic."""
+
+    def __init__(self, database: str, current: str, head: str) -> None:
+        self.database = database
+        self.current = current
+        self.head = head
+        super().__init__(
+            f"the database {database} has jobkit schema revision {current}, older than this "
+            f"jobkit's {head}: run `jobkit migrate` (or set JOBKIT_AUTO_MIGRATE=true)")
+
+
+class SchemaTooNew(SchemaError):
+    """The database was upgraded by a newer jobkit than this one."""
+
+    def __init__(self, database: str, current: str, head: str, version: str) -> None:
+        self.database = database
+        self.current = current
+        self.head = head
+        super().__init__(
+            f"the database {database} has jobkit schema revision {current}, newer than this "
+            f"jobkit {version} knows (its newest is {head}): upgrade jobkit on this host; "
+            "nothing was written")

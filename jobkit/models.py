@@ -1,4 +1,7 @@
-"""Tables: jobs, video_assets, clips, workers, and the schema version."""
+"""Tables: jobs, video_assets, clips, workers, and the schema version.
+
+Changing a table here needs a migration too: see jobkit/migrations/README.md.
+"""
 
 from __future__ import annotations
 
@@ -29,8 +32,6 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
-
-SCHEMA_VERSION = 1
 
 
 class JobStatus(str, Enum):
@@ -250,7 +251,11 @@ class WorkerRow(Base):
 
 
 class Meta(Base):
-    """Key/value facts about the schema (its version, for later migrations)."""
+    """Key/value facts about the schema.
+
+    ``schema_version`` is the number of the current schema revision (Alembic's
+    ``alembic_version`` is the authority; this copy is what jobkit 0.1.0 reads).
+    """
 
     __tablename__ = "jobkit_meta"
 

@@ -335,7 +335,7 @@ async def open(url: str | None = None, *, settings: Settings | None = None,
     engine = create_engine(settings.database_url, settings=settings)
     try:
         if create_schema:
-            await init_schema(engine)
+            await init_schema(engine, settings)
     except JobkitError:
         await engine.dispose()
         raise

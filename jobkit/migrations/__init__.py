@@ -1,0 +1,1 @@
+"""jobkit's schema migrations (Alembic). How to add one: README.md in this folder."""
