@@ -208,7 +208,8 @@ async def cmd_init(args: argparse.Namespace) -> int:
         url = redact_url(runner.engine.url)
         state = await read_state(runner.engine)
         _out(args, {"database_url": url, "backend": runner.backend,
-                    "schema_revision": state.revision},
+                    "schema_revision": state.revision,
+                    "schema_version": int(state.revision or 0)},
              f"jobkit schema ready in {url} (revision {state.revision})")
     finally:
         await runner.close()

@@ -292,9 +292,18 @@ async def init_schema(engine: AsyncEngine, settings: Settings | None = None) -> 
 
 def sqlite_begin_immediate(conn: Connection) -> None:
     """Open ``conn``'s transaction with ``BEGIN IMMEDIATE`` now (take the write lock first)."""
+    _sqlite_begin(conn, "BEGIN IMMEDIATE")
+
+
+def sqlite_begin_snapshot(conn: Connection) -> None:
+    """Open a deferred transaction, so ``conn``'s next reads all see one snapshot."""
+    _sqlite_begin(conn, "BEGIN")
+
+
+def _sqlite_begin(conn: Connection, begin: str) -> None:
     conn.exec_driver_sql("SELECT 1")  # SQLAlchemy's autobegin (a read: no BEGIN emitted)
     conn.info["jk_sqlite_begun"] = True
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    conn.exec_driver_sql(begin)
 
 
 async def get_db(url: str | None = None) -> AsyncIterator[AsyncSession]:

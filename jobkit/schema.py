@@ -174,6 +174,14 @@ def _read_state(conn: Connection) -> SchemaState:
 async def read_state(engine: AsyncEngine) -> SchemaState:
     """The schema state of ``engine``'s database, without writing anything."""
     async with engine.connect() as conn:
+        # One snapshot for all the reads: a process upgrading meanwhile must not show us
+        # its jobkit_meta row without its alembic_version table.
+        if conn.dialect.name == "postgresql":
+            await conn.execution_options(isolation_level="REPEATABLE READ")
+        else:
+            from .database import sqlite_begin_snapshot
+
+            await conn.run_sync(sqlite_begin_snapshot)
         state = await conn.run_sync(_read_state)
         await conn.rollback()
     return state

@@ -382,7 +382,7 @@ async def test_ten_processes_auto_migrate_once(v010_url: str, tmp_path: Path) ->
     go.touch()  # all ten have imported jobkit: release them at once
     results = [await asyncio.to_thread(p.communicate, timeout=120) for p in procs]
     codes = [p.returncode for p in procs]
-    assert codes == [0] * 10, [e for _, e in results]
+    assert codes == [0] * 10, [e for (_, e), c in zip(results, codes, strict=True) if c]
     upgraded = [e for _, e in results if "jobkit schema upgraded from revision 0001 to 9001" in e]
     assert len(upgraded) == 1, [e for _, e in results]
     assert not any("Traceback" in e or "error" in e.lower() for _, e in results), results
@@ -513,3 +513,21 @@ async def test_migrate_sql_explains_what_it_needs(tmp_path: Path) -> None:
     assert stamp.returncode == 0 and "INSERT INTO alembic_version (version_num) VALUES " \
         "('0001')" in stamp.stdout
     assert not (tmp_path / "x.db").exists(), "--sql --from connects to nothing"
+
+
+async def test_alembics_own_commands_work_through_the_async_env(
+        backend: str, empty_url: str, extra_revisions: str) -> None:
+    """env.py opens jobkit's async engine itself when Alembic's command API drives it."""
+    from alembic import command
+
+    await asyncio.to_thread(command.upgrade, schema.alembic_config(empty_url), "0001")
+    assert (await state_of(empty_url)).revision == "0001"
+    await asyncio.to_thread(command.upgrade, schema.alembic_config(empty_url), "head")
+    state = await state_of(empty_url)
+    assert (state.revision, state.status) == ("9001", "current")
+    assert await one_value(empty_url, "SELECT value FROM jobkit_meta") == "9001"
+    await asyncio.to_thread(command.downgrade, schema.alembic_config(empty_url), "0001")
+    assert await one_value(empty_url, "SELECT value FROM jobkit_meta") == "1"
+    async with await jobkit.open(empty_url, auto_migrate=True) as runner:
+        await runner.upload_video("match.mp4", duration_ms=60_000)
+    assert (await state_of(empty_url)).revision == "9001"
