@@ -365,11 +365,13 @@ async def test_cli_migrate_stamps_a_v010_database_with_the_shipped_revisions(
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["postgresql"])
 async def test_ten_processes_auto_migrate_once(v010_url: str, tmp_path: Path) -> None:
-    # Without JOBKIT_AUTO_MIGRATE, `jobkit work` refuses in one line.
-    refused = run_proc("work", "--burst", "--force", "--database-url", v010_url)
-    assert refused.returncode == 5
-    lines = refused.stderr.strip().splitlines()
-    assert len(lines) == 1 and "run `jobkit migrate`" in lines[0], refused.stderr
+    # Without JOBKIT_AUTO_MIGRATE, `jobkit work` and `jobkit serve` refuse in one line.
+    for command in (["work", "--burst", "--force"], ["serve", "--port", "0"]):
+        refused = run_proc(*command, "--database-url", v010_url)
+        assert refused.returncode == 5, (command, refused.stderr)
+        lines = refused.stderr.strip().splitlines()
+        assert len(lines) == 1 and "older than this jobkit's 9001: run `jobkit migrate`" \
+            in lines[0], refused.stderr
     assert (await state_of(v010_url)).stamped is False
 
     go = tmp_path / "go"
@@ -424,14 +426,17 @@ async def test_older_jobkit_refuses_a_newer_schema_and_writes_nothing(
     message = str(refused.value)
     assert "revision 9001, newer than this jobkit" in message and f"newest is {head}" in message
     assert "upgrade jobkit on this host" in message
-    for command in (["work", "--burst", "--force"], ["migrate"], ["enqueue", "cut_analysis"],
-                    ["jobs"]):
-        done = run_proc(*command, "--database-url", db_url, extra=False)
+    from concurrent.futures import ThreadPoolExecutor
+
+    commands = (["work", "--burst", "--force"], ["migrate"], ["migrate", "--sql"],
+                ["enqueue", "cut_analysis"], ["jobs"], ["status", "--json"])
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        done_all = list(pool.map(
+            lambda c: run_proc(*c, "--database-url", db_url, extra=False), commands))
+    for command, done in zip(commands[:-1], done_all[:-1], strict=True):
         assert done.returncode == 5, (command, done.stderr)
         assert done.stderr.count("\n") == 1 and "upgrade jobkit on this host" in done.stderr
-    sql = run_proc("migrate", "--sql", "--database-url", db_url, extra=False)
-    assert sql.returncode == 5 and "upgrade jobkit on this host" in sql.stderr
-    status = run_proc("status", "--json", "--database-url", db_url, extra=False)
+    status = done_all[-1]
     assert status.returncode == 0
     import json
 
