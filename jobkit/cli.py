@@ -33,7 +33,16 @@ from typing import TYPE_CHECKING, Any
 from . import cli_parser
 from .cli_parser import Command
 from .config import Settings
-from .errors import ConfigError, JobkitError, JobNotFound, SchemaError
+from .errors import (
+    ConfigError,
+    DatabaseURLError,
+    InvalidParams,
+    InvalidTransition,
+    JobkitError,
+    JobNotFound,
+    SchemaError,
+    UnknownJobType,
+)
 from .logsetup import setup_logging
 
 if TYPE_CHECKING:
@@ -59,16 +68,34 @@ class DatabaseUnavailable(JobkitError):
 # Shared plumbing
 # ---------------------------------------------------------------------------
 def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
-    return Settings.from_env(database_url=getattr(args, "database_url", None), **overrides)
+    url = getattr(args, "database_url", None)
+    try:
+        return Settings.from_env(database_url=url, **overrides)
+    except DatabaseURLError as exc:
+        raise _url_error(args, exc) from None
+
+
+def _url_error(args: argparse.Namespace, exc: ConfigError) -> ConfigError:
+    """A URL error naming where the URL came from (--database-url, not the variable)."""
+    if getattr(args, "database_url", None) is None:
+        return exc
+    return DatabaseURLError("--database-url", exc.value, exc.expected)
 
 
 def _import_modules(names: list[str]) -> None:
+    # Like uvicorn and rq: a module in the current directory can be imported by name.
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
     for name in names:
         try:
             importlib.import_module(name)
         except ImportError as exc:
-            raise UsageError(f"--import {name}: cannot import it ({exc}); "
-                             "is it on PYTHONPATH?") from None
+            raise UsageError(f"--import {name}: cannot import it ({exc}); it must be on "
+                             "PYTHONPATH or in the current directory") from None
+        except Exception as exc:  # noqa: BLE001 - a broken module is a usage error (exit 2)
+            raise UsageError(f"--import {name}: importing it failed: {type(exc).__name__}: "
+                             f"{exc}") from None
 
 
 async def _open(args: argparse.Namespace, *, create: bool = False,
@@ -85,7 +112,10 @@ async def _open(args: argparse.Namespace, *, create: bool = False,
         if path is not None:
             raise DatabaseUnavailable(f"no database at {path}; create it with `jobkit init` "
                                       "(or pass --database-url)")
-    engine = await _engine(settings)
+    try:
+        engine = await _engine(settings)
+    except DatabaseURLError as exc:
+        raise _url_error(args, exc) from None
     try:
         if check_schema:
             await ensure_schema(engine, settings, create=create)
@@ -227,7 +257,10 @@ async def cmd_migrate(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.from_revision:
         raise UsageError("--from goes with --sql (a live database says where it is)")
-    engine = await _engine(settings)
+    try:
+        engine = await _engine(settings)
+    except DatabaseURLError as exc:
+        raise _url_error(args, exc) from None
     try:
         before, after = await upgrade(engine)
     finally:
@@ -302,7 +335,13 @@ def _sqlite_missing(url: str) -> str | None:
 
 
 async def cmd_upload(args: argparse.Namespace) -> int:
+    from .queue import check_filename
+
     name, stored_path, size = _video_file(args.file)
+    try:
+        check_filename(name)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     runner = await _open(args, create=True)
     try:
         asset, job = await runner.upload_video(name, args.duration_ms, priority=args.priority,
@@ -319,32 +358,40 @@ async def cmd_upload(args: argparse.Namespace) -> int:
 
 
 async def cmd_enqueue(args: argparse.Namespace) -> int:
-    from .dispatcher import DISPATCH_TABLE
+    from .dispatcher import check_job
 
     _import_modules(args.imports)
-    if args.job_type not in DISPATCH_TABLE and not args.allow_unknown:
-        raise UsageError(
-            f"unknown job type {args.job_type!r} (registered: "
-            f"{', '.join(sorted(DISPATCH_TABLE)) or 'none'}); pass --import MODULE that "
-            "registers it, or --allow-unknown if only your workers know it")
-    runner = await _open(args, create=True)
-    from .models import utcnow
+    # Type and params are checked before the database is opened: a refused job writes nothing.
+    from .queue import build_job_row
 
-    asked_at = utcnow()  # a deduplicated enqueue returns a job created before this
+    try:
+        check_job(args.job_type, args.params, allow_unknown=args.allow_unknown)
+        build_job_row(args.job_type, args.params, priority=args.priority, run_at=args.run_at,
+                      delay=args.delay, max_retries=args.max_retries, timeout=args.timeout,
+                      dedupe_key=args.dedupe_key)
+    except UnknownJobType as exc:
+        raise UsageError(
+            f"unknown job type {exc.job_type!r} (registered: {', '.join(exc.known) or 'none'}); "
+            "pass --import MODULE that registers it, or --allow-unknown if only your workers "
+            "know it") from None
+    except (InvalidParams, InvalidTransition) as exc:
+        raise UsageError(str(exc)) from None
+    runner = await _open(args, create=True)
     try:
         job = await runner.enqueue(args.job_type, args.params, priority=args.priority,
                                    run_at=args.run_at, delay=args.delay,
                                    max_retries=args.max_retries, timeout=args.timeout,
-                                   dedupe_key=args.dedupe_key)
+                                   dedupe_key=args.dedupe_key, allow_unknown=args.allow_unknown)
     finally:
         await runner.close()
     from .ops import job_dict
 
     later = job.run_at is not None and (job.run_at - job.created_at).total_seconds() >= 1
     when = f", eligible from {_when(job.run_at)} UTC" if later else ""
-    existing = args.dedupe_key is not None and job.created_at < asked_at
-    note = f" (already queued under dedupe key {args.dedupe_key!r})" if existing else ""
-    _out(args, job_dict(job), f"job {job.id} ({job.job_type}) {job.status}{when}{note}")
+    note = f" (deduplicated: already queued under dedupe key {args.dedupe_key!r})" \
+        if job.deduplicated else ""
+    _out(args, {**job_dict(job), "deduplicated": job.deduplicated},
+         f"job {job.id} ({job.job_type}) {job.status}{when}{note}")
     return EXIT_OK
 
 
@@ -381,16 +428,32 @@ async def cmd_step(args: argparse.Namespace) -> int:
 
 async def cmd_drain(args: argparse.Namespace) -> int:
     _import_modules(args.imports)
+    from . import ops
+
     runner = await _open(args)
     hook = await _alerts_on(runner)
     try:
-        stats = await runner.drain(concurrency=args.concurrency, progress=False)
+        # Like `work`: SIGTERM/SIGINT stop gracefully (handlers installed explicitly, so a
+        # SIGINT inherited as ignored still stops it); unfinished jobs go back to the queue.
+        stats = await runner.drain(concurrency=args.concurrency, progress=False,
+                                   handle_signals=True)
+        async with runner.sessions() as db:
+            left = await ops.queue_depth(db)
+            await db.commit()
     finally:
         await _alerts_off(hook)
         await runner.close()
     d = stats.as_dict()
-    _out(args, d, f"drained {d['processed']} job(s) in {d['elapsed_s']:g} s: "
-                  f"{d['completed']} completed, {d['failed']} failed, {d['retried']} to retry")
+    remaining = left["eligible"] + left["scheduled"]
+    signal_name = stats.stopped_by
+    data = {**d, "stopped_by": signal_name, "left": remaining, "left_eligible": left["eligible"],
+            "left_scheduled": left["scheduled"]}
+    head = (f"drain stopped by {signal_name}: ran" if signal_name else "drained")
+    released = f", {d['released']} released back to the queue" if d["released"] else ""
+    _out(args, data, f"{head} {d['processed']} job(s) in {d['elapsed_s']:g} s: "
+                     f"{d['completed']} completed, {d['failed']} failed, {d['retried']} to retry"
+                     f"{released}; {remaining} job(s) left in the queue "
+                     f"({left['eligible']} eligible now, {left['scheduled']} scheduled later)")
     return EXIT_OK
 
 
@@ -417,17 +480,27 @@ async def cmd_status(args: argparse.Namespace) -> int:
         url = redact_url(runner.engine.url)
     finally:
         await runner.close()
-    problems = []
+    problems: list[str] = []
+    note = None
+    crashed = states.get("dead", 0) + sum(1 for w in workers if w.state == "running"
+                                          and not w.alive)
     if alive < s.health_min_workers:
-        problems.append(f"{alive} worker(s) heartbeated in the last {s.dead_after:g} s; "
-                        f"{s.health_min_workers} needed")
+        if crashed or states.get("running", 0):
+            problems.append(f"{alive} worker(s) heartbeated in the last {s.dead_after:g} s; "
+                            f"{s.health_min_workers} needed")
+        else:
+            # Only one-off sessions (drain, step) ran here, and every worker stopped
+            # cleanly: nothing is broken, jobs simply wait for the next session.
+            note = ("no long-running worker; every worker stopped cleanly (e.g. after "
+                    "`jobkit drain`), so jobs wait until `jobkit work` or `jobkit drain` runs")
     avg = hist.sum / hist.count if hist.count else None
+    health = "unhealthy" if problems else ("idle" if note else "ok")
     data = {"database_url": url, "jobs": counts, "total": sum(counts.values()),
             "queue_depth": depth["eligible"], "scheduled": depth["scheduled"],
             "avg_processing_s": None if avg is None else round(avg, 4),
             "workers_alive": alive, "workers_by_state": states,
             "workers": [w.as_dict() for w in workers],
-            "health": "ok" if not problems else "unhealthy", "problems": problems,
+            "health": health, "problems": problems, "note": note,
             "schema": state.as_dict()}
 
     def human() -> str:
@@ -442,10 +515,14 @@ async def cmd_status(args: argparse.Namespace) -> int:
         for w in workers:
             if w.state == "running":
                 lines.append(f"  {w.id}  {'alive' if w.alive else 'SILENT'}  heartbeat "
-                             f"{_ago(w.last_heartbeat_at)}  done {w.jobs_done}  "
+                             f"{_ago(w.last_heartbeat_at)}  {w.jobs_done} job(s) done  "
                              f"concurrency {w.concurrency}")
-        lines.append("health    " + ("ok" if not problems else "UNHEALTHY: "
-                                      + "; ".join(problems)))
+        if problems:
+            lines.append("health    UNHEALTHY: " + "; ".join(problems))
+        elif note:
+            lines.append(f"health    idle: {note}")
+        else:
+            lines.append("health    ok")
         return "\n".join(lines)
 
     _out(args, data, human)
@@ -541,7 +618,7 @@ async def cmd_explain(args: argparse.Namespace) -> int:
     _import_modules(args.imports)
     runner = await _open(args)
     try:
-        explanation = await runner.explain(args.job_id)
+        explanation = await runner.explain(args.job_id, face="cli")
     finally:
         await runner.close()
     _out(args, dataclasses.asdict(explanation), str(explanation))
@@ -629,7 +706,8 @@ async def cmd_prune(args: argparse.Namespace) -> int:
     _out(args, {"deleted": 0 if args.dry_run else n, "matched": n, "dry_run": args.dry_run,
                 "statuses": list(statuses),
                 "older_than_s": args.older_than.total_seconds()},
-         f"{verb} {n} {'/'.join(statuses)} job(s) finished more than {args.older_than} ago")
+         f"{verb} {n} {'/'.join(statuses)} job(s) finished more than "
+         f"{ops.human_duration(args.older_than)} ago")
     return EXIT_OK
 
 
@@ -687,6 +765,8 @@ def _exit_code(exc: BaseException) -> int:
 def _message(exc: BaseException) -> str:
     from .execute import DB_ERRORS
 
+    if isinstance(exc, JobNotFound):
+        return f"no job with id {exc.job_id}; list jobs with `jobkit jobs`"
     if isinstance(exc, JobkitError):
         return str(exc)
     if isinstance(exc, DB_ERRORS):

@@ -7,7 +7,6 @@ one line naming the argument.
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Callable, Coroutine, Mapping
 from datetime import datetime
 from typing import Any, NoReturn
@@ -15,6 +14,7 @@ from typing import Any, NoReturn
 from .models import ALL_STATUSES, TERMINAL
 
 EXIT_USAGE = 2
+ID_HELP = "the job's id, as `jobkit jobs` or `jobkit enqueue` print it"
 INT32_MAX = 2**31 - 1
 
 Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
@@ -23,13 +23,22 @@ Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 # ---------------------------------------------------------------------------
 # Argument types (argparse turns a ValueError/ArgumentTypeError into exit 2)
 # ---------------------------------------------------------------------------
+def _shown(text: str, limit: int = 40) -> str:
+    """An argument echoed in an error: ASCII-safe and cut short (it may be huge)."""
+    shown = ascii(text)
+    return shown if len(shown) <= limit else shown[:limit - 1] + "…'"
+
+
 def _int_type(minimum: int, unit: str = "", maximum: int = INT32_MAX) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
+            if len(text.strip()) > 20:  # beyond any bound we accept; int() of 5,000 digits fails
+                raise ValueError
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(
-                f"must be a whole number{' of ' + unit if unit else ''}, got {text!r}") from None
+                f"must be a whole number{' of ' + unit if unit else ''} between {minimum} and "
+                f"{maximum}, got {_shown(text)}") from None
         if not minimum <= value <= maximum:
             raise argparse.ArgumentTypeError(
                 f"must be between {minimum} and {maximum}{' ' + unit if unit else ''}, "
@@ -39,17 +48,22 @@ def _int_type(minimum: int, unit: str = "", maximum: int = INT32_MAX) -> Callabl
     return parse
 
 
-def _float_type(strict_positive: bool) -> Callable[[str], float]:
+def _float_type(strict_positive: bool, maximum: float | None = None) -> Callable[[str], float]:
+    from .queue import MAX_SECONDS
+
+    top = MAX_SECONDS if maximum is None else maximum
+
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") \
-                from None
-        ok = value > 0 if strict_positive else value >= 0
-        if not ok or value == float("inf"):
             raise argparse.ArgumentTypeError(
-                f"must be a number of seconds {'>' if strict_positive else '>='} 0, got {text!r}")
+                f"must be a number of seconds, got {_shown(text)}") from None
+        ok = value > 0 if strict_positive else value >= 0
+        if not ok or not value <= top:  # also refuses nan and inf
+            raise argparse.ArgumentTypeError(
+                f"must be a number of seconds {'>' if strict_positive else '>='} 0 and at most "
+                f"{top:g}, got {_shown(text)}")
         return value
 
     return parse
@@ -78,10 +92,12 @@ def _duration_type(text: str) -> Any:
 
 
 def _json_object(text: str) -> dict[str, Any]:
+    from .jsonutil import loads_strict
+
     try:
-        value = json.loads(text)
+        value = loads_strict(text)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"is not valid JSON ({exc}): {text!r}") from None
+        raise argparse.ArgumentTypeError(f"is not valid JSON ({exc}): {_shown(text)}") from None
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(
             f"must be a JSON object such as '{{\"key\": 1}}', got a {type(value).__name__}")
@@ -103,12 +119,13 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 def _log_options(p: argparse.ArgumentParser, *, top: bool) -> None:
     """On the top parser with real defaults; on each command with none (SUPPRESS), so
-    ``jobkit --log-format json work`` and ``jobkit work --log-format json`` both work."""
+    `jobkit --log-format json work` and `jobkit work --log-format json` both work."""
     suppress: Any = argparse.SUPPRESS
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors",
                    default=False if top else suppress)
     p.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS,
-                   help="logging level (default INFO)", default="INFO" if top else suppress)
+                   help="logging level (default INFO; `demo` shows only warnings)",
+                   default=None if top else suppress)
     p.add_argument("--log-format", choices=("text", "json"),
                    help="log lines as text, or one JSON object per line (default text)",
                    default="text" if top else suppress)
@@ -183,11 +200,11 @@ def build_parser(commands: Mapping[str, Command], description: str | None = None
                    help="enqueue a type no imported module registers (your workers know it)")
     imports(p)
 
-    p = add("step", "process ONE job now and print the seed's summary")
+    p = add("step", "process ONE job now and print its summary")
     imports(p)
     p.add_argument("--any-type", action="store_true",
-                   help="also claim a job no imported handler can run (it fails as unknown, "
-                        "as in the seed); by default such jobs are left waiting")
+                   help="also claim a job no imported handler can run (it fails at once as "
+                        "unknown); by default such jobs are left waiting")
 
     p = add("work", "run a worker until SIGINT/SIGTERM (or --burst)")
     p.add_argument("--concurrency", type=positive, default=None, help="jobs at once (default 1)")
@@ -205,23 +222,25 @@ def build_parser(commands: Mapping[str, Command], description: str | None = None
     add("status", "jobs per status, queue depth, workers and their health")
 
     p = add("jobs", "list the newest jobs")
-    p.add_argument("--status", choices=[s.value for s in ALL_STATUSES], default=None,
-                   help="only jobs in this status")
+    p.add_argument("--status", choices=[*(s.value for s in ALL_STATUSES), "cancelled"],
+                   default=None, help="only jobs in this status (cancelled: the failed jobs "
+                                      "that were cancelled)")
     p.add_argument("--type", dest="job_type", default=None, help="only jobs of this type")
     p.add_argument("--limit", type=positive, default=20, help="at most this many (default 20)")
 
     p = add("show", "everything about one job")
-    p.add_argument("job_id", metavar="ID")
+    p.add_argument("job_id", metavar="ID", help=ID_HELP)
 
     p = add("explain", "why a job is in its state, and what happens next")
-    p.add_argument("job_id", metavar="ID")
+    p.add_argument("job_id", metavar="ID", help=ID_HELP)
     imports(p)
 
     p = add("failed", "the most recent failed jobs")
     p.add_argument("--limit", type=positive, default=10, help="at most this many (default 10)")
 
     p = add("retry", "send a failed job (or every failed job) back to pending")
-    p.add_argument("job_id", metavar="ID", nargs="?", default=None)
+    p.add_argument("job_id", metavar="ID", nargs="?", default=None,
+                   help=ID_HELP + " (or give --all-failed)")
     p.add_argument("--all-failed", action="store_true", help="every failed job")
     p.add_argument("--type", dest="job_type", default=None,
                    help="with --all-failed: only jobs of this type")
@@ -229,13 +248,14 @@ def build_parser(commands: Mapping[str, Command], description: str | None = None
                    help="with --all-failed: also jobs that were cancelled on purpose")
 
     p = add("cancel", "cancel a waiting job, or ask a running one to stop")
-    p.add_argument("job_id", metavar="ID")
+    p.add_argument("job_id", metavar="ID", help=ID_HELP)
 
     terminal = ",".join(s.value for s in sorted(TERMINAL, key=lambda s: s.value))
     p = add("prune", "delete finished jobs older than a duration, in batches "
                                 "(never unfinished ones; clips are kept)")
     p.add_argument("--older-than", type=_duration_type, required=True, metavar="DURATION",
-                   help="e.g. 30d, 12h, 1d12h, 90m, 45s")
+                   help="a number with a unit, e.g. 30d, 12h, 1d12h, 90m, 45s (units: w, d, "
+                        "h, m, s)")
     p.add_argument("--status", default=terminal,
                    help=f"comma-separated finished statuses (default {terminal})")
     p.add_argument("--batch-size", type=positive, default=1000,
@@ -253,10 +273,10 @@ def build_parser(commands: Mapping[str, Command], description: str | None = None
                    help="enable POST /jobs/process (like JOBKIT_DEV_ENDPOINTS=true)")
     imports(p)
 
-    p = add("demo", "upload sample videos, drain, print the outcome", db=False,
-            json_out=False)
+    p = add("demo", "upload sample videos, drain, print the outcome", db=False)
     p.add_argument("--database-url", default=None,
                    help="default: a fresh SQLite file in a temporary folder")
-    p.add_argument("--concurrency", type=positive, default=5)
+    p.add_argument("--concurrency", type=positive, default=5,
+                   help="jobs at once (default 5)")
     p.add_argument("--plot", default=None, help="write a PNG of the clip scores here")
     return parser

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .errors import HandlerExistsError, UnknownJobType
+from .errors import HandlerExistsError, InvalidHandler, UnknownJobType
 from .handlers.cut_analysis import run_cut_analysis
 from .models import Job
 
@@ -30,19 +30,41 @@ def register_handler(name: str, fn: Handler, *, replace: bool = False,
 
     Raises:
         HandlerExistsError: ``name`` is taken and ``replace`` is false.
-        TypeError: ``fn`` is not an ``async def`` function.
+        InvalidHandler (a TypeError): ``fn`` is not an ``async def`` function.
     """
     table = DISPATCH_TABLE if table is None else table
     if not isinstance(name, str) or not name:
         raise TypeError(f"a handler name must be a non-empty string, got {name!r}")
     if not inspect.iscoroutinefunction(fn):
-        raise TypeError(
-            f"handler {name!r} must be an `async def` function taking (job, db); "
+        raise InvalidHandler(
+            f"handler {name!r} must be an `async def` function taking (job, db), not a plain "
+            f"`def`; "
             "run blocking code inside it with `await jobkit.run_blocking(fn, *args)`")
     if name in table and table[name] is not fn and not replace:
         raise HandlerExistsError(name)
     table[name] = fn
     return fn
+
+
+def check_job(job_type: Any, params: Any = None, *, table: dict[str, Handler] | None = None,
+              allow_unknown: bool = False) -> None:
+    """Refuse, before anything is written, a ``job_type`` with no handler in ``table``
+    (:class:`UnknownJobType`, unless ``allow_unknown``) and params that the handler's own
+    ``check_params`` (e.g. ``cut_analysis`` needs a ``video_asset_id``) or JSON refuse
+    (:class:`InvalidParams`)."""
+    from .jsonutil import check_params
+    from .queue import check_name
+
+    table = DISPATCH_TABLE if table is None else table
+    check_name("job_type", job_type)
+    fn = table.get(job_type)
+    if fn is None:
+        if not allow_unknown:
+            raise UnknownJobType(job_type, table)
+        return
+    check = getattr(fn, "check_params", None)
+    if check is not None:
+        check(check_params(params))
 
 
 def handler(name: str | None = None, *, replace: bool = False) -> Callable[[H], H]:

@@ -38,8 +38,13 @@ class UnknownJobType(JobkitError, KeyError):
         known = ", ".join(self.known) or "(none)"
         return (
             f"unknown job_type {self.job_type!r}; registered handlers: {known}. "
-            "Register one with @jobkit.handler(name) or jobkit.register_handler(name, fn)."
+            "Register one with @jobkit.handler(name) or jobkit.register_handler(name, fn), "
+            "or pass allow_unknown=True if only your workers have it."
         )
+
+
+class InvalidHandler(JobkitError, TypeError):
+    """A function that cannot be a handler (it must be ``async def handler(job, db)``)."""
 
 
 class HandlerExistsError(JobkitError, ValueError):
@@ -60,6 +65,14 @@ class InvalidParams(JobkitError, ValueError):
         self.path = path
         self.problem = problem
         super().__init__(f"{what}{path}: {problem}")
+
+
+class InvalidResult(InvalidParams):
+    """A handler returned a result that cannot be stored as JSON."""
+
+    def __init__(self, path: str, problem: str, what: str = "result") -> None:
+        super().__init__(path, problem, what)
+        self.args = (f"the handler's result is not storable JSON: {what}{path}: {problem}",)
 
 
 class JobNotFound(JobkitError, LookupError):

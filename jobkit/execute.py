@@ -190,6 +190,7 @@ async def run_job(job: Job, db: AsyncSession, ctx: _Run) -> dict[str, Any]:
     db.info["jobkit.settings"] = ctx.settings
     db.info["jobkit.job"] = job
     started = time.perf_counter()
+    claimed_mark = job.updated_at  # replaced by the stored time once the outcome is recorded
     timeout = job.timeout if job.timeout is not None else ctx.settings.job_timeout
     error: str | None = None
     permanent = False
@@ -214,7 +215,13 @@ async def run_job(job: Job, db: AsyncSession, ctx: _Run) -> dict[str, Any]:
     ctx.finishing.add(job.id)  # from here on, a lease the heartbeat misses is our own finish
 
     def elapsed_ms() -> int:
-        return int((time.perf_counter() - started) * 1000)
+        """The attempt's duration as ``show`` and ``explain`` report it (ops.attempt_ms):
+        claim to stored outcome; the local clock only if nothing was stored."""
+        from .ops import attempt_ms
+
+        recorded = job.updated_at if job.updated_at is not claimed_mark else None
+        ms = attempt_ms(job.started_at, job.finished_at or recorded)
+        return ms if ms is not None else int((time.perf_counter() - started) * 1000)
 
     if error is None:
         if ctx.batcher is not None and not session_wrote(db):

@@ -76,6 +76,35 @@ class Explanation:
                 f"{f'<ul style=margin-top:2px>{items}</ul>' if items else ''}</div>")
 
 
+#: How each face (Python, the command line, HTTP) tells a user to act on a job.
+HINTS: dict[str, dict[str, str]] = {
+    "python": {
+        "retry": "`await runner.retry_job('{id}')`",
+        "run": "run `await runner.step()` or `await runner.drain()`, or start `jobkit work`",
+        "step": "a one-off step such as runner.step()",
+        "unknown": ("No handler named {type!r} is registered in this runner: workers without "
+                    "one (drain/work) leave the job waiting for a worker that has one, and "
+                    "`await runner.step()` would fail it with UnknownJobType (register one "
+                    "with @runner.handler)."),
+    },
+    "cli": {
+        "retry": "`jobkit retry {id}`",
+        "run": "run `jobkit step` or `jobkit drain`, or start `jobkit work`",
+        "step": "a one-off `jobkit step`",
+        "unknown": ("No module imported by this command registers a handler named {type!r} "
+                    "(pass --import MODULE to check yours): `jobkit work` and `drain` leave "
+                    "the job waiting for a worker that has one."),
+    },
+    "http": {
+        "retry": "`POST /jobs/{id}/retry`",
+        "run": "start `jobkit work`, or serve with JOBKIT_WORKER_ENABLED=true",
+        "step": "a one-off step such as `POST /jobs/process`",
+        "unknown": ("This server has no handler named {type!r}: its worker leaves the job "
+                    "waiting for a worker that has one."),
+    },
+}
+
+
 def _duration(seconds: float) -> str:
     """``0.4 s``, ``12 s``, ``3 min 5 s``, ``2 h 10 min``."""
     s = abs(seconds)
@@ -142,7 +171,8 @@ async def _live_workers(db: AsyncSession, now: datetime, dead_after: float) -> i
 
 async def explain_job(db: AsyncSession, job_id: uuid.UUID | str, *,
                       settings: Settings | None = None,
-                      handlers: Mapping[str, Any] | None = None) -> Explanation:
+                      handlers: Mapping[str, Any] | None = None,
+                      face: str = "python") -> Explanation:
     """Explain the state of one job in words (see :data:`CASES`).
 
     Args:
@@ -150,7 +180,9 @@ async def explain_job(db: AsyncSession, job_id: uuid.UUID | str, *,
         job_id: the job's id (a UUID or its text); :class:`JobNotFound` when no such job.
         settings: for the dead-worker threshold (default: ``db.info`` or the environment).
         handlers: the dispatch table that will run it, to warn about an unknown job_type.
+        face: ``"python"``, ``"cli"`` or ``"http"``: whose commands the hints name.
     """
+    hint = HINTS[face]
     try:
         jid = job_id if isinstance(job_id, uuid.UUID) else uuid.UUID(str(job_id))
     except ValueError:
@@ -175,22 +207,21 @@ async def explain_job(db: AsyncSession, job_id: uuid.UUID | str, *,
     details: list[str] = []
     if handlers is not None and row["job_type"] not in handlers and status.value in (
             *_ELIGIBLE_VALUES, JobStatus.PROCESSING.value):
-        details.append(f"No handler named {row['job_type']!r} is registered here: it will fail "
-                       "with UnknownJobType when this runner claims it (register one with "
-                       "@runner.handler).")
+        details.append(hint["unknown"].format(type=row["job_type"]))
 
     if status.value in _ELIGIBLE_VALUES:
-        return await _explain_waiting(db, row, base, name, now, settings, details)
+        return await _explain_waiting(db, row, base, name, now, settings, details, face)
     if status is JobStatus.PROCESSING:
-        return await _explain_processing(db, row, base, name, now, settings, details)
+        return await _explain_processing(db, row, base, name, now, settings, details, face)
     if status is JobStatus.COMPLETED:
-        took = (row["finished_at"] - row["started_at"]).total_seconds() * 1000 \
-            if row["finished_at"] and row["started_at"] else None
+        from .ops import attempt_ms
+
+        took = attempt_ms(row["started_at"], row["finished_at"])
         summary_result = summarise_result(row["result"])
         tries = f"on attempt {attempts} of {max_attempts}" if attempts > 1 else "on its first attempt"
         summary = f"{name} completed {tries}: {summary_result}."
         if took is not None:
-            details.append(f"Its last attempt ran {took:,.0f} ms and finished at "
+            details.append(f"Its last attempt ran {took:,} ms and finished at "
                            f"{_when(row['finished_at'])}.")
         return Explanation(case="completed", summary=summary, details=tuple(details),
                            result_summary=summary_result, **base)
@@ -200,7 +231,7 @@ async def explain_job(db: AsyncSession, job_id: uuid.UUID | str, *,
         when = f" at {_when(row['finished_at'])}" if row["finished_at"] else ""
         summary = f"{name} was cancelled{when}; it will not run."
         details.append(f"It had used {attempts} of {max_attempts} attempts. Run it again with "
-                       f"`await runner.retry_job('{jid}')`.")
+                       f"{hint['retry'].format(id=jid)}.")
         return Explanation(case="cancelled", summary=summary, details=tuple(details), **base)
     if attempts >= max_attempts:
         spent = "its only attempt is spent" if max_attempts == 1 else \
@@ -210,13 +241,13 @@ async def explain_job(db: AsyncSession, job_id: uuid.UUID | str, *,
     else:
         summary = (f"{name} failed at once on attempt {attempts} of {max_attempts}, "
                    f"because retrying cannot help (a permanent error): {error}")
-    details.append(f"Run it again with `await runner.retry_job('{jid}')` once the cause is fixed.")
+    details.append(f"Run it again with {hint['retry'].format(id=jid)} once the cause is fixed.")
     return Explanation(case="failed", summary=summary, details=tuple(details), **base)
 
 
 async def _explain_waiting(db: AsyncSession, row: Mapping[Any, Any], base: dict[str, Any],
                            name: str, now: datetime, settings: Settings,
-                           details: list[str]) -> Explanation:
+                           details: list[str], face: str = "python") -> Explanation:
     attempts, max_attempts = base["attempts"], base["max_attempts"]
     status = base["status"]
     run_at: datetime = row["run_at"]
@@ -254,8 +285,7 @@ async def _explain_waiting(db: AsyncSession, row: Mapping[Any, Any], base: dict[
         details.insert(0, failed_line + f"; attempt {attempts + 1} of {max_attempts} is due.")
     live = await _live_workers(db, now, settings.dead_after)
     if live == 0:
-        details.append("No live worker is registered: run `await runner.step()` or "
-                       "`await runner.drain()`, or start `jobkit work`.")
+        details.append(f"No live worker is registered: {HINTS[face]['run']}.")
     else:
         details.append(f"{live} live worker{'s' if live != 1 else ''} "
                        f"{'are' if live != 1 else 'is'} polling the queue.")
@@ -265,7 +295,7 @@ async def _explain_waiting(db: AsyncSession, row: Mapping[Any, Any], base: dict[
 
 async def _explain_processing(db: AsyncSession, row: Mapping[Any, Any], base: dict[str, Any],
                               name: str, now: datetime, settings: Settings,
-                              details: list[str]) -> Explanation:
+                              details: list[str], face: str = "python") -> Explanation:
     attempts, max_attempts = base["attempts"], base["max_attempts"]
     wid: str | None = row["locked_by"]
     until: datetime | None = row["locked_until"]
@@ -287,7 +317,7 @@ async def _explain_processing(db: AsyncSession, row: Mapping[Any, Any], base: di
         alive = worker["state"] == "running" and age < settings.dead_after
     else:
         age = None
-        who = f"{wid}, which is not a registered worker (a one-off step such as runner.step())"
+        who = f"{wid}, which is not a registered worker ({HINTS[face]['step']})"
         alive = None
     expired = lease_left is not None and lease_left <= 0
     if expired:

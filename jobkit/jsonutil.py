@@ -22,39 +22,75 @@ _HINTS = {
 }
 
 
-def check_json(value: Any, what: str = "params", path: str = "") -> Any:
+#: Deepest nesting of lists/objects accepted in params and results.
+MAX_DEPTH = 64
+#: Integers must fit in 64 bits (every JSON reader, and both backends, keep them exact).
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def text_problem(value: str) -> str | None:
+    """Why ``value`` cannot be stored as text on every backend, or None."""
+    if "\x00" in value:
+        return ("contains a NUL character (\\u0000), which PostgreSQL cannot store; remove it "
+                "or encode the text")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return (f"contains a lone surrogate ({value[exc.start]!a}) at position {exc.start}, "
+                "which is not valid Unicode text; send valid UTF-8")
+    return None
+
+
+def short_repr(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters; safe for huge integers."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
+        return f"an integer of {value.bit_length()} bits"
+    text = ascii(value) if isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def check_json(value: Any, what: str = "params", path: str = "", _depth: int = 0) -> Any:
     """Return ``value`` as plain JSON data (tuples become lists) or raise :class:`InvalidParams`.
 
     The rules are the strictest of our backends, so a value accepted here is stored
     identically on SQLite and PostgreSQL: no NaN/Infinity, no ``\\u0000`` (PostgreSQL's
-    JSONB refuses it), string keys only, and nothing but dict/list/str/int/float/bool/None.
+    JSONB refuses it), no lone surrogates, integers within 64 bits, at most
+    :data:`MAX_DEPTH` levels of nesting, string keys only, and nothing but
+    dict/list/str/int/float/bool/None.
     """
     if value is None or value is True or value is False:
         return value
     if isinstance(value, str):
-        if "\x00" in value:
-            raise InvalidParams(path, "contains a NUL character (\\u0000), which PostgreSQL "
-                                "cannot store; remove it or encode the text", what)
+        problem = text_problem(value)
+        if problem is not None:
+            raise InvalidParams(path, problem, what)
         return value
     if isinstance(value, int):
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise InvalidParams(path, f"{short_repr(value)} does not fit in 64 bits; send "
+                                "large numbers as strings", what)
         return int(value)
     if isinstance(value, float):
         if not math.isfinite(value):
             raise InvalidParams(path, f"{value!r} is not valid JSON; use null or a string", what)
         return float(value)
+    if isinstance(value, (dict, list, tuple)) and _depth >= MAX_DEPTH:
+        raise InvalidParams(path or "", f"is nested more than {MAX_DEPTH} levels deep; "
+                            "flatten it", what)
     if isinstance(value, dict):
         out: dict[str, Any] = {}
         for key, item in value.items():
             if not isinstance(key, str):
                 raise InvalidParams(f"{path}[{key!r}]", f"key is a {type(key).__name__}; "
                                     "JSON object keys must be strings", what)
-            if "\x00" in key:
-                raise InvalidParams(f"{path}[{key!r}]", "key contains a NUL character (\\u0000)",
-                                    what)
-            out[key] = check_json(item, what, f"{path}[{key!r}]")
+            problem = text_problem(key)
+            if problem is not None:
+                raise InvalidParams(f"{path}[{short_repr(key)}]", f"key {problem}", what)
+            out[key] = check_json(item, what, f"{path}[{key!r}]", _depth + 1)
         return out
     if isinstance(value, (list, tuple)):
-        return [check_json(item, what, f"{path}[{i}]") for i, item in enumerate(value)]
+        return [check_json(item, what, f"{path}[{i}]", _depth + 1)
+                for i, item in enumerate(value)]
     name = type(value).__name__
     hint = _HINTS.get(name, "convert it to str, a number, a list or a dict")
     raise InvalidParams(path, f"a {name} is not JSON; {hint}", what)
@@ -72,3 +108,26 @@ def check_params(params: Any) -> dict[str, Any]:
 def dumps(value: Any) -> str:
     """The canonical encoding used for every JSON column."""
     return json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number; use null or a string")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:30]} is too large for a float")
+    return value
+
+
+def loads_strict(text: str | bytes) -> Any:
+    """``json.loads`` for untrusted input: ValueError (never RecursionError, never NaN or
+    Infinity, never an integer too long to convert) with a short message."""
+    try:
+        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise ValueError(f"nested too deeply (more than {MAX_DEPTH} levels are refused)") \
+            from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None

@@ -178,6 +178,10 @@ class Job(Base):
         Index("ix_jobs_status_finished", "status", "finished_at"),
     )
 
+    #: Not a column: True on the job an ``enqueue(..., dedupe_key=…)`` returned because an
+    #: unfinished job already held the key.
+    deduplicated = False
+
     @property
     def retries_left(self) -> int:
         return max(0, (self.max_attempts or 0) - (self.attempts or 0))

@@ -10,7 +10,9 @@ that is still ``processing``, leased by this worker, on this attempt.
 from __future__ import annotations
 
 import functools
+import math
 import random
+import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -35,8 +37,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session, configure_mappers
 from sqlalchemy.sql import ColumnElement
 
-from .errors import InvalidTransition, JobNotFound
-from .jsonutil import check_json, check_params, dumps
+from .errors import InvalidParams, InvalidResult, InvalidTransition, JobNotFound
+from .jsonutil import check_json, check_params, dumps, short_repr, text_problem
 from .models import (
     ELIGIBLE,
     Job,
@@ -51,6 +53,10 @@ from .models import (
 NOTIFY_CHANNEL = "jobkit_jobs"
 _INSERT = jobs_table.insert()
 INT32_MAX = 2**31 - 1
+#: Longest job_type / dedupe_key (the columns are VARCHAR(200)).
+MAX_NAME_LENGTH = 200
+#: Longest delay or timeout: ten years, in seconds.
+MAX_SECONDS = 10 * 365 * 86400
 ELIGIBLE_VALUES = tuple(s.value for s in ELIGIBLE)
 _COLS = tuple(jobs_table.c)
 # The claim's filter as literal text, not bound parameters: only then can SQLite (and
@@ -169,40 +175,97 @@ def _to_uuid(job_id: uuid.UUID | str) -> uuid.UUID:
 # ---------------------------------------------------------------------------
 # Enqueue
 # ---------------------------------------------------------------------------
+def check_name(what: str, value: Any) -> str:
+    """A job_type or dedupe_key: non-empty text of at most 200 characters that every
+    backend can store, or :class:`InvalidTransition`."""
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidTransition(f"{what} must be a non-empty string, got {short_repr(value)}")
+    if len(value) > MAX_NAME_LENGTH:
+        raise InvalidTransition(f"{what} is {len(value)} characters long; at most "
+                                f"{MAX_NAME_LENGTH} are allowed")
+    problem = text_problem(value)
+    if problem is not None:
+        raise InvalidTransition(f"{what} {problem}")
+    return value
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_filename(name: str) -> str:
+    """A video's display name: a plain file name, never a path (ValueError otherwise)."""
+    if not name or not name.strip():
+        raise ValueError("filename must not be empty")
+    if len(name) > 255:
+        raise ValueError(f"filename is {len(name)} characters long; at most 255 are allowed")
+    if "/" in name or "\\" in name:
+        raise ValueError(f"filename {short_repr(name)} contains a path separator; give a plain "
+                         "file name such as match.mp4")
+    if name.strip() in (".", ".."):
+        raise ValueError(f"filename {name!r} is not a file name")
+    if _CONTROL.search(name):
+        raise ValueError("filename contains control characters (such as NUL)")
+    problem = text_problem(name)
+    if problem is not None:
+        raise ValueError(f"filename {problem}")
+    return name
+
+
+def check_seconds(what: str, value: Any, *, positive: bool) -> float:
+    """A finite number of seconds (> 0 or >= 0) up to ten years, or :class:`InvalidTransition`."""
+    bound = "> 0" if positive else ">= 0"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidTransition(f"{what} must be a number of seconds {bound}, got "
+                                f"{short_repr(value)}")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = float("inf")
+    if not math.isfinite(number) or not (number > 0 if positive else number >= 0):
+        raise InvalidTransition(f"{what} must be a finite number of seconds {bound}, got "
+                                f"{short_repr(value)}")
+    if number > MAX_SECONDS:
+        raise InvalidTransition(f"{what} must be at most {MAX_SECONDS} seconds (ten years), "
+                                f"got {short_repr(value)}")
+    return number
+
+
 def build_job_row(job_type: str, params: Any = None, *, priority: int = 0,
                   run_at: datetime | None = None, delay: float | None = None,
                   max_retries: int | None = None, timeout: float | None = None,
                   dedupe_key: str | None = None, default_max_retries: int = 3,
                   now: datetime | None = None) -> dict[str, Any]:
     """Validate one job's fields and return the row to insert (nothing is written)."""
-    if not isinstance(job_type, str) or not job_type.strip():
-        raise InvalidTransition(f"job_type must be a non-empty string, got {job_type!r}")
+    check_name("job_type", job_type)
     checked = check_params(params)
     if not isinstance(priority, int) or isinstance(priority, bool):
-        raise InvalidTransition(f"priority must be an int, got {priority!r}")
+        raise InvalidTransition(f"priority must be an int, got {short_repr(priority)}")
     if not -INT32_MAX <= priority <= INT32_MAX:  # the column is 32-bit on PostgreSQL
         raise InvalidTransition(f"priority must be between {-INT32_MAX} and {INT32_MAX}, "
-                                f"got {priority}")
+                                f"got {short_repr(priority)}")
     retries = default_max_retries if max_retries is None else max_retries
     if not isinstance(retries, int) or isinstance(retries, bool) or not 0 <= retries < 1000:
-        raise InvalidTransition(f"max_retries must be an int from 0 to 999, got {max_retries!r}")
-    if timeout is not None and not (timeout > 0):
-        raise InvalidTransition(f"timeout must be a number of seconds > 0, got {timeout!r}")
+        raise InvalidTransition(
+            f"max_retries must be an int from 0 to 999, got {short_repr(max_retries)}")
+    if timeout is not None:
+        check_seconds("timeout", timeout, positive=True)
     now = now or utcnow()
     if run_at is not None and delay is not None:
         raise InvalidTransition("give run_at or delay, not both")
     if run_at is not None:
+        if not isinstance(run_at, datetime):
+            raise InvalidTransition(f"run_at must be a timezone-aware datetime, got "
+                                    f"{short_repr(run_at)}")
         if run_at.tzinfo is None:
             raise InvalidTransition(f"run_at {run_at!r} is naive; pass a timezone-aware datetime")
         eligible = run_at
     elif delay is not None:
-        if delay < 0:
-            raise InvalidTransition(f"delay must be >= 0 seconds, got {delay!r}")
+        check_seconds("delay", delay, positive=False)
         eligible = now + timedelta(seconds=delay)
     else:
         eligible = now
-    if dedupe_key is not None and (not isinstance(dedupe_key, str) or not dedupe_key):
-        raise InvalidTransition(f"dedupe_key must be a non-empty string, got {dedupe_key!r}")
+    if dedupe_key is not None:
+        check_name("dedupe_key", dedupe_key)
     return {
         "id": new_id(), "job_type": job_type, "status": JobStatus.PENDING, "params": checked,
         "result": None, "error": None, "attempts": 0, "max_attempts": retries + 1,
@@ -260,7 +323,9 @@ async def _enqueue_deduped(db: AsyncSession, row: dict[str, Any]) -> Job:
             return job_from_row(row)
         existing = (await db.execute(existing_q)).mappings().first()
         if existing is not None:
-            return job_from_row(existing)
+            job = job_from_row(existing)
+            job.deduplicated = True
+            return job
     raise InvalidTransition(f"dedupe_key {row['dedupe_key']!r} is contended; try again")
 
 
@@ -437,7 +502,8 @@ def _complete_statement(dialect: str) -> Any:
                    jobs_table.c.locked_by == bindparam("worker_id"),
                    jobs_table.c.status == JobStatus.PROCESSING.value)
             .values(result=bindparam("result", type_=JSONType), finished_at=now,
-                    updated_at=now, **_COMPLETED_VALUES))
+                    updated_at=now, **_COMPLETED_VALUES)
+            .returning(jobs_table.c.finished_at))
 
 
 # Many fenced completions in one statement whose text does not depend on the batch size (so it
@@ -453,7 +519,7 @@ _COMPLETE_MANY_PG = text("""
     FROM v
     WHERE jobs.id = v.id AND jobs.attempts = v.att AND jobs.locked_by = :worker_id
       AND jobs.status = 'processing'
-    RETURNING jobs.id""").columns(jobs_table.c.id)
+    RETURNING jobs.id, jobs.finished_at""").columns(jobs_table.c.id, jobs_table.c.finished_at)
 _COMPLETE_MANY_SQLITE = text("""
     WITH v (id, att, res) AS (
         SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),
@@ -463,23 +529,31 @@ _COMPLETE_MANY_SQLITE = text("""
     FROM v
     WHERE jobs.id = v.id AND jobs.attempts = v.att
       AND jobs.locked_by = :worker_id AND +jobs.status = 'processing'
-    RETURNING jobs.id""").bindparams(bindparam("now", type_=UTCDateTime)).columns(jobs_table.c.id)
+    RETURNING jobs.id, jobs.finished_at""").bindparams(bindparam("now", type_=UTCDateTime)).columns(
+        jobs_table.c.id, jobs_table.c.finished_at)
 
 
 async def complete_job(db: AsyncSession, job: Job, result: Any, *, worker_id: str) -> bool:
-    """Mark ``job`` completed with ``result`` if this worker still holds it. Does not commit."""
+    """Mark ``job`` completed with ``result`` if this worker still holds it. Does not commit.
+
+    On success ``job.finished_at`` is set to the stored time (see :func:`ops.attempt_ms`).
+    """
     dialect = db.get_bind().dialect.name
     params: dict[str, Any] = {"job_id": job.id, "attempt": job.attempts,
                               "worker_id": worker_id, "result": result}
     if dialect != "postgresql":
         params["now"] = utcnow()
-    res = await db.execute(_complete_statement(dialect), params)
-    return bool(res.rowcount == 1)  # type: ignore[attr-defined]
+    finished = (await db.execute(_complete_statement(dialect), params)).scalar_one_or_none()
+    if finished is None:
+        return False
+    job.finished_at = finished
+    return True
 
 
 async def complete_many(db: AsyncSession, items: Sequence[tuple[Job, Any]], *,
                         worker_id: str) -> set[uuid.UUID]:
-    """Complete several jobs in one statement, each still fenced. Returns the ids completed."""
+    """Complete several jobs in one statement, each still fenced. Returns the ids completed
+    (and sets each completed job's ``finished_at`` to the stored time)."""
     if not items:
         return set()
     if len(items) == 1:
@@ -493,7 +567,11 @@ async def complete_many(db: AsyncSession, items: Sequence[tuple[Job, Any]], *,
         batch = dumps([[j.id.hex, j.attempts, dumps(r)] for j, r in items])
         res = await db.execute(_COMPLETE_MANY_SQLITE,
                                {"batch": batch, "now": utcnow(), "worker_id": worker_id})
-    return set(res.scalars().all())
+    finished = {row[0]: row[1] for row in res.all()}
+    for job, _ in items:
+        if job.id in finished:
+            job.finished_at = finished[job.id]
+    return set(finished)
 
 
 async def fail_job(db: AsyncSession, job: Job, error: str, *, worker_id: str,
@@ -518,9 +596,15 @@ async def fail_job(db: AsyncSession, job: Job, error: str, *, worker_id: str,
             job.attempts, backoff_base, backoff_max)
         values["run_at"] = now + timedelta(seconds=delay)
         values["finished_at"] = None
-    res = await db.execute(update(jobs_table).where(
-        _fence(job.id, job.attempts, worker_id)).values(**values))
-    return status if res.rowcount == 1 else None  # type: ignore[attr-defined]
+    ended = (await db.execute(update(jobs_table).where(
+        _fence(job.id, job.attempts, worker_id)).values(**values)
+        .returning(jobs_table.c.updated_at))).scalar_one_or_none()
+    if ended is None:
+        return None
+    job.updated_at = ended  # the attempt's end (see ops.attempt_ms)
+    if status is JobStatus.FAILED:
+        job.finished_at = ended
+    return status
 
 
 async def release_jobs(db: AsyncSession, worker_id: str, job_ids: Iterable[uuid.UUID]) -> int:
@@ -649,4 +733,9 @@ async def retry_job(db: AsyncSession, job_id: uuid.UUID | str) -> Job:
 
 def check_result(result: Any) -> Any:
     """A handler's result as JSON data, or :class:`InvalidParams` naming the bad key."""
-    return check_json(result, "result")
+    try:
+        return check_json(result, "result")
+    except InvalidResult:
+        raise
+    except InvalidParams as exc:
+        raise InvalidResult(exc.path, exc.problem) from None

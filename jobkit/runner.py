@@ -15,9 +15,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from . import ops, queue
 from .config import Settings
 from .database import create_engine, describe_error, init_schema, make_sessionmaker, redact_url
-from .dispatcher import DISPATCH_TABLE, Handler, register_handler
-from .errors import InvalidTransition, JobkitError, JobNotFound
+from .dispatcher import DISPATCH_TABLE, Handler, check_job, register_handler
+from .errors import InvalidParams, InvalidTransition, JobkitError, JobNotFound
 from .events import Callback, EventBus
+from .jsonutil import short_repr
 from .models import Clip, Job, VideoAsset, new_id, utcnow
 from .worker import Worker, WorkerStats, process_single_job
 
@@ -109,41 +110,60 @@ class Runner:
     async def enqueue(self, job_type: str, params: Mapping[str, Any] | None = None, *,
                       priority: int = 0, run_at: datetime | None = None,
                       delay: float | None = None, max_retries: int | None = None,
-                      timeout: float | None = None, dedupe_key: str | None = None) -> Job:
+                      timeout: float | None = None, dedupe_key: str | None = None,
+                      allow_unknown: bool = False) -> Job:
         """Add a pending job (see :func:`jobkit.queue.enqueue`).
 
-        A type this runner has no handler for is accepted (a producer need not import the
-        handlers) with a warning: only a worker that has the handler will claim it.
+        A type this runner has no handler for is refused with :class:`UnknownJobType`
+        unless ``allow_unknown=True`` (a producer that does not import the handlers: only a
+        worker that has one will claim it). A handler's own params check (``cut_analysis``
+        needs a ``video_asset_id``) runs here too. ``job.deduplicated`` tells whether a
+        ``dedupe_key`` returned an existing job.
         """
-        if job_type not in self.handlers:
-            log.warning("enqueue: no handler named %r is registered in this process; only "
-                        "workers that register one will run it", job_type)
+        check_job(job_type, params, table=self.handlers, allow_unknown=allow_unknown)
         async with self.sessions() as db:
             return await queue.enqueue(
                 db, job_type, params, priority=priority, run_at=run_at, delay=delay,
                 max_retries=max_retries, timeout=timeout, dedupe_key=dedupe_key,
                 default_max_retries=self.settings.max_job_retries)
 
-    async def enqueue_many(self, jobs: Iterable[Mapping[str, Any] | tuple[Any, ...]]) -> list[Job]:
-        """Add many jobs in one round trip, all or nothing."""
+    async def enqueue_many(self, jobs: Iterable[Mapping[str, Any] | tuple[Any, ...]], *,
+                           allow_unknown: bool = False) -> list[Job]:
+        """Add many jobs in one round trip, all or nothing; types and params are checked as
+        in :meth:`enqueue` before anything is written."""
+        items = list(jobs)
+        for i, item in enumerate(items):
+            spec = dict(item) if isinstance(item, Mapping) else \
+                dict(zip(("job_type", "params"), item, strict=False))
+            try:
+                check_job(spec.get("job_type"), spec.get("params"), table=self.handlers,
+                          allow_unknown=allow_unknown)
+            except InvalidParams as exc:
+                raise InvalidParams(exc.path, exc.problem, f"jobs[{i}].params") from None
+            except InvalidTransition as exc:
+                raise InvalidTransition(f"jobs[{i}]: {exc}") from None
         async with self.sessions() as db:
-            return await queue.enqueue_many(db, jobs,
+            return await queue.enqueue_many(db, items,
                                             default_max_retries=self.settings.max_job_retries)
 
     async def upload_video(self, filename: str, duration_ms: int, *, priority: int = 0,
                            stored_path: str | None = None,
                            size_bytes: int | None = None) -> tuple[VideoAsset, Job]:
         """Create a VideoAsset and its pending ``cut_analysis`` job in one transaction."""
-        if not isinstance(filename, str) or not filename.strip():
-            raise InvalidTransition(f"filename must be a non-empty string, got {filename!r}")
+        if not isinstance(filename, str):
+            raise InvalidTransition(f"filename must be a string, got {short_repr(filename)}")
+        try:
+            queue.check_filename(filename)
+        except ValueError as exc:
+            raise InvalidTransition(str(exc)) from None
         if isinstance(duration_ms, bool) or not isinstance(duration_ms, int):
             raise InvalidTransition(
-                f"duration_ms must be a whole number of milliseconds, got {duration_ms!r}")
+                f"duration_ms must be a whole number of milliseconds, got {short_repr(duration_ms)}")
         if duration_ms <= 0:
             raise InvalidTransition(f"duration_ms must be > 0, got {duration_ms}")
         if duration_ms > queue.INT32_MAX:
-            raise InvalidTransition(
-                f"duration_ms must be at most {queue.INT32_MAX} (about 24 days), got {duration_ms}")
+            raise InvalidTransition(f"duration_ms must be at most {queue.INT32_MAX} (about 24 "
+                                    f"days), got {short_repr(duration_ms)}")
         asset = VideoAsset(id=new_id(), filename=filename, duration_ms=duration_ms,
                            stored_path=stored_path, size_bytes=size_bytes, created_at=utcnow())
         async with self.sessions() as db:
@@ -176,17 +196,20 @@ class Runner:
                       handlers=self.handlers, burst=burst, handle_signals=handle_signals,
                       events=self.events, **kwargs)
 
-    async def drain(self, concurrency: int = 1, *, progress: bool | None = None) -> WorkerStats:
+    async def drain(self, concurrency: int = 1, *, progress: bool | None = None,
+                    handle_signals: bool = False) -> WorkerStats:
         """Process jobs until nothing is eligible; returns what was done.
 
         ``progress``: show a progress bar (default: only in a notebook).
+        ``handle_signals``: stop gracefully on SIGTERM/SIGINT, as ``work`` does (the
+        command line's ``jobkit drain``); ``stats.stopped_by`` then names the signal.
         """
         from .display import progress_bar
 
         async with self.sessions() as db:
             total = (await ops.queue_depth(db))["eligible"]
         bar = progress_bar(total, progress)
-        worker = self.worker(concurrency=concurrency, burst=True,
+        worker = self.worker(concurrency=concurrency, burst=True, handle_signals=handle_signals,
                              on_done=(lambda s: bar.update(1)) if bar else None)
         try:
             return await worker.run()
@@ -308,12 +331,14 @@ class Runner:
         async with self._reading() as db:
             return await worker_health(db, dead_after=dead_after)
 
-    async def explain(self, job_id: uuid.UUID | str) -> _Explanation:
-        """Why a job is not running, or what happened to it, in words."""
+    async def explain(self, job_id: uuid.UUID | str, *, face: str = "python") -> _Explanation:
+        """Why a job is not running, or what happened to it, in words (hints name Python
+        calls; ``face="cli"``/``"http"`` name commands/routes instead)."""
         from .explain import explain_job
 
         async with self._reading() as db:
-            return await explain_job(db, job_id, settings=self.settings, handlers=self.handlers)
+            return await explain_job(db, job_id, settings=self.settings, handlers=self.handlers,
+                                     face=face)
 
     def dashboard(self, *, refresh_interval: float = 2.0) -> _Dashboard:
         """An ipywidgets dashboard: counts, queue depth, last step, clips plot, and buttons."""

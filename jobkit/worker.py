@@ -61,10 +61,30 @@ class WorkerStats:
     max_active: int = 0
     started: float = field(default_factory=time.perf_counter)
     finished: float | None = None
+    #: The signal that stopped the worker (``"SIGTERM"``, ``"SIGINT"``), if one did.
+    stopped_by: str | None = None
 
     @property
     def processed(self) -> int:
+        """Attempts that ended (completed, failed, retried or lost)."""
         return self.completed + self.failed + self.retried + self.lost
+
+    @property
+    def jobs_done(self) -> int:
+        """Jobs this worker finished for good (completed or failed): jobs, not attempts."""
+        return self.completed + self.failed
+
+    def in_words(self) -> str:
+        """``ran 12 attempts in 3.2 s: 10 completed, 1 failed, 1 to retry, …``"""
+        d = self.as_dict()
+        parts = [f"{d['completed']} completed", f"{d['failed']} failed",
+                 f"{d['retried']} to retry"]
+        if d["lost"]:
+            parts.append(f"{d['lost']} lost to another worker")
+        if d["released"]:
+            parts.append(f"{d['released']} released back to the queue")
+        return (f"ran {d['processed']} attempt(s) in {d['elapsed_s']:g} s: " + ", ".join(parts)
+                + f"; at most {d['max_active']} at once")
 
     @property
     def elapsed(self) -> float:
@@ -150,6 +170,8 @@ class Worker:
         self._ctx = _Run(self.id, self.settings, self.handlers, events, self._batcher)
         self._signals_seen = 0
         self._want_slot = False
+        self._reported_done = 0
+        self._reported_at = 0.0
 
     # -- public --------------------------------------------------------------------------
     @property
@@ -235,6 +257,7 @@ class Worker:
             # slot wakes us too when we are full (the queue was not empty) and in burst mode
             # (to notice the end); otherwise claiming on every finished job would only find
             # the empty queue again.
+            await self._report_done()
             self._want_slot = self.burst or len(self._tasks) >= self.concurrency
             timeout = self._db_backoff or poll
             with contextlib.suppress(TimeoutError):
@@ -390,10 +413,29 @@ class Worker:
         else:
             self._db_ok()
 
+    async def _report_done(self) -> None:
+        """Keep the ``jobs_done`` of our ``workers`` row current for ``jobkit status``:
+        written when the worker goes idle, and at most once a second while busy (the
+        heartbeat alone would leave it up to a third of a lease behind)."""
+        done = self.stats.jobs_done
+        now = time.monotonic()
+        if done == self._reported_done or (self._tasks and now - self._reported_at < 1.0):
+            return
+        self._reported_at = now
+        try:
+            async with self.sessions() as db:
+                await db.execute(update(workers_table).where(workers_table.c.id == self.id)
+                                 .values(jobs_done=done))
+                await db.commit()
+            self._reported_done = done
+        except DB_ERRORS as exc:
+            log.debug("could not report jobs done (%s); the heartbeat will", describe_error(exc))
+
     async def _beat(self, db: AsyncSession) -> None:
         now = queue._now(db)
         await db.execute(update(workers_table).where(workers_table.c.id == self.id).values(
-            last_heartbeat_at=now, jobs_done=self.stats.processed, state="running"))
+            last_heartbeat_at=now, jobs_done=self.stats.jobs_done, state="running"))
+        self._reported_done = self.stats.jobs_done
         await db.commit()
 
     async def _mark_dead(self, db: AsyncSession) -> None:
@@ -431,7 +473,7 @@ class Worker:
         try:
             async with self.sessions() as db:
                 await db.execute(update(workers_table).where(workers_table.c.id == self.id)
-                                 .values(state="stopped", jobs_done=self.stats.processed,
+                                 .values(state="stopped", jobs_done=self.stats.jobs_done,
                                          last_heartbeat_at=queue._now(db)))
                 await db.commit()
         except DB_ERRORS as exc:
@@ -483,6 +525,7 @@ class Worker:
 
     def _on_signal(self, sig: signal.Signals) -> None:
         self._signals_seen += 1
+        self.stats.stopped_by = self.stats.stopped_by or sig.name
         immediate = self._signals_seen > 1 and sig == signal.SIGINT
         log.warning("jobkit worker %s: got %s, %s", self.id, sig.name,
                     "stopping now" if immediate else

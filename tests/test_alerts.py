@@ -85,7 +85,7 @@ async def test_a_job_failing_for_good_sends_exactly_one_alert(
 
     hook = enable_alerts(runner, url=receiver.url, backoff=0.01)
     assert hook is not None
-    job = await runner.enqueue("broken", {"n": 1}, max_retries=1)
+    job = await runner.enqueue("broken", {"n": 1}, max_retries=1, allow_unknown=True)
     await runner.upload_video("fine.mp4", duration_ms=20_000)
     stats = await runner.drain(concurrency=2, progress=False)
     assert (stats.failed, stats.retried, stats.completed) == (1, 1, 1)
@@ -109,7 +109,7 @@ async def test_receiver_down_the_worker_keeps_working(
     async def hopeless(job: jobkit.Job, db: object) -> None:
         raise jobkit.PermanentError("cannot succeed")
 
-    bad = await runner.enqueue("hopeless", {})
+    bad = await runner.enqueue("hopeless", {}, allow_unknown=True)
     good = [(await runner.upload_video(f"v{i}.mp4", duration_ms=20_000))[1] for i in range(3)]
     with caplog.at_level(logging.WARNING, logger="jobkit"):
         stats = await runner.drain(concurrency=2, progress=False)
@@ -130,14 +130,14 @@ async def test_alert_is_retried_after_a_server_error_but_not_after_a_client_erro
         runner: jobkit.Runner) -> None:
     with Receiver(statuses=[503, 500]) as flaky:
         hook = AlertHook(flaky.url, retries=3, backoff=0.01).attach(runner.events)
-        await runner.enqueue("no_such_type", {})
+        await runner.enqueue("no_such_type", {}, allow_unknown=True)
         await runner.step()
         assert await asyncio.to_thread(flaky.got_one.wait, 10)
         await hook.aclose()
         assert flaky.requests == 3 and len(flaky.bodies) == 1 and hook.sent == 1
     with Receiver(statuses=[400]) as refusing:
         hook = AlertHook(refusing.url, retries=3, backoff=0.01).attach(runner.events)
-        await runner.enqueue("no_such_type", {})
+        await runner.enqueue("no_such_type", {}, allow_unknown=True)
         await runner.step()
         await hook.aclose()
         assert refusing.requests == 1 and hook.undelivered == 1
@@ -153,7 +153,7 @@ async def test_no_alert_for_cancellations_retries_or_successes(
 
     hook = enable_alerts(runner, url=receiver.url)
     assert hook is not None
-    await runner.enqueue("flaky", {})
+    await runner.enqueue("flaky", {}, allow_unknown=True)
     assert (await runner.step())["status"] == "retry"
     assert (await runner.step())["status"] == "completed"
     # A running job cancelled on request ends failed without an alert.
@@ -165,7 +165,7 @@ async def test_no_alert_for_cancellations_retries_or_successes(
 
 async def test_a_lost_job_with_no_retries_left_alerts(runner: jobkit.Runner,
                                                       receiver: Receiver) -> None:
-    job = await runner.enqueue("x", {}, max_retries=0)
+    job = await runner.enqueue("x", {}, max_retries=0, allow_unknown=True)
     async with runner.sessions() as db:  # its worker died: the lease is already over
         await queue.claim_jobs(db, 1, worker_id="ghost", lease_seconds=-1)
     hook = enable_alerts(runner, url=receiver.url, backoff=0.01)

@@ -408,11 +408,11 @@ async def test_metrics_parse_and_match_the_database(client: httpx.AsyncClient,
                                                     runner: jobkit.Runner) -> None:
     for i in range(3):
         await runner.upload_video(f"m{i}.mp4", duration_ms=20_000)
-    await runner.enqueue("no_such_type", {})
+    await runner.enqueue("no_such_type", {}, allow_unknown=True)
     for _ in range(4):
         await runner.step()
     await runner.upload_video("waiting.mp4", duration_ms=20_000)
-    await runner.enqueue("cut_analysis", {}, delay=3600)
+    await runner.enqueue("cut_analysis", {"video_asset_id": str(uuid.uuid4())}, delay=3600)
     await _add_worker(runner, "w1", seconds_ago=0)
 
     r = await client.get("/metrics")

@@ -28,7 +28,7 @@ async def test_noop_jobs_are_claimed_and_completed_in_batches(runner: jobkit.Run
     async def nothing(job: jobkit.Job, db: Any) -> dict[str, Any]:
         return {"i": job.params["i"]}
 
-    await runner.enqueue_many([("nothing", {"i": i}) for i in range(200)])
+    await runner.enqueue_many([("nothing", {"i": i}) for i in range(200)], allow_unknown=True)
     updates = count_statements(runner, "UPDATE JOBS")
     batched = count_statements(runner, "WITH")
     stats = await runner.drain(concurrency=100, progress=False)
@@ -54,7 +54,7 @@ async def test_handlers_that_write_complete_in_their_own_transaction(
 
 
 async def test_batched_completion_is_fenced_per_job(runner: jobkit.Runner) -> None:
-    await runner.enqueue_many([("x", {"i": i}) for i in range(3)])
+    await runner.enqueue_many([("x", {"i": i}) for i in range(3)], allow_unknown=True)
     async with runner.sessions() as db:
         jobs = await queue.claim_jobs(db, 3, worker_id="me")
     async with runner.sessions() as db:  # the second job was taken over by another worker

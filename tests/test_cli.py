@@ -246,7 +246,8 @@ async def test_prune_deletes_old_finished_jobs_in_batches_only(sqlite_url: str) 
         for i in range(5):
             await runner.upload_video(f"old{i}.mp4", duration_ms=20_000)
         await runner.drain(progress=False)
-        old_pending = await runner.enqueue("cut_analysis", {"video_asset_id": "x"}, delay=3600)
+        old_pending = await runner.enqueue("cut_analysis", {"video_asset_id": str(uuid.uuid4())},
+                                           delay=3600)
         async with runner.sessions() as db:  # everything so far is two days old
             two_days_ago = utcnow() - timedelta(days=2)
             await db.execute(update(jobs_table).values(created_at=two_days_ago))
@@ -266,7 +267,7 @@ async def test_prune_deletes_old_finished_jobs_in_batches_only(sqlite_url: str) 
 
 
 async def test_prune_never_touches_unfinished_jobs(runner: jobkit.Runner) -> None:
-    waiting = await runner.enqueue("x", {})
+    waiting = await runner.enqueue("x", {}, allow_unknown=True)
     async with runner.sessions() as db:
         # Even an unfinished job with a finish time in the past stays.
         await db.execute(update(jobs_table).values(finished_at=utcnow() - timedelta(days=9)))

@@ -73,7 +73,7 @@ async def test_no_reprocess_completed_jobs(runner: jobkit.Runner, db: Any) -> No
 
 
 async def test_unknown_job_type_fails(runner: jobkit.Runner, db: Any) -> None:
-    job = await runner.enqueue("no_such_type", {"x": 1})
+    job = await runner.enqueue("no_such_type", {"x": 1}, allow_unknown=True)
     summary = await process_single_job(db)
     assert summary["status"] == "failed"
     assert "no_such_type" in summary["error"] and "cut_analysis" in summary["error"]
@@ -107,8 +107,8 @@ async def test_queue_empty_returns_false(db: Any) -> None:
 
 
 async def test_claim_order_priority_then_fifo(runner: jobkit.Runner, db: Any) -> None:
-    low = [await runner.enqueue("x", {"i": i}) for i in range(3)]
-    high = await runner.enqueue("x", {"i": "high"}, priority=10)
+    low = [await runner.enqueue("x", {"i": i}, allow_unknown=True) for i in range(3)]
+    high = await runner.enqueue("x", {"i": "high"}, priority=10, allow_unknown=True)
     claimed = await queue.claim_jobs(db, 10, worker_id="w1")
     assert [j.id for j in claimed] == [high.id] + [j.id for j in low]
     assert all(j.status is JobStatus.PROCESSING and j.locked_by == "w1" for j in claimed)
@@ -117,7 +117,7 @@ async def test_claim_order_priority_then_fifo(runner: jobkit.Runner, db: Any) ->
 
 
 async def test_dequeue_job_marks_processing(runner: jobkit.Runner, db: Any) -> None:
-    job = await runner.enqueue("x", {})
+    job = await runner.enqueue("x", {}, allow_unknown=True)
     got = await jobkit.dequeue_job(db)
     assert got is not None and got.id == job.id and got.status is JobStatus.PROCESSING
     assert (await runner.get_job(job.id)).status is JobStatus.PROCESSING
@@ -125,8 +125,8 @@ async def test_dequeue_job_marks_processing(runner: jobkit.Runner, db: Any) -> N
 
 
 async def test_run_at_in_future_is_not_claimed(runner: jobkit.Runner, db: Any) -> None:
-    await runner.enqueue("x", {}, run_at=utcnow() + timedelta(hours=1))
-    later = await runner.enqueue("x", {}, delay=3600)
+    await runner.enqueue("x", {}, run_at=utcnow() + timedelta(hours=1), allow_unknown=True)
+    later = await runner.enqueue("x", {}, delay=3600, allow_unknown=True)
     assert later.run_at > utcnow() + timedelta(minutes=59)
     assert await queue.claim_jobs(db, 5, worker_id="w") == []
 
@@ -134,8 +134,8 @@ async def test_run_at_in_future_is_not_claimed(runner: jobkit.Runner, db: Any) -
 async def test_naive_select_then_update_claims_twice_but_ours_does_not(
         runner: jobkit.Runner) -> None:
     """Keep this: the naive claim gives one job to two workers. Do not reintroduce it."""
-    await runner.enqueue("x", {"n": 1})
-    await runner.enqueue("x", {"n": 2})
+    await runner.enqueue("x", {"n": 1}, allow_unknown=True)
+    await runner.enqueue("x", {"n": 2}, allow_unknown=True)
     async with runner.sessions() as a, runner.sessions() as b:
         naive = (select(jobs_table.c.id).where(jobs_table.c.status == "pending")
                  .order_by(jobs_table.c.created_at).limit(1))
@@ -151,8 +151,8 @@ async def test_naive_select_then_update_claims_twice_but_ours_does_not(
             await session.commit()
         assert seen_a == seen_b, "the naive claim handed the same job to both workers"
 
-    await runner.enqueue("x", {"n": 3})
-    await runner.enqueue("x", {"n": 4})
+    await runner.enqueue("x", {"n": 3}, allow_unknown=True)
+    await runner.enqueue("x", {"n": 4}, allow_unknown=True)
     async with runner.sessions() as a, runner.sessions() as b:
         got_a, got_b = await asyncio.gather(queue.claim_jobs(a, 1, worker_id="a"),
                                             queue.claim_jobs(b, 1, worker_id="b"))
@@ -174,7 +174,7 @@ async def test_flaky_handler_completes_on_third_attempt(runner: jobkit.Runner, d
             raise RuntimeError(f"boom {len(calls)}")
         return {"ok": True}
 
-    job = await runner.enqueue("flaky", {})
+    job = await runner.enqueue("flaky", {}, allow_unknown=True)
     statuses = [(await process_single_job(db, handlers=runner.handlers))["status"]
                 for _ in range(3)]
     assert statuses == ["retry", "retry", "completed"]
@@ -193,7 +193,7 @@ async def test_always_failing_ends_failed_after_max_retries_with_backoff(
         async def broken(job: jobkit.Job, session: Any) -> None:
             raise ValueError("always broken")
 
-        job = await runner.enqueue("broken", {})
+        job = await runner.enqueue("broken", {}, allow_unknown=True)
         assert job.max_attempts == runner.settings.max_job_retries + 1 == 4
         delays = []
         for attempt in range(1, 5):
@@ -285,11 +285,11 @@ async def test_retry_exception_uses_its_delay_and_permanent_error_fails_at_once(
     async def hopeless(job: jobkit.Job, session: Any) -> None:
         raise jobkit.PermanentError("bad input file")
 
-    a = await runner.enqueue("later", {})
+    a = await runner.enqueue("later", {}, allow_unknown=True)
     s = await process_single_job(db, handlers=runner.handlers)
     stored = await runner.get_job(a.id)
     assert s["status"] == "retry" and stored.run_at > utcnow() + timedelta(seconds=100)
-    b = await runner.enqueue("hopeless", {})
+    b = await runner.enqueue("hopeless", {}, allow_unknown=True)
     s = await process_single_job(db, handlers=runner.handlers)
     stored = await runner.get_job(b.id)
     assert s["status"] == "failed" and stored.attempts == 1
@@ -312,13 +312,13 @@ async def test_retry_exception_uses_its_delay_and_permanent_error_fails_at_once(
 ])
 async def test_non_json_params_are_refused_naming_the_key(
         runner: jobkit.Runner, params: dict, key: str, words: str) -> None:
-    await runner.enqueue("x", {"keep": "me"})
+    await runner.enqueue("x", {"keep": "me"}, allow_unknown=True)
     before = await count_jobs(runner)
     with pytest.raises(InvalidParams) as info:
-        await runner.enqueue("x", params)
+        await runner.enqueue("x", params, allow_unknown=True)
     assert key in str(info.value) and words.lower() in str(info.value).lower()
     with pytest.raises(InvalidParams):
-        await runner.enqueue_many([("x", {"fine": 1}), ("x", params)])
+        await runner.enqueue_many([("x", {"fine": 1}), ("x", params)], allow_unknown=True)
     assert await count_jobs(runner) == before, "nothing was written"
     [kept] = await all_jobs(runner)
     assert kept.params == {"keep": "me"}
@@ -326,13 +326,13 @@ async def test_non_json_params_are_refused_naming_the_key(
 
 async def test_params_must_be_a_dict(runner: jobkit.Runner) -> None:
     with pytest.raises(InvalidParams, match="must be a dict"):
-        await runner.enqueue("x", ["not", "a", "dict"])  # type: ignore[arg-type]
+        await runner.enqueue("x", ["not", "a", "dict"], allow_unknown=True)  # type: ignore[arg-type]
 
 
 async def test_json_round_trips_identically(runner: jobkit.Runner) -> None:
     params = {"unicode": "café ✓", "big": 2**53, "float": 0.1, "nested": [{"a": None}],
               "tuple": (1, 2), "bool": True}
-    job = await runner.enqueue("x", params)
+    job = await runner.enqueue("x", params, allow_unknown=True)
     stored = await runner.get_job(job.id)
     assert stored.params == json.loads(json.dumps({**params, "tuple": [1, 2]}))
 
@@ -349,10 +349,12 @@ async def test_missing_video_asset_fails_permanently(runner: jobkit.Runner, db: 
 
 
 async def test_cut_analysis_param_errors(runner: jobkit.Runner, db: Any) -> None:
-    await runner.enqueue("cut_analysis", {})
+    # runner.enqueue refuses these (tests/test_hardening.py); a job stored by the
+    # low-level queue.enqueue still fails at run time, at once.
+    await jobkit.queue.enqueue(db, "cut_analysis", {})
     s = await process_single_job(db)
     assert s["status"] == "failed" and "video_asset_id" in s["error"]
-    await runner.enqueue("cut_analysis", {"video_asset_id": "not-a-uuid"})
+    await jobkit.queue.enqueue(db, "cut_analysis", {"video_asset_id": "not-a-uuid"})
     s = await process_single_job(db)
     assert s["status"] == "failed" and "not a valid UUID" in s["error"]
 
@@ -379,7 +381,7 @@ async def test_non_json_result_fails_permanently(runner: jobkit.Runner, db: Any)
     async def bad_result(job: jobkit.Job, session: Any) -> dict[str, Any]:
         return {"when": datetime.now(UTC)}
 
-    job = await runner.enqueue("bad_result", {})
+    job = await runner.enqueue("bad_result", {}, allow_unknown=True)
     s = await process_single_job(db, handlers=runner.handlers)
     assert s["status"] == "failed" and "result['when']" in s["error"]
     assert (await runner.get_job(job.id)).attempts == 1
@@ -517,7 +519,7 @@ async def test_schema_creation_is_idempotent_and_versioned(runner: jobkit.Runner
 
 
 async def test_timestamps_are_utc_aware(runner: jobkit.Runner) -> None:
-    job = await runner.enqueue("x", {})
+    job = await runner.enqueue("x", {}, allow_unknown=True)
     stored = await runner.get_job(job.id)
     for value in (stored.created_at, stored.run_at, stored.updated_at):
         assert value.tzinfo is not None and value.utcoffset() == timedelta(0)
@@ -527,13 +529,13 @@ async def test_timestamps_are_utc_aware(runner: jobkit.Runner) -> None:
 async def test_enqueue_many_is_all_or_nothing_and_ordered(runner: jobkit.Runner,
                                                           db: Any) -> None:
     jobs = await runner.enqueue_many([("x", {"i": i}) for i in range(250)]
-                                     + [{"job_type": "y", "params": {"p": 1}, "priority": 5}])
+                                     + [{"job_type": "y", "params": {"p": 1}, "priority": 5}], allow_unknown=True)
     assert len(jobs) == 251 and await count_jobs(runner) == 251
     claimed = await queue.claim_jobs(db, 300, worker_id="w")
     assert claimed[0].job_type == "y"
     assert [j.params["i"] for j in claimed[1:]] == list(range(250))
     with pytest.raises(InvalidTransition, match=r"jobs\[1\]"):
-        await runner.enqueue_many([("x", {}), {"job_type": "x", "priority": "high"}])
+        await runner.enqueue_many([("x", {}), {"job_type": "x", "priority": "high"}], allow_unknown=True)
     assert await count_jobs(runner) == 251
 
 
@@ -542,7 +544,7 @@ async def test_log_lines_match_the_seed(runner: jobkit.Runner, db: Any,
     caplog.set_level(logging.INFO, logger="jobkit")
     _, job = await runner.upload_video("log.mp4", duration_ms=20_000)
     s = await process_single_job(db)
-    bad = await runner.enqueue("nope", {})
+    bad = await runner.enqueue("nope", {}, allow_unknown=True)
     await process_single_job(db)
     text = caplog.text
     assert f"Processing job {job.id} (type: cut_analysis)" in text
@@ -595,8 +597,8 @@ async def test_run_blocking_keeps_the_loop_free(runner: jobkit.Runner) -> None:
         release.set()  # runs while the blocking job waits in its thread
         return {}
 
-    await runner.enqueue("blocking", {}, priority=1)
-    await runner.enqueue("ticker", {})
+    await runner.enqueue("blocking", {}, priority=1, allow_unknown=True)
+    await runner.enqueue("ticker", {}, allow_unknown=True)
     started = _time.perf_counter()
     stats = await runner.drain(concurrency=2, progress=False)
     assert stats.completed == 2 and ticks == [1]
@@ -606,9 +608,9 @@ async def test_run_blocking_keeps_the_loop_free(runner: jobkit.Runner) -> None:
 async def test_out_of_range_values_are_refused_the_same_on_both_backends(
         runner: jobkit.Runner) -> None:
     with pytest.raises(InvalidTransition, match="priority must be between"):
-        await runner.enqueue("x", {}, priority=2**31)
+        await runner.enqueue("x", {}, priority=2**31, allow_unknown=True)
     with pytest.raises(InvalidTransition, match="max_retries must be an int from 0 to 999"):
-        await runner.enqueue("x", {}, max_retries=-1)
+        await runner.enqueue("x", {}, max_retries=-1, allow_unknown=True)
     with pytest.raises(InvalidTransition, match="about 24 days"):
         await runner.upload_video("long.mp4", duration_ms=2**31)
     assert await count_jobs(runner) == 0
@@ -641,7 +643,7 @@ async def test_multi_line_errors_keep_type_and_first_line(runner: jobkit.Runner,
             RuntimeError("kaboom\nsecond line")
 
     for p in (0, 1):
-        job = await runner.enqueue("wordy", {"p": p}, max_retries=0)
+        job = await runner.enqueue("wordy", {"p": p}, max_retries=0, allow_unknown=True)
         s = await process_single_job(db, handlers=runner.handlers)
         kind = "PermanentError" if p else "RuntimeError"
         assert s["error"] == f"{kind}: kaboom"

@@ -50,7 +50,7 @@ def handlers_ok(runner: jobkit.Runner) -> jobkit.Runner:
 
 
 async def test_scheduled_for_later(runner: jobkit.Runner) -> None:
-    job = await runner.enqueue("x", {}, delay=7200)
+    job = await runner.enqueue("x", {}, delay=7200, allow_unknown=True)
     ex = await runner.explain(job.id)
     assert ex.case == "scheduled" and ex.status == "pending"
     assert "is scheduled for later: it becomes eligible in 2 h (at " in ex.summary
@@ -58,16 +58,16 @@ async def test_scheduled_for_later(runner: jobkit.Runner) -> None:
 
 
 async def test_waiting_behind_n_eligible_jobs(runner: jobkit.Runner) -> None:
-    first = await runner.enqueue("x", {})
-    mine = await runner.enqueue("x", {})
-    await runner.enqueue("x", {})                      # after mine: not ahead
-    await runner.enqueue("x", {}, priority=5)          # higher priority: ahead
-    await runner.enqueue("x", {}, delay=3600, priority=9)  # not eligible: not ahead
+    first = await runner.enqueue("x", {}, allow_unknown=True)
+    mine = await runner.enqueue("x", {}, allow_unknown=True)
+    await runner.enqueue("x", {}, allow_unknown=True)                      # after mine: not ahead
+    await runner.enqueue("x", {}, priority=5, allow_unknown=True)          # higher priority: ahead
+    await runner.enqueue("x", {}, delay=3600, priority=9, allow_unknown=True)  # not eligible: not ahead
     ex = await runner.explain(mine.id)
     assert ex.case == "waiting" and ex.ahead == 2
     assert "waiting behind 2 eligible jobs" in ex.summary
     assert any("No live worker" in d for d in ex.details)
-    top = await runner.enqueue("x", {}, priority=10)
+    top = await runner.enqueue("x", {}, priority=10, allow_unknown=True)
     head = await runner.explain(top.id)
     assert head.ahead == 0 and "next in line" in head.summary
     await add_worker(runner, "w-live")
@@ -76,14 +76,14 @@ async def test_waiting_behind_n_eligible_jobs(runner: jobkit.Runner) -> None:
 
 
 async def test_waiting_job_without_a_handler_is_flagged(runner: jobkit.Runner) -> None:
-    job = await runner.enqueue("nobody_handles_this", {})
+    job = await runner.enqueue("nobody_handles_this", {}, allow_unknown=True)
     ex = await runner.explain(job.id)
     assert any("No handler named 'nobody_handles_this'" in d for d in ex.details)
 
 
 async def test_retry_pending_backoff(handlers_ok: jobkit.Runner) -> None:
     runner = handlers_ok
-    job = await runner.enqueue("flaky", {})
+    job = await runner.enqueue("flaky", {}, allow_unknown=True)
     await runner.step()
     await _push_run_at(runner, job.id, seconds=120)
     ex = await runner.explain(job.id)
@@ -106,7 +106,7 @@ async def _push_run_at(runner: jobkit.Runner, job_id: uuid.UUID, seconds: float)
 
 async def test_leased_by_a_live_worker(runner: jobkit.Runner) -> None:
     await add_worker(runner, "w-live", heartbeat_age=1)
-    job = await runner.enqueue("x", {})
+    job = await runner.enqueue("x", {}, allow_unknown=True)
     await claim_as(runner, "w-live")
     ex = await runner.explain(job.id)
     assert ex.case == "running" and ex.worker_alive is True
@@ -120,9 +120,9 @@ async def test_leased_by_a_live_worker(runner: jobkit.Runner) -> None:
 async def test_leased_by_a_dead_worker(runner: jobkit.Runner) -> None:
     await add_worker(runner, "w-dead", state="dead")
     await add_worker(runner, "w-silent", heartbeat_age=3600)
-    a = await runner.enqueue("x", {})
+    a = await runner.enqueue("x", {}, allow_unknown=True)
     await claim_as(runner, "w-dead")
-    b = await runner.enqueue("x", {})
+    b = await runner.enqueue("x", {}, allow_unknown=True)
     await claim_as(runner, "w-silent")
     ex = await runner.explain(a.id)
     assert ex.case == "worker_dead" and ex.worker_alive is False
@@ -133,7 +133,7 @@ async def test_leased_by_a_dead_worker(runner: jobkit.Runner) -> None:
 
 
 async def test_expired_lease_means_a_lost_worker(runner: jobkit.Runner) -> None:
-    job = await runner.enqueue("x", {}, max_retries=0)
+    job = await runner.enqueue("x", {}, max_retries=0, allow_unknown=True)
     await claim_as(runner, "host:999", lease=60)
     async with runner.sessions() as db:
         await db.execute(update(jobs_table).where(jobs_table.c.id == job.id)
@@ -147,7 +147,7 @@ async def test_expired_lease_means_a_lost_worker(runner: jobkit.Runner) -> None:
 
 async def test_a_one_off_step_is_running_on_an_unregistered_worker(
         runner: jobkit.Runner) -> None:
-    job = await runner.enqueue("x", {})
+    job = await runner.enqueue("x", {}, allow_unknown=True)
     await claim_as(runner, "host:1")
     await runner.cancel(job.id)  # a running job: only asked to stop
     ex = await runner.explain(job.id)
@@ -158,7 +158,7 @@ async def test_a_one_off_step_is_running_on_an_unregistered_worker(
 
 async def test_attempts_spent_with_the_last_error(handlers_ok: jobkit.Runner) -> None:
     runner = handlers_ok
-    job = await runner.enqueue("flaky", {}, max_retries=1)
+    job = await runner.enqueue("flaky", {}, max_retries=1, allow_unknown=True)
     for _ in range(2):
         await runner.step()
         await _push_run_at(runner, job.id, seconds=-1)
@@ -169,7 +169,7 @@ async def test_attempts_spent_with_the_last_error(handlers_ok: jobkit.Runner) ->
 
 
 async def test_permanent_error_fails_at_once(handlers_ok: jobkit.Runner) -> None:
-    job = await handlers_ok.enqueue("bad", {})
+    job = await handlers_ok.enqueue("bad", {}, allow_unknown=True)
     await handlers_ok.step()
     ex = await handlers_ok.explain(job.id)
     assert ex.case == "failed"
@@ -178,7 +178,7 @@ async def test_permanent_error_fails_at_once(handlers_ok: jobkit.Runner) -> None
 
 
 async def test_cancelled(runner: jobkit.Runner) -> None:
-    job = await runner.enqueue("x", {})
+    job = await runner.enqueue("x", {}, allow_unknown=True)
     await runner.cancel(job.id)
     ex = await runner.explain(job.id)
     assert ex.case == "cancelled" and ex.status == "failed"
@@ -188,7 +188,7 @@ async def test_cancelled(runner: jobkit.Runner) -> None:
 async def test_completed_with_result_summary(handlers_ok: jobkit.Runner) -> None:
     runner = handlers_ok
     asset, video_job = await runner.upload_video("match.mp4", duration_ms=60_000)
-    other = await runner.enqueue("ok", {})
+    other = await runner.enqueue("ok", {}, allow_unknown=True)
     await runner.drain(progress=False)
     ex = await runner.explain(video_job.id)
     assert ex.case == "completed"
@@ -208,7 +208,7 @@ async def test_unknown_job_and_bad_id(runner: jobkit.Runner) -> None:
 
 
 async def test_the_explanation_reads_well_everywhere(runner: jobkit.Runner) -> None:
-    job = await runner.enqueue("x", {})
+    job = await runner.enqueue("x", {}, allow_unknown=True)
     ex = await runner.explain(job.id)
     assert isinstance(ex, Explanation) and ex.case in CASES
     assert str(ex).splitlines()[0] == ex.summary

@@ -31,7 +31,7 @@ async def set_row(runner: jobkit.Runner, job_id: uuid.UUID, **values: Any) -> No
 async def finished_job(runner: jobkit.Runner, job_type: str, status: str, *, created: datetime,
                        wait_ms: float, run_ms: float, error: str | None = None) -> uuid.UUID:
     """A job whose timestamps are exactly known."""
-    job = await runner.enqueue(job_type, {})
+    job = await runner.enqueue(job_type, {}, allow_unknown=True)
     started = created + timedelta(milliseconds=wait_ms)
     await set_row(runner, job.id, status=status, created_at=created, run_at=created,
                   started_at=started, finished_at=started + timedelta(milliseconds=run_ms),
@@ -104,10 +104,10 @@ async def test_every_helper_gives_a_typed_empty_frame_on_an_empty_database(
 async def test_status_counts_and_queue_depth_of_a_known_workload(workload: jobkit.Runner) -> None:
     runner = workload
     for n in range(3):
-        await runner.enqueue("ok", {"n": n})
-    await runner.enqueue("boom", {})
-    await runner.enqueue("ok", {"n": "later"}, delay=3600)
-    await runner.enqueue("again", {})
+        await runner.enqueue("ok", {"n": n}, allow_unknown=True)
+    await runner.enqueue("boom", {}, allow_unknown=True)
+    await runner.enqueue("ok", {"n": "later"}, delay=3600, allow_unknown=True)
+    await runner.enqueue("again", {}, allow_unknown=True)
     outcomes = [(await runner.step())["status"] for _ in range(5)]
     assert outcomes == ["completed"] * 3 + ["failed", "retry"]
     assert (await runner.step())["processed"] is False
@@ -117,8 +117,8 @@ async def test_status_counts_and_queue_depth_of_a_known_workload(workload: jobki
                                 "failed": 1}
     assert (await runner.queue_depth()).to_dict() == {"eligible": 0, "scheduled": 2}
 
-    await runner.enqueue("ok", {"n": 10})
-    await runner.enqueue("ok", {"n": 11})
+    await runner.enqueue("ok", {"n": 10}, allow_unknown=True)
+    await runner.enqueue("ok", {"n": 11}, allow_unknown=True)
     async with runner.sessions() as db:
         claimed = await queue.claim_jobs(db, 1, worker_id="w-test")
     assert len(claimed) == 1
@@ -134,7 +134,7 @@ async def test_jobs_frame_wait_and_run_times_are_exact(runner: jobkit.Runner) ->
     a = await finished_job(runner, "t", "completed", created=T0, wait_ms=100, run_ms=250)
     b = await finished_job(runner, "t", "failed", created=T0 + timedelta(seconds=1),
                            wait_ms=5, run_ms=1.5, error="Traceback\n  x\nValueError: no")
-    waiting = await runner.enqueue("t", {})
+    waiting = await runner.enqueue("t", {}, allow_unknown=True)
     jobs = await runner.jobs()
     assert jobs["id"].tolist() == [str(a), str(b), str(waiting.id)]
     assert jobs["wait_ms"].tolist()[:2] == [100.0, 5.0]
@@ -147,11 +147,11 @@ async def test_jobs_frame_wait_and_run_times_are_exact(runner: jobkit.Runner) ->
 
 async def test_jobs_frame_filters(workload: jobkit.Runner) -> None:
     runner = workload
-    ids = [(await runner.enqueue("ok", {"n": n})).id for n in range(4)]
-    await runner.enqueue("boom", {})
+    ids = [(await runner.enqueue("ok", {"n": n}, allow_unknown=True)).id for n in range(4)]
+    await runner.enqueue("boom", {}, allow_unknown=True)
     for _ in range(5):
         await runner.step()
-    await runner.enqueue("ok", {"n": "new"})
+    await runner.enqueue("ok", {"n": "new"}, allow_unknown=True)
 
     assert (await runner.jobs(status="failed"))["job_type"].tolist() == ["boom"]
     assert len(await runner.jobs(status=[jobkit.JobStatus.COMPLETED, "pending"])) == 5
@@ -195,7 +195,7 @@ async def test_processing_stats_percentiles_computed_by_hand(runner: jobkit.Runn
                            wait_ms=wait, run_ms=run)
     await finished_job(runner, "t", "failed", created=T0, wait_ms=1, run_ms=999)
     await finished_job(runner, "u", "failed", created=T0, wait_ms=1, run_ms=5)
-    await runner.enqueue("t", {})  # waiting: not counted
+    await runner.enqueue("t", {}, allow_unknown=True)  # waiting: not counted
     stats = await runner.processing_stats()
     assert stats.index.tolist() == ["t", "u"]
     t = stats.loc["t"]
@@ -216,7 +216,7 @@ async def test_throughput_buckets_with_zeros_between(runner: jobkit.Runner) -> N
                            ("completed", 185)]:
         await finished_job(runner, "t", status, created=T0 + timedelta(seconds=offset - 1),
                            wait_ms=0, run_ms=1000)
-    await runner.enqueue("t", {})  # not finished: not counted
+    await runner.enqueue("t", {}, allow_unknown=True)  # not finished: not counted
     tp = await runner.throughput("1min")
     assert [t.strftime("%H:%M") for t in tp.index] == ["12:00", "12:01", "12:02", "12:03"]
     assert tp["completed"].tolist() == [2, 0, 0, 1]
@@ -274,7 +274,7 @@ async def test_worker_health_flags_running_stale_and_stopped_workers(
                 id=wid, hostname="h", pid=1, concurrency=2, state=state, jobs_done=7,
                 started_at=now - timedelta(hours=2), last_heartbeat_at=beat))
         await db.commit()
-    job = await runner.enqueue("x", {})
+    job = await runner.enqueue("x", {}, allow_unknown=True)
     async with runner.sessions() as db:
         await queue.claim_jobs(db, 1, worker_id="fresh")
     health = (await runner.worker_health()).set_index("worker_id")

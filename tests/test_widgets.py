@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ async def test_step_button_processes_one_job_and_updates_the_counts(
 
 async def test_run10_and_drain_buttons(runner: jobkit.Runner) -> None:
     for i in range(13):
-        await runner.enqueue("cut_analysis", {"video_asset_id": "not-a-uuid"}) if i == 0 else \
+        await runner.enqueue("cut_analysis", {"video_asset_id": str(uuid.uuid4())}) if i == 0 else \
             await runner.upload_video(f"v{i}.mp4", duration_ms=20_000)
     dash = runner.dashboard()
     dash.run10_button.click()
@@ -61,8 +62,8 @@ async def test_refresh_button_shows_jobs_enqueued_elsewhere(runner: jobkit.Runne
     dash = runner.dashboard()
     await dash.refresh()
     assert shown(dash.counts_html.value)["pending"] == 0
-    await runner.enqueue("x", {})
-    await runner.enqueue("x", {}, delay=3600)
+    await runner.enqueue("x", {}, allow_unknown=True)
+    await runner.enqueue("x", {}, delay=3600, allow_unknown=True)
     dash.refresh_button.click()
     await dash.settled()
     assert shown(dash.counts_html.value)["pending"] == 2
@@ -80,8 +81,8 @@ async def test_a_second_click_while_busy_is_refused_and_nothing_blocks(
         await release.wait()
         return {}
 
-    await runner.enqueue("gate", {})
-    await runner.enqueue("gate", {})
+    await runner.enqueue("gate", {}, allow_unknown=True)
+    await runner.enqueue("gate", {}, allow_unknown=True)
     dash = runner.dashboard()
     dash.step_button.click()  # returns at once: the step runs as a task
     await started.wait()
@@ -115,7 +116,7 @@ async def test_auto_refresh_runs_on_the_loop_until_toggled_off(runner: jobkit.Ru
     dash = runner.dashboard(refresh_interval=0.01)
     dash.auto_refresh.value = True
     await dash.wait_refreshed(1)
-    await runner.enqueue("x", {})
+    await runner.enqueue("x", {}, allow_unknown=True)
     target = dash.refreshes + 2  # a refresh that started after the enqueue
     await dash.wait_refreshed(target)
     assert shown(dash.counts_html.value)["pending"] == 1
@@ -172,7 +173,7 @@ async def test_drain_progress_bar_is_silent_when_asked_and_grows_with_retries(
             raise RuntimeError("first attempt fails")
         return {}
 
-    await runner.enqueue("twice", {})
+    await runner.enqueue("twice", {}, allow_unknown=True)
     stats = await runner.drain(progress=True)
     err = capsys.readouterr().err
     assert stats.processed == 2 and attempts == [1, 2]

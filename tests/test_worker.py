@@ -91,12 +91,12 @@ async def test_concurrency_overlaps_jobs(runner: jobkit.Runner) -> None:
         active -= 1
         return {}
 
-    await runner.enqueue_many([("slow", {"i": i}) for i in range(10)])
+    await runner.enqueue_many([("slow", {"i": i}) for i in range(10)], allow_unknown=True)
     stats = await runner.drain(concurrency=10, progress=False)
     assert stats.completed == 10
     assert max(tally) == 10 and stats.max_active == 10, "all ten ran at once"
 
-    await runner.enqueue_many([("slow", {"i": i}) for i in range(200)])
+    await runner.enqueue_many([("slow", {"i": i}) for i in range(200)], allow_unknown=True)
     started = time.perf_counter()
     stats = await runner.drain(concurrency=50, progress=False)
     elapsed = time.perf_counter() - started
@@ -115,7 +115,7 @@ async def test_worker_repr_is_a_live_status_line(runner: jobkit.Runner) -> None:
         await gate.wait()
         return {}
 
-    await runner.enqueue("gated", {})
+    await runner.enqueue("gated", {}, allow_unknown=True)
     worker = runner.worker(concurrency=3, burst=True)
     task = asyncio.create_task(worker.run())
     await asyncio.wait_for(started.wait(), 10)
@@ -128,7 +128,7 @@ async def test_worker_repr_is_a_live_status_line(runner: jobkit.Runner) -> None:
 
 async def test_exactly_once_claims_across_processes(db_url: str, runner: jobkit.Runner) -> None:
     """4 OS processes x 4 coroutines claim from 2,000 jobs: each job claimed exactly once."""
-    await runner.enqueue_many([("noop", {"i": i}) for i in range(2000)])
+    await runner.enqueue_many([("noop", {"i": i}) for i in range(2000)], allow_unknown=True)
     procs = [subprocess.Popen([sys.executable, str(TESTS / "claim_proc.py"), db_url, "4"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=worker_env())
              for _ in range(4)]
@@ -147,7 +147,7 @@ async def test_many_worker_processes_run_every_job_exactly_once(
         backend: str, db_url: str, runner: jobkit.Runner, tmp_path: Path) -> None:
     """8 worker processes on PostgreSQL (4 on SQLite) x 2,000 jobs: each runs exactly once."""
     n_procs = 8 if backend == "postgresql" else 4
-    await runner.enqueue_many([("noop", {"i": i}) for i in range(2000)])
+    await runner.enqueue_many([("noop", {"i": i}) for i in range(2000)], allow_unknown=True)
     logs = [tmp_path / f"w{i}.log" for i in range(n_procs)]
     procs = [start_worker(db_url, log, "--burst", "--concurrency", "4") for log in logs]
     codes = [p.wait(timeout=300) for p in procs]
@@ -207,8 +207,8 @@ async def test_killed_worker_job_is_completed_by_another_after_lease(
 
 async def test_poison_job_that_kills_its_worker_ends_failed(
         db_url: str, runner: jobkit.Runner, tmp_path: Path) -> None:
-    job = await runner.enqueue("suicide", {}, max_retries=1)
-    other = await runner.enqueue("noop", {"i": 1}, priority=-1)
+    job = await runner.enqueue("suicide", {}, max_retries=1, allow_unknown=True)
+    other = await runner.enqueue("noop", {"i": 1}, priority=-1, allow_unknown=True)
     deaths = 0
     for attempt in range(8):
         proc = start_worker(db_url, tmp_path / f"w{attempt}.log", lease_seconds=1.0,
@@ -245,7 +245,7 @@ async def _is_status(runner: jobkit.Runner, job_id: Any, status: JobStatus) -> b
 
 async def test_sigterm_lets_the_running_job_finish(db_url: str, runner: jobkit.Runner,
                                                    tmp_path: Path) -> None:
-    job = await runner.enqueue("sleepy", {"s": 1.5})
+    job = await runner.enqueue("sleepy", {"s": 1.5}, allow_unknown=True)
     proc = start_worker(db_url, tmp_path / "w.log")
     await wait_until(lambda: _is_status(runner, job.id, JobStatus.PROCESSING),
                      what="the job to start")
@@ -259,7 +259,7 @@ async def test_sigterm_lets_the_running_job_finish(db_url: str, runner: jobkit.R
 
 async def test_short_grace_releases_the_job_without_burning_an_attempt(
         db_url: str, runner: jobkit.Runner, tmp_path: Path) -> None:
-    job = await runner.enqueue("sleepy", {"s": 30})
+    job = await runner.enqueue("sleepy", {"s": 30}, allow_unknown=True)
     proc = start_worker(db_url, tmp_path / "w.log", shutdown_grace_seconds=0.3)
     await wait_until(lambda: _is_status(runner, job.id, JobStatus.PROCESSING),
                      what="the job to start")
@@ -280,7 +280,7 @@ async def test_short_grace_releases_the_job_without_burning_an_attempt(
 
 async def test_second_sigint_stops_at_once(db_url: str, runner: jobkit.Runner,
                                            tmp_path: Path) -> None:
-    job = await runner.enqueue("sleepy", {"s": 60})
+    job = await runner.enqueue("sleepy", {"s": 60}, allow_unknown=True)
     proc = start_worker(db_url, tmp_path / "w.log", shutdown_grace_seconds=60)
     await wait_until(lambda: _is_status(runner, job.id, JobStatus.PROCESSING),
                      what="the job to start")
@@ -310,7 +310,7 @@ async def test_in_process_stop_releases_after_grace(db_url: str, handlers: dict)
             started.set()
             await asyncio.Event().wait()
 
-        job = await runner.enqueue("forever", {})
+        job = await runner.enqueue("forever", {}, allow_unknown=True)
         worker = runner.worker(concurrency=2)
         task = asyncio.create_task(worker.run())
         await asyncio.wait_for(started.wait(), 10)
@@ -333,7 +333,7 @@ async def test_timeout_cancels_the_attempt(runner: jobkit.Runner) -> None:
     async def hang(job: jobkit.Job, db: Any) -> None:
         await asyncio.sleep(60)
 
-    job = await runner.enqueue("hang", {}, timeout=0.2, max_retries=1)
+    job = await runner.enqueue("hang", {}, timeout=0.2, max_retries=1, allow_unknown=True)
     stats = await runner.drain(progress=False)
     stored = await runner.get_job(job.id)
     assert stored.status is JobStatus.FAILED and stored.attempts == 2
@@ -348,7 +348,7 @@ async def test_default_timeout_from_settings(db_url: str, handlers: dict) -> Non
         async def hang(job: jobkit.Job, db: Any) -> None:
             await asyncio.sleep(60)
 
-        job = await runner.enqueue("hang", {})
+        job = await runner.enqueue("hang", {}, allow_unknown=True)
         await runner.step()
         stored = await runner.get_job(job.id)
         assert stored.status is JobStatus.FAILED and "timed out after 0.1 s" in stored.error
@@ -357,7 +357,7 @@ async def test_default_timeout_from_settings(db_url: str, handlers: dict) -> Non
 async def test_cancel_waiting_and_running_jobs(db_url: str, handlers: dict) -> None:
     async with await jobkit.open(db_url, handlers=handlers, heartbeat_seconds=0.1,
                                  worker_poll_interval=0.1) as runner:
-        waiting = await runner.enqueue("x", {}, delay=3600)
+        waiting = await runner.enqueue("x", {}, delay=3600, allow_unknown=True)
         cancelled = await runner.cancel(waiting.id)
         assert cancelled.status is JobStatus.FAILED and cancelled.error == "cancelled"
         with pytest.raises(InvalidTransition, match="only pending, retry or processing"):
@@ -373,7 +373,7 @@ async def test_cancel_waiting_and_running_jobs(db_url: str, handlers: dict) -> N
             finished_normally.append(job.id)
             return {}
 
-        running = await runner.enqueue("long", {})
+        running = await runner.enqueue("long", {}, allow_unknown=True)
         worker = runner.worker()
         task = asyncio.create_task(worker.run())
         await asyncio.wait_for(started.wait(), 10)
@@ -397,7 +397,7 @@ async def test_retry_job_sends_a_failed_job_back(runner: jobkit.Runner) -> None:
             raise jobkit.PermanentError("broken the first time")
         return {"ok": True}
 
-    job = await runner.enqueue("once_broken", {})
+    job = await runner.enqueue("once_broken", {}, allow_unknown=True)
     await runner.step()
     assert (await runner.get_job(job.id)).status is JobStatus.FAILED
     again = await runner.retry_job(job.id)
@@ -412,7 +412,7 @@ async def test_retry_job_sends_a_failed_job_back(runner: jobkit.Runner) -> None:
 
 
 async def test_run_at_is_respected_by_a_worker(runner: jobkit.Runner) -> None:
-    job = await runner.enqueue("noop", {}, delay=0.6)
+    job = await runner.enqueue("noop", {}, delay=0.6, allow_unknown=True)
     assert (await runner.step())["processed"] is False
     worker = runner.worker()
     task = asyncio.create_task(worker.run())
@@ -433,7 +433,7 @@ async def test_priorities_order_a_single_worker(runner: jobkit.Runner) -> None:
         return {}
 
     for p in (0, 5, -3, 5, 10):
-        await runner.enqueue("rec", {"p": p}, priority=p)
+        await runner.enqueue("rec", {"p": p}, priority=p, allow_unknown=True)
     await runner.drain(progress=False)
     assert order == [10, 5, 5, 0, -3]
 
@@ -448,7 +448,7 @@ async def test_dedupe_under_eight_concurrent_enqueuers(runner: jobkit.Runner) ->
     assert await count_jobs(runner, dedupe_key="video-42") == 1
     # Once it is finished, the key is free again.
     await runner.drain(progress=False)
-    fresh = await runner.enqueue("noop", {}, dedupe_key="video-42")
+    fresh = await runner.enqueue("noop", {}, dedupe_key="video-42", allow_unknown=True)
     assert fresh.id != jobs[0].id
     assert await count_jobs(runner, dedupe_key="video-42") == 2
 
@@ -457,7 +457,7 @@ def _dedupe_proc(url: str, n: int) -> subprocess.Popen[bytes]:
     code = ("import asyncio, sys, jobkit\n"
             "async def main():\n"
             f"    async with await jobkit.open({url!r}) as r:\n"
-            "        js = await asyncio.gather(*(r.enqueue('noop', {}, dedupe_key='k')"
+            "        js = await asyncio.gather(*(r.enqueue('noop', {}, dedupe_key='k', allow_unknown=True)"
             f" for _ in range({n})))\n"
             "        print(*sorted({str(j.id) for j in js}))\n"
             "asyncio.run(main())\n")
@@ -491,7 +491,7 @@ async def test_in_process_enqueue_wakes_an_idle_worker(db_url: str, handlers: di
         task = asyncio.create_task(worker.run())
         await wait_until(lambda: _worker_idle(worker), what="the worker to go idle")
         t0 = time.perf_counter()
-        await runner.enqueue("ping", {})
+        await runner.enqueue("ping", {}, allow_unknown=True)
         await asyncio.wait_for(started.wait(), 5)
         latency = time.perf_counter() - t0
         worker.stop()
@@ -508,13 +508,13 @@ async def test_another_process_wakes_within_the_poll_interval(
     """LISTEN/NOTIFY on PostgreSQL, PRAGMA data_version on SQLite: far below a 5 s poll."""
     proc = start_worker(db_url, tmp_path / "w.log", worker_poll_interval=5)
     try:
-        warm = await runner.enqueue("noop", {})  # the worker is up once this one is done
+        warm = await runner.enqueue("noop", {}, allow_unknown=True)  # the worker is up once this one is done
         await wait_until(lambda: _is_status(runner, warm.id, JobStatus.COMPLETED), timeout=30,
                          what="the worker to start")
         latencies = []
         for _ in range(3):
             t0 = time.time()
-            job = await runner.enqueue("started_at", {})
+            job = await runner.enqueue("started_at", {}, allow_unknown=True)
             await wait_until(lambda j=job: _is_status(runner, j.id, JobStatus.COMPLETED),
                              timeout=10, every=0.01, what="the job to run")
             latencies.append((await runner.get_job(job.id)).result["started"] - t0)
@@ -539,7 +539,7 @@ async def test_terminated_postgres_connections_do_not_lose_jobs(
             await db.execute(text("SELECT 1"))
             return {"i": job.params["i"]}
 
-        await runner.enqueue_many([("work", {"i": i}) for i in range(300)])
+        await runner.enqueue_many([("work", {"i": i}) for i in range(300)], allow_unknown=True)
         worker = runner.worker(concurrency=5)
         task = asyncio.create_task(worker.run())
         await wait_until(lambda: _completed_at_least(runner, 50), what="50 jobs done")
@@ -638,14 +638,14 @@ def test_work_refuses_when_disabled(sqlite_url: str) -> None:
 
 
 async def test_worker_loop_like_the_seed(runner: jobkit.Runner) -> None:
-    await runner.enqueue("noop", {})
+    await runner.enqueue("noop", {}, allow_unknown=True)
     async with runner.sessions() as db:
         stats = await jobkit.worker_loop(db, settings=runner.settings, burst=True)
     assert stats.completed == 1
 
 
 async def test_reaper_marks_expired_jobs_and_silent_workers(runner: jobkit.Runner) -> None:
-    job = await runner.enqueue("noop", {})
+    job = await runner.enqueue("noop", {}, allow_unknown=True)
     async with runner.sessions() as db:
         # A lease that has already run out: the ghost died right after claiming.
         [claimed] = await queue.claim_jobs(db, 1, worker_id="ghost", lease_seconds=-1)
@@ -675,7 +675,7 @@ async def test_heartbeats_keep_a_long_job_leased(db_url: str, handlers: dict) ->
             await asyncio.sleep(1.8)
             return {}
 
-        job = await runner.enqueue("long", {})
+        job = await runner.enqueue("long", {}, allow_unknown=True)
         a, b = runner.worker(), runner.worker()  # b reaps expired leases all along
         tasks = [asyncio.create_task(a.run()), asyncio.create_task(b.run())]
         await wait_until(lambda: _is_status(runner, job.id, JobStatus.COMPLETED), timeout=20,
@@ -738,9 +738,9 @@ async def test_a_worker_leaves_jobs_it_has_no_handler_for_waiting(
         runner: jobkit.Runner, caplog: pytest.LogCaptureFixture) -> None:
     """A mis-deployed worker must not destroy other teams' jobs as 'unknown'."""
     caplog.set_level(logging.WARNING, logger="jobkit")
-    foreign = await runner.enqueue("thumbnail", {"asset": 1})
+    foreign = await runner.enqueue("thumbnail", {"asset": 1}, allow_unknown=True)
     assert "no handler named 'thumbnail'" in caplog.text
-    mine = await runner.enqueue("noop", {})
+    mine = await runner.enqueue("noop", {}, allow_unknown=True)
     stats = await runner.drain(progress=False)
     assert stats.completed == 1 and stats.failed == 0
     assert "has no handler for ['thumbnail']" in caplog.text
@@ -754,7 +754,7 @@ async def test_a_worker_leaves_jobs_it_has_no_handler_for_waiting(
 
     assert (await runner.drain(progress=False)).completed == 1
     # claim_unknown=True restores the seed's behaviour: unknown types fail at once.
-    odd = await runner.enqueue("nobody", {})
+    odd = await runner.enqueue("nobody", {}, allow_unknown=True)
     stats = await runner.worker(burst=True, claim_unknown=True).run()
     stored = await runner.get_job(odd.id)
     assert stats.failed == 1 and stored.status is JobStatus.FAILED
@@ -784,7 +784,7 @@ async def test_interrupted_step_releases_its_job(runner: jobkit.Runner) -> None:
         started.set()
         await asyncio.sleep(60)
 
-    job = await runner.enqueue("slowpoke", {})
+    job = await runner.enqueue("slowpoke", {}, allow_unknown=True)
     task = asyncio.create_task(runner.step())
     await asyncio.wait_for(started.wait(), 10)
     task.cancel()  # what Ctrl-C does to `jobkit step`

@@ -1,4 +1,4 @@
-"""The seed's handler: cut a video into ~20 s candidate clips and score each one."""
+"""The original handler: cut a video into ~20 s candidate clips and score each one."""
 
 from __future__ import annotations
 
@@ -34,6 +34,22 @@ def settings_of(db: AsyncSession) -> Settings:
     return found if isinstance(found, Settings) else Settings.from_env()
 
 
+def check_cut_analysis_params(params: dict[str, Any]) -> None:
+    """Refuse params without a valid ``video_asset_id`` at enqueue (not at run time)."""
+    from ..errors import InvalidParams
+
+    raw = params.get("video_asset_id")
+    if raw is None:
+        raise InvalidParams("['video_asset_id']", "is required: the id of a VideoAsset "
+                            "(upload a video to get one)")
+    if not isinstance(raw, str):
+        raise InvalidParams("['video_asset_id']", "must be a UUID string")
+    try:
+        uuid.UUID(raw)
+    except ValueError:
+        raise InvalidParams("['video_asset_id']", f"{raw[:60]!r} is not a valid UUID") from None
+
+
 async def run_cut_analysis(job: Job, db: AsyncSession) -> dict[str, Any]:
     """Analyse the job's video asset and store one scored ``Clip`` per 20 s of video."""
     raw = (job.params or {}).get("video_asset_id")
@@ -54,7 +70,7 @@ async def run_cut_analysis(job: Job, db: AsyncSession) -> dict[str, Any]:
     # End the read transaction: no connection or snapshot is held while we analyse.
     await db.commit()
 
-    await asyncio.sleep(settings_of(db).cut_analysis_seconds)  # the seed's simulated analysis
+    await asyncio.sleep(settings_of(db).cut_analysis_seconds)  # the simulated analysis
 
     # Clips of an earlier attempt of this job were rolled back with it; this delete only
     # guards against a handler of the past that committed early.
@@ -74,3 +90,7 @@ async def run_cut_analysis(job: Job, db: AsyncSession) -> dict[str, Any]:
             for c in clips
         ],
     }
+
+
+#: Checked by ``Runner.enqueue`` (and the CLI and HTTP faces) before a job is stored.
+run_cut_analysis.check_params = check_cut_analysis_params  # type: ignore[attr-defined]
