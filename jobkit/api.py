@@ -1,4 +1,4 @@
-"""The HTTP API: the seed's upload → process → get flow, job control, health and metrics.
+"""The HTTP API: the upload → process → get flow, job control, health and metrics.
 
 Needs the ``api`` extra (``pip install -e '.[api]' (from the jobkit checkout)``). Build the app with
 :func:`create_app` and run it with ``jobkit serve`` (uvicorn). Every route calls the
@@ -12,19 +12,21 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import re
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Any, Literal, TypeVar, cast
 
 try:
     from fastapi import FastAPI, HTTPException, Query, Request
     from fastapi.encoders import jsonable_encoder
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, PlainTextResponse
+    from fastapi_offline import FastAPIOffline
     from pydantic import (
         AliasChoices,
         AwareDatetime,
@@ -34,7 +36,7 @@ try:
         field_validator,
     )
     from starlette.datastructures import UploadFile
-    from starlette.types import Message
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
 except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError(
         f"jobkit.api needs the 'api' extra ({exc.name} is missing): "
@@ -44,23 +46,28 @@ from . import ops
 from .alerts import AlertHook, enable_alerts
 from .config import Settings
 from .database import describe_error, redact_url
-from .dispatcher import Handler
-from .errors import InvalidParams, InvalidTransition, JobNotFound
+from .dispatcher import Handler, check_job
+from .errors import InvalidParams, InvalidTransition, JobNotFound, UnknownJobType
 from .execute import DB_ERRORS
+from .jsonutil import loads_strict
 from .models import JobStatus
 from .runner import Runner
 from .runner import open as open_runner
 from .worker import Worker
 
 log = logging.getLogger("jobkit")
+M = TypeVar("M", bound="BaseModel")
 
 INT32_MAX = 2**31 - 1
 #: Bytes a multipart body may carry beyond the file itself (boundaries, headers, fields).
 MULTIPART_SLACK = 64 * 1024
 #: A JSON body to /upload is a few fields; this is plenty.
 JSON_BODY_LIMIT = 64 * 1024
-_SAFE_EXT = re.compile(r"^\.[A-Za-z0-9]{1,10}$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: Extensions an uploaded file keeps: video containers only (anything else is stored
+#: without an extension, so a client cannot plant ``x.php`` or ``x.html`` in the media folder).
+VIDEO_EXTENSIONS = frozenset({
+    ".3g2", ".3gp", ".asf", ".avi", ".f4v", ".flv", ".m2ts", ".m2v", ".m4v", ".mkv", ".mov",
+    ".mp4", ".mpeg", ".mpg", ".mts", ".mxf", ".ogv", ".ts", ".vob", ".webm", ".wmv"})
 
 
 # ---------------------------------------------------------------------------
@@ -68,18 +75,9 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # ---------------------------------------------------------------------------
 def check_filename(name: str) -> str:
     """A video's display name: a plain file name, never a path."""
-    if not name or not name.strip():
-        raise ValueError("filename must not be empty")
-    if len(name) > 255:
-        raise ValueError("filename is longer than 255 characters")
-    if "/" in name or "\\" in name:
-        raise ValueError(f"filename {name!r} contains a path separator; send a plain file "
-                         "name such as match.mp4")
-    if name.strip() in (".", ".."):
-        raise ValueError(f"filename {name!r} is not a file name")
-    if _CONTROL.search(name):
-        raise ValueError("filename contains control characters")
-    return name
+    from .queue import check_filename as check
+
+    return check(name)
 
 
 class ErrorOut(BaseModel):
@@ -126,6 +124,8 @@ class EnqueueIn(BaseModel):
     dedupe_key: str | None = Field(None, min_length=1, max_length=200)
     max_retries: int | None = Field(None, ge=0, le=1000)
     timeout: float | None = Field(None, gt=0, description="seconds per attempt")
+    allow_unknown: bool = Field(False, description="accept a job_type this server has no "
+                                                   "handler for (your workers have it)")
 
 
 class JobOut(BaseModel):
@@ -149,6 +149,11 @@ class JobOut(BaseModel):
     locked_by: str | None = None
     locked_until: datetime | None = None
     processing_time_ms: int | None = None
+
+
+class EnqueueOut(JobOut):
+    deduplicated: bool = Field(False, description="true (status 200) when an unfinished job "
+                                                  "already held the dedupe_key: it is returned")
 
 
 class JobList(BaseModel):
@@ -239,7 +244,7 @@ def create_app(settings: Settings | None = None, *, runner: Runner | None = None
                 state.worker.stop()
                 try:
                     stats = await state.worker_task
-                    log.info("jobkit API worker stopped: %s", stats.as_dict())
+                    log.info("jobkit API worker stopped: %s", stats.in_words())
                 except Exception:  # noqa: BLE001 - shut down the rest anyway
                     log.exception("jobkit API worker ended with an error")
             if state.alerts is not None:
@@ -248,13 +253,25 @@ def create_app(settings: Settings | None = None, *, runner: Runner | None = None
                 await r.close()
                 state.runner = None
 
-    app = FastAPI(
+    # Swagger UI and ReDoc from files shipped with fastapi-offline: /docs works offline.
+    app = FastAPIOffline(
         title="jobkit", version=_version(), lifespan=lifespan,
         description=("A persistent job queue. Upload a video (`POST /upload`) to queue a "
                      "`cut_analysis` job; workers (or `POST /jobs/process` in development) "
                      "run it; `GET /jobs/{id}` shows its state."),
     )
     app.state.jobkit = state
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    plain_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        # POST /jobs reads its body itself (strict JSON); its schema is still a component.
+        schema = plain_openapi()
+        schema.setdefault("components", {}).setdefault("schemas", {})["EnqueueIn"] = \
+            EnqueueIn.model_json_schema(ref_template="#/components/schemas/{model}")
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     _install_error_handlers(app)
 
     def get_runner() -> Runner:
@@ -262,7 +279,7 @@ def create_app(settings: Settings | None = None, *, runner: Runner | None = None
             raise HTTPException(503, "jobkit is not started yet")
         return state.runner
 
-    # -- the seed's flow -------------------------------------------------------------
+    # -- the upload → process → get flow ----------------------------------------------
     upload_body = {
         "required": True,
         "content": {
@@ -280,14 +297,14 @@ def create_app(settings: Settings | None = None, *, runner: Runner | None = None
         },
     }
 
-    @app.post("/upload", status_code=201, response_model=UploadOut, tags=["seed"],
+    @app.post("/upload", status_code=201, response_model=UploadOut, tags=["videos"],
               summary="Upload a video: creates a VideoAsset and a pending cut_analysis job",
               responses=_err(413, 415, 422, 503), openapi_extra={"requestBody": upload_body})
     async def upload(request: Request) -> UploadOut:
         return await _upload(request, get_runner(), settings)
 
     @app.post("/jobs/process", response_model=ProcessOut, response_model_exclude_unset=True,
-              tags=["seed"], responses=_err(404, 503),
+              tags=["videos"], responses=_err(404, 503),
               summary="Process the next job now (development only: JOBKIT_DEV_ENDPOINTS=true)")
     async def process_next() -> dict[str, Any]:
         if not settings.dev_endpoints:
@@ -295,37 +312,51 @@ def create_app(settings: Settings | None = None, *, runner: Runner | None = None
                                      "enable it with JOBKIT_DEV_ENDPOINTS=true")
         return dict(await get_runner().step())
 
-    @app.get("/jobs/{job_id}", response_model=JobOut, tags=["seed"], responses=_err(404),
+    @app.get("/jobs/{job_id}", response_model=JobOut, tags=["videos"], responses=_err(404),
              summary="A job's state")
     async def get_job(job_id: str) -> dict[str, Any]:
         return ops.job_dict(await get_runner().get_job(job_id))
 
     # -- jobs ------------------------------------------------------------------------
-    @app.post("/jobs", status_code=201, response_model=JobOut, tags=["jobs"],
-              responses=_err(422), summary="Enqueue a job of any registered type")
-    async def enqueue(body: EnqueueIn) -> dict[str, Any]:
+    enqueue_body = {"required": True, "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/EnqueueIn"}}}}
+
+    @app.post("/jobs", status_code=201, response_model=EnqueueOut, tags=["jobs"],
+              responses={**_err(413, 415, 422),
+                         200: {"model": EnqueueOut,
+                               "description": "deduplicated: the unfinished job that holds "
+                                              "the dedupe_key"}},
+              summary="Enqueue a job of any registered type",
+              openapi_extra={"requestBody": enqueue_body})
+    async def enqueue(request: Request) -> JSONResponse:
         r = get_runner()
-        if body.job_type not in r.handlers:
-            raise HTTPException(422, f"unknown job_type {body.job_type!r}; registered: "
-                                     f"{', '.join(sorted(r.handlers)) or '(none)'}")
+        body = _validated(EnqueueIn, await _read_json(request, settings.max_body_bytes))
         try:
             job = await r.enqueue(body.job_type, body.params, priority=body.priority,
                                   run_at=body.run_at, delay=body.delay,
                                   max_retries=body.max_retries, timeout=body.timeout,
-                                  dedupe_key=body.dedupe_key)
+                                  dedupe_key=body.dedupe_key, allow_unknown=body.allow_unknown)
+        except UnknownJobType as exc:
+            raise HTTPException(422, f"unknown job_type {exc.job_type!r}; registered: "
+                                     f"{', '.join(exc.known) or '(none)'}. Send "
+                                     '"allow_unknown": true if only your workers have it') \
+                from None
         except (InvalidParams, InvalidTransition) as exc:
             raise HTTPException(422, str(exc)) from None
-        return ops.job_dict(job)
+        out = EnqueueOut.model_validate({**ops.job_dict(job), "deduplicated": job.deduplicated})
+        return JSONResponse(jsonable_encoder(out), status_code=200 if job.deduplicated else 201)
 
     @app.get("/jobs", response_model=JobList, tags=["jobs"], responses=_err(422),
              summary="The newest jobs, optionally of one status or type")
     async def list_jobs(
-            status: Annotated[JobStatus | None, Query(description="only this status")] = None,
+            status: Annotated[Literal["pending", "processing", "completed", "retry", "failed",
+                                      "cancelled"] | None,
+                              Query(description="only this status (cancelled: the failed "
+                                                "jobs that were cancelled)")] = None,
             job_type: Annotated[str | None, Query(description="only this type")] = None,
             limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> dict[str, Any]:
         async with get_runner().sessions() as db:
-            jobs = await ops.list_jobs(db, status=status.value if status else None,
-                                       job_type=job_type, limit=limit)
+            jobs = await ops.list_jobs(db, status=status, job_type=job_type, limit=limit)
         return {"jobs": [ops.job_dict(j) for j in jobs], "count": len(jobs)}
 
     @app.post("/jobs/{job_id}/retry", response_model=JobOut, tags=["jobs"],
@@ -381,11 +412,13 @@ def _version() -> str:
 def _install_error_handlers(app: FastAPI) -> None:
     async def validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        errors = jsonable_encoder(exc.errors(), custom_encoder={Exception: str})
+        errors = _json_safe(jsonable_encoder(exc.errors(), custom_encoder={Exception: str}))
         return JSONResponse({"detail": _messages(errors), "errors": errors}, status_code=422)
 
     async def not_found(request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=404)
+        assert isinstance(exc, JobNotFound)
+        return JSONResponse({"detail": f"no job with id {_safe_text(str(exc.job_id))}; list "
+                                       "jobs with GET /jobs"}, status_code=404)
 
     async def db_down(request: Request, exc: Exception) -> JSONResponse:
         log.error("%s %s: database error: %s", request.method, request.url.path, describe_error(exc))
@@ -395,6 +428,107 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(JobNotFound, not_found)
     for exc_type in DB_ERRORS:
         app.add_exception_handler(cast(type[Exception], exc_type), db_down)
+
+
+def _safe_text(text: str, limit: int = 200) -> str:
+    """Text that can be encoded (no lone surrogates) and is not huge."""
+    clean = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return clean if len(clean) <= limit else clean[:limit - 1] + "…"
+
+
+def _json_safe(value: Any) -> Any:
+    """Validation errors as strict JSON: a rejected NaN/Infinity or a lone surrogate in the
+    echoed input would otherwise make the error response itself fail (a 500)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 60:
+        return f"an integer of {value.bit_length()} bits"
+    if isinstance(value, str):
+        return _safe_text(value)
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _validated(model: type[M], data: Any) -> M:
+    """``model`` validated from parsed JSON, or the same 422 FastAPI gives."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errors = jsonable_encoder(exc.errors(include_url=False), custom_encoder={Exception: str})
+        raise RequestValidationError(
+            [{**e, "loc": ("body", *e.get("loc", ()))} for e in errors]) from None
+
+
+async def _read_json(request: Request, limit: int) -> Any:
+    """The request's JSON body, read strictly: one message for every JSON route when it is
+    not JSON (no NaN/Infinity, no 10,000-deep nesting, no 5,000-digit number)."""
+    ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if ctype != "application/json":
+        raise HTTPException(415, "send a JSON body with content-type: application/json")
+    try:
+        raw = await _limited(request, limit).body()
+    except _TooLarge:
+        raise _too_large(limit, True) from None
+    try:
+        return loads_strict(raw)
+    except ValueError as exc:
+        raise HTTPException(422, f"body is not valid JSON: {_safe_text(str(exc))}") from None
+
+
+class BodyLimit:
+    """ASGI middleware: a request body (other than a multipart upload, which has its own
+    limit) larger than ``limit`` bytes gets 413, whether or not it declares a
+    Content-Length: the stream is counted as it is read."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.lower(): v for k, v in scope.get("headers", ())}
+        if headers.get(b"content-type", b"").lower().startswith(b"multipart/form-data"):
+            await self.app(scope, receive, send)
+            return
+        declared = headers.get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            await self._refuse(send)
+            return
+        seen = 0
+        started = False
+
+        async def counting() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge()
+            return message
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting, sending)
+        except _TooLarge:
+            if not started:
+                await self._refuse(send)
+
+    async def _refuse(self, send: Send) -> None:
+        body = json.dumps({"detail": f"request body larger than {self.limit} bytes "
+                                     "(JOBKIT_MAX_BODY_BYTES)"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
 
 
 def _messages(errors: list[dict[str, Any]]) -> str:
@@ -463,23 +597,12 @@ async def _upload(request: Request, runner: Runner, settings: Settings) -> Uploa
     limited = _limited(request, body_limit)
 
     if is_json:
+        item = _validated(UploadIn, await _read_json(request, body_limit))
         try:
-            raw = await limited.body()
-        except _TooLarge:
-            raise _too_large(body_limit, True) from None
-        try:
-            data = json.loads(raw)
-        except ValueError as exc:
-            raise HTTPException(422, f"body is not valid JSON: {exc}") from None
-        try:
-            item = UploadIn.model_validate(data)
-        except ValidationError as exc:
-            errors = jsonable_encoder(exc.errors(include_url=False),
-                                      custom_encoder={Exception: str})
-            raise RequestValidationError(
-                [{**e, "loc": ("body", *e.get("loc", ()))} for e in errors]) from None
-        asset, job = await runner.upload_video(item.filename, item.duration_ms,
-                                               priority=item.priority)
+                asset, job = await runner.upload_video(item.filename, item.duration_ms,
+                                                   priority=item.priority)
+        except InvalidTransition as exc:
+            raise HTTPException(422, str(exc)) from None
         return UploadOut(video_asset_id=str(asset.id), job_id=str(job.id),
                          status=str(job.status), filename=asset.filename,
                          duration_ms=asset.duration_ms)
@@ -524,8 +647,8 @@ async def _upload(request: Request, runner: Runner, settings: Settings) -> Uploa
 
 async def _store(upload: UploadFile, name: str, media_dir: str, limit: int) -> tuple[str, int]:
     """Copy the upload into ``media_dir`` under a generated name; returns (path, bytes)."""
-    ext = os.path.splitext(name)[1]
-    ext = ext.lower() if _SAFE_EXT.match(ext) else ""
+    ext = os.path.splitext(name)[1].lower()
+    ext = ext if ext in VIDEO_EXTENSIONS else ""
     stem = uuid.uuid4().hex
 
     def copy() -> tuple[str, int]:

@@ -225,7 +225,10 @@ async def cmd_work(args: argparse.Namespace) -> int:
 async def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    await run_demo(args.database_url, concurrency=args.concurrency, plot_path=args.plot)
+    out = await run_demo(args.database_url, concurrency=args.concurrency, plot_path=args.plot,
+                         quiet=args.json)
+    if args.json:
+        print(json.dumps(out, default=str))
     return EXIT_OK
 
 
@@ -793,7 +796,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging(args.log_level, args.log_format)
+    # `demo` prints a report on stdout: its per-job INFO lines would interleave with it.
+    default_level = "WARNING" if args.command == "demo" else "INFO"
+    setup_logging(args.log_level or default_level, args.log_format)
     func: Command = args.func
     try:
         return asyncio.run(func(args))

@@ -43,6 +43,7 @@ class Settings:
     alert_url: str | None = None
     media_dir: str = "./media"
     max_upload_bytes: int = 100 * 1024 * 1024
+    max_body_bytes: int = 1024 * 1024
     worker_dead_after_seconds: float | None = None  # None: 3 heartbeats
     alert_timeout: float = 5.0
     alert_retries: int = 3
@@ -76,9 +77,9 @@ class Settings:
             except ValueError:
                 raise ConfigError(_env_name("alert_url"), safe_url(self.alert_url),
                                   "an http:// or https:// URL with a host") from None
-        if self.max_upload_bytes < 1:
-            raise ConfigError(_env_name("max_upload_bytes"), self.max_upload_bytes,
-                              "a whole number >= 1")
+        for name in ("max_upload_bytes", "max_body_bytes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(_env_name(name), getattr(self, name), "a whole number >= 1")
         if self.heartbeat_seconds is not None and self.heartbeat_seconds >= self.lease_seconds:
             raise ConfigError(_env_name("heartbeat_seconds"), self.heartbeat_seconds,
                               f"a number of seconds below the lease ({self.lease_seconds:g})")

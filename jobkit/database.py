@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import unquote
 
 from sqlalchemy import event, select, text
 from sqlalchemy.engine import URL, Connection, make_url
@@ -42,19 +44,31 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 _READ_PREFIXES = ("SELECT", "PRAGMA", "EXPLAIN", "SAVEPOINT", "RELEASE")
 
 
+#: Query parameters whose value is a secret (drivers accept a password there too).
+_SECRET_PARAM = re.compile(r"pass(word|wd|phrase)?$|pwd$|secret|token|credential|api_?key|"
+                           r"^auth", re.IGNORECASE)
+_SECRET_IN_QUERY = re.compile(r"([?&;])([^=&;#]+)=([^&;#]*)")
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*://)([^@/?#]*)@")
+
+
 def redact_url(url: str | URL) -> str:
-    """The URL as text with any password replaced by ``***``."""
-    try:
-        u = make_url(url) if isinstance(url, str) else url
-    except ArgumentError:
-        text_url = str(url)
-        if "@" in text_url and "://" in text_url:
-            scheme, rest = text_url.split("://", 1)
-            creds, host = rest.rsplit("@", 1)
-            user = creds.split(":", 1)[0]
-            return f"{scheme}://{user}:***@{host}"
-        return text_url
-    return u.render_as_string(hide_password=True)
+    """The URL as text with every secret replaced by ``***``: the password of the user
+    part and query parameters such as ``?password=``, ``sslpassword=`` or ``token=`` (a
+    driver takes the password from either place). Works on malformed URLs too."""
+    text_url = url.render_as_string(hide_password=False) if isinstance(url, URL) else str(url)
+
+    def userinfo(m: re.Match[str]) -> str:
+        user, sep, _ = m.group(2).partition(":")
+        return f"{m.group(1)}{user}{':***' if sep else ''}@"
+
+    def query(m: re.Match[str]) -> str:
+        key = m.group(2)
+        secret = _SECRET_PARAM.search(unquote(key)) is not None
+        return f"{m.group(1)}{key}={'***' if secret else m.group(3)}"
+
+    text_url = _USERINFO.sub(userinfo, text_url, count=1)
+    head, sep, rest = text_url.partition("?")
+    return head + sep + _SECRET_IN_QUERY.sub(query, "?" + rest)[1:] if sep else text_url
 
 
 def backend_of(url: str) -> str:
@@ -307,7 +321,7 @@ def _sqlite_begin(conn: Connection, begin: str) -> None:
 
 
 async def get_db(url: str | None = None) -> AsyncIterator[AsyncSession]:
-    """Yield one session on a fresh engine, as in the seed's ``async for db in get_db()``."""
+    """Yield one session on a fresh engine: ``async for db in get_db()``."""
     engine = create_engine(url)
     try:
         await init_schema(engine)

@@ -27,7 +27,9 @@ async def run_demo(url: str | None = None, *, concurrency: int = 5,
     runner = await open_runner(url)
     try:
         say = (lambda *a: None) if quiet else print
-        say(f"jobkit demo on {url}" + (
+        from .database import redact_url
+
+        say(f"jobkit demo on {redact_url(url)}" + (
             "\n  (a temporary database, removed at the end; pass --database-url to keep one)"
             if tmp else ""))
         assets = []
@@ -53,8 +55,8 @@ async def run_demo(url: str | None = None, *, concurrency: int = 5,
                                for c in clips)
             say(f"  {asset.filename:<22} {len(clips):>2} clips  {scores}")
             clips_out[asset.filename] = [c.visual_score for c in clips]
-        out = {"counts": counts, "clips": clips_out, "elapsed_s": elapsed,
-               "processed": stats.processed}
+        out = {"database_url": None if tmp else redact_url(url), "counts": counts,
+               "clips": clips_out, "elapsed_s": round(elapsed, 3), "processed": stats.processed}
         if plot_path:
             try:
                 from .monitoring import clips_frame

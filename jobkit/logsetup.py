@@ -25,6 +25,10 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False, default=str)
 
 
+#: Libraries whose DEBUG lines (one per database call) would drown jobkit's own.
+CHATTY = ("aiosqlite", "asyncio")
+
+
 def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(
@@ -34,3 +38,5 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(getattr(logging, level, logging.INFO))
+    for name in CHATTY:
+        logging.getLogger(name).setLevel(max(logging.INFO, root.level))

@@ -280,9 +280,9 @@ async def test_prune_never_touches_unfinished_jobs(runner: jobkit.Runner) -> Non
 
 def test_parse_duration() -> None:
     assert ops.parse_duration("1d12h") == timedelta(days=1, hours=12)
-    assert ops.parse_duration("90") == timedelta(seconds=90)
+    assert ops.parse_duration("90s") == timedelta(seconds=90)
     assert ops.parse_duration("2w") == timedelta(weeks=2)
-    for bad in ("", "3x", "d", "1d 2", "-5s", "inf"):
+    for bad in ("", "3x", "d", "1d 2", "-5s", "inf", "90", "30"):
         with pytest.raises(ValueError):
             ops.parse_duration(bad)
 
