@@ -162,7 +162,7 @@ class JobList(BaseModel):
 
 
 class ProcessOut(BaseModel):
-    """The seed's summary of one processed job (or ``processed: false`` and a message)."""
+    """The summary of one processed job (or ``processed: false`` and a message)."""
 
     processed: bool
     job_id: str | None = None

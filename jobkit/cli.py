@@ -1,4 +1,4 @@
-"""The ``jobkit`` command line: thin argument parsing over the functions a script calls.
+"""The `jobkit` command line: thin argument parsing over the functions a script calls.
 
 Every command takes --database-url (default: $JOBKIT_DATABASE_URL or ./jobkit.db) and
 --json (machine-readable output on stdout); logs go to stderr.

@@ -63,7 +63,7 @@ def _float_type(strict_positive: bool, maximum: float | None = None) -> Callable
         if not ok or not value <= top:  # also refuses nan and inf
             raise argparse.ArgumentTypeError(
                 f"must be a number of seconds {'>' if strict_positive else '>='} 0 and at most "
-                f"{top:g}, got {_shown(text)}")
+                f"{top:.0f} (ten years), got {_shown(text)}")
         return value
 
     return parse

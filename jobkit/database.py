@@ -48,7 +48,7 @@ _READ_PREFIXES = ("SELECT", "PRAGMA", "EXPLAIN", "SAVEPOINT", "RELEASE")
 _SECRET_PARAM = re.compile(r"pass(word|wd|phrase)?$|pwd$|secret|token|credential|api_?key|"
                            r"^auth", re.IGNORECASE)
 _SECRET_IN_QUERY = re.compile(r"([?&;])([^=&;#]+)=([^&;#]*)")
-_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*://)([^@/?#]*)@")
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*://)([^/?#]*)@")
 
 
 def redact_url(url: str | URL) -> str:

@@ -237,7 +237,7 @@ async def processing_stats(db: AsyncSession) -> pd.DataFrame:
     Columns: ``count`` (completed jobs), ``failed`` (failed jobs), ``mean_ms``,
     ``p50_ms``, ``p95_ms``, ``max_ms`` (run time of the completed jobs' successful
     attempt, percentiles interpolated linearly) and ``mean_wait_ms`` (created → started
-    of those jobs). Statistics are ``NaN`` for a type with no completed job.
+    of those jobs), rounded to 0.1 ms. Statistics are ``NaN`` for a type with no completed job.
     """
     rows = (await db.execute(
         select(jobs_table.c.job_type, jobs_table.c.status, jobs_table.c.created_at,
@@ -264,6 +264,9 @@ async def processing_stats(db: AsyncSession) -> pd.DataFrame:
     out["p95_ms"] = runs.quantile(0.95).reindex(types).astype("float64")
     out["max_ms"] = runs.max().reindex(types).astype("float64")
     out["mean_wait_ms"] = done.groupby("job_type")["wait_ms"].mean().reindex(types).astype("float64")
+    # Milliseconds to one decimal: the clocks behind them are not finer than that.
+    floats = [c for c, t in STATS_COLUMNS.items() if t == "float64"]
+    out[floats] = out[floats].round(1)
     return out
 
 

@@ -73,8 +73,8 @@ def human_duration(value: timedelta | float) -> str:
         return f"{total:g} seconds"
     rest = int(round(total))
     parts = []
-    for name, size in (("week", 604800), ("day", 86400), ("hour", 3600), ("minute", 60),
-                       ("second", 1)):
+    units = (("week", 604800),) if rest % 604800 == 0 else ()
+    for name, size in (*units, ("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1)):
         n, rest = divmod(rest, size)
         if n:
             parts.append(f"{n} {name}{'s' if n != 1 else ''}")

@@ -16,7 +16,7 @@ from . import ops, queue
 from .config import Settings
 from .database import create_engine, describe_error, init_schema, make_sessionmaker, redact_url
 from .dispatcher import DISPATCH_TABLE, Handler, check_job, register_handler
-from .errors import InvalidParams, InvalidTransition, JobkitError, JobNotFound
+from .errors import DatabaseURLError, InvalidParams, InvalidTransition, JobkitError, JobNotFound
 from .events import Callback, EventBus
 from .jsonutil import short_repr
 from .models import Clip, Job, VideoAsset, new_id, utcnow
@@ -356,8 +356,15 @@ async def open(url: str | None = None, *, settings: Settings | None = None,
     Creates the schema if needed. Extra keyword arguments override settings, e.g.
     ``await jobkit.open(cut_analysis_seconds=0.1)``.
     """
-    settings = (settings or Settings.from_env()).replace(database_url=url, **overrides)
-    engine = create_engine(settings.database_url, settings=settings)
+    try:
+        settings = settings.replace(database_url=url, **overrides) if settings is not None \
+            else Settings.from_env(database_url=url, **overrides)
+        engine = create_engine(settings.database_url, settings=settings)
+    except DatabaseURLError as exc:
+        if url is None:
+            raise
+        # Name what the caller passed, not an environment variable they never set.
+        raise DatabaseURLError("url", exc.value, exc.expected) from None
     try:
         if create_schema:
             await init_schema(engine, settings)
