@@ -7,7 +7,9 @@ from .errors import (
     ConfigError,
     DatabaseURLError,
     HandlerExistsError,
+    InvalidHandler,
     InvalidParams,
+    InvalidResult,
     InvalidTransition,
     JobkitError,
     JobNotFound,
@@ -24,7 +26,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ACTIVE", "ELIGIBLE", "TERMINAL", "DISPATCH_TABLE",
-    "Clip", "ConfigError", "DatabaseURLError", "HandlerExistsError", "InvalidParams",
+    "Clip", "ConfigError", "DatabaseURLError", "HandlerExistsError", "InvalidHandler",
+    "InvalidParams", "InvalidResult",
     "InvalidTransition", "Job", "JobNotFound", "JobStatus", "JobkitError", "PermanentError",
     "Retry", "Runner", "Settings", "StepSummary", "UnknownJobType", "VideoAsset", "Worker",
     "WorkerStats",

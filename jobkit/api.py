@@ -46,7 +46,7 @@ from . import ops
 from .alerts import AlertHook, enable_alerts
 from .config import Settings
 from .database import describe_error, redact_url
-from .dispatcher import Handler, check_job
+from .dispatcher import Handler
 from .errors import InvalidParams, InvalidTransition, JobNotFound, UnknownJobType
 from .execute import DB_ERRORS
 from .jsonutil import loads_strict
@@ -358,6 +358,14 @@ def create_app(settings: Settings | None = None, *, runner: Runner | None = None
         async with get_runner().sessions() as db:
             jobs = await ops.list_jobs(db, status=status, job_type=job_type, limit=limit)
         return {"jobs": [ops.job_dict(j) for j in jobs], "count": len(jobs)}
+
+    @app.get("/jobs/{job_id}/explain", tags=["jobs"], responses=_err(404),
+             summary="Why a job is in its state and what happens next, in words")
+    async def explain(job_id: str) -> dict[str, Any]:
+        import dataclasses
+
+        found = await get_runner().explain(job_id, face="http")
+        return cast(dict[str, Any], jsonable_encoder(dataclasses.asdict(found)))
 
     @app.post("/jobs/{job_id}/retry", response_model=JobOut, tags=["jobs"],
               responses=_err(404, 409), summary="Send a failed job back to pending")

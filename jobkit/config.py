@@ -1,6 +1,6 @@
 """Settings: one frozen dataclass read from ``JOBKIT_*`` variables, overridable by arguments.
 
-The seed's names stay importable as module constants (``WORKER_POLL_INTERVAL``,
+The original names stay importable as module constants (``WORKER_POLL_INTERVAL``,
 ``MAX_JOB_RETRIES``, ``WORKER_ENABLED``): they are the defaults, read once from
 the environment at import time. Code that needs the live value calls
 :func:`Settings.from_env`.
@@ -105,7 +105,7 @@ class Settings:
             var = _env_name(f.name)
             if var in env:
                 values[f.name] = _parse(f.name, f.type, env[var])
-        # The seed's name for the URL is accepted as a fallback.
+        # The original name for the URL is accepted as a fallback.
         if "database_url" not in values and env.get("DATABASE_URL", "").startswith(SUPPORTED_SCHEMES):
             values["database_url"] = env["DATABASE_URL"]
         for key, value in overrides.items():
@@ -207,7 +207,7 @@ _SEED_NAMES = {
 
 
 def __getattr__(name: str) -> Any:
-    """The seed's module constants, read from the environment when asked for."""
+    """The original module constants, read from the environment when asked for."""
     if name in _SEED_NAMES:
         return getattr(Settings.from_env(), _SEED_NAMES[name])
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -472,7 +472,7 @@ async def claim_jobs(db: AsyncSession, n: int = 1, *, worker_id: str,
 
 async def dequeue_job(db: AsyncSession, *, worker_id: str | None = None,
                       lease_seconds: float = 60.0) -> Job | None:
-    """Claim the oldest eligible job (the seed's function): marks it ``processing`` and commits."""
+    """Claim the oldest eligible job (the original contract): marks it ``processing`` and commits."""
     from .execute import default_worker_id
 
     jobs = await claim_jobs(db, 1, worker_id=worker_id or default_worker_id(),

@@ -26,7 +26,7 @@ log = logging.getLogger("jobkit")
 
 
 class StepSummary(dict[str, Any]):
-    """The seed's summary dict of one processed job, with a readable display."""
+    """The summary dict of one processed job, with a readable display."""
 
     def __repr__(self) -> str:
         if not self.get("processed"):
@@ -177,9 +177,9 @@ class Runner:
 
     # -- run ----------------------------------------------------------------------------
     async def step(self, *, job_types: list[str] | None = None) -> StepSummary:
-        """Process ONE job (the seed's ``process_single_job``) and return its summary.
+        """Process ONE job (``process_single_job``) and return its summary.
 
-        Like the seed, any type is claimed and an unknown one fails at once; pass
+        Any type is claimed and an unknown one fails at once; pass
         ``job_types`` to claim only those.
         """
         async with self.sessions() as db:

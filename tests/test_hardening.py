@@ -27,6 +27,7 @@ import httpx
 import pytest
 from helpers import count_jobs
 from sqlalchemy import func, select, update
+from test_worker import wait_until
 
 import jobkit
 from jobkit import cli, ops
@@ -214,6 +215,9 @@ async def test_hints_fit_the_face(runner: jobkit.Runner, client: httpx.AsyncClie
     code, out, _ = await run_cli(capsys, "explain", str(waiting.id), "--database-url", db_url)
     assert "will fail with UnknownJobType" not in out and "--import MODULE" in out
     assert "jobkit step" in out and "await" not in out
+    r = await client.get(f"/jobs/{job.id}/explain")
+    assert r.status_code == 200 and f"POST /jobs/{job.id}/retry" in " ".join(r.json()["details"])
+    assert "await" not in r.text and "jobkit retry" not in r.text
     missing = uuid.uuid4()
     r = await client.get(f"/jobs/{missing}")
     assert r.status_code == 404 and "GET /jobs" in r.json()["detail"]
@@ -538,9 +542,11 @@ async def test_status_counts_jobs_done_not_attempts_and_keeps_it_current(
                 return int((await db.execute(select(workers_table.c.jobs_done).where(
                     workers_table.c.id == worker.id))).scalar_one())
 
-        async with asyncio.timeout(10):
-            while await reported() != 4:
-                await asyncio.sleep(0.05)
+        async def four_reported() -> bool:
+            return await reported() == 4
+
+        # the worker writes it when it goes idle; the heartbeat alone would take 20 s
+        await wait_until(four_reported, timeout=10, what="jobs_done == 4 in the workers row")
         code, out, err = await run_cli(capsys, "status", "--json", "--database-url", db_url)
         (row,) = [w for w in json.loads(out)["workers"] if w["id"] == worker.id]
         assert row["jobs_done"] == 4
@@ -690,8 +696,7 @@ async def test_debug_logging_is_not_flooded_by_the_driver(
     code, out, err = await run_cli(capsys, "--log-level", "DEBUG", "step", "--database-url",
                                    sqlite_url)
     assert code == 0 and "completed" in out
-    assert "aiosqlite" not in err and "DEBUG" in err or err == "" or "INFO" in err
-    assert "aiosqlite" not in err
+    assert "Processing job" in err and "aiosqlite" not in err, err[:500]
 
 
 async def test_jobs_status_cancelled_is_accepted(
