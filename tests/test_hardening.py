@@ -231,7 +231,7 @@ async def test_import_finds_a_module_in_the_current_directory(db_url: str,
     (tmp_path / "my_handlers_here.py").write_text(
         "import jobkit\n\n@jobkit.handler('mine')\nasync def mine(job, db):\n    return {}\n")
     env = cli_env()
-    env.pop("PYTHONPATH")
+    env["PYTHONPATH"] = os.environ.get("PYTHONPATH", "")  # not tests/, nor the current dir
     proc = await asyncio.to_thread(
         subprocess.run, [JOBKIT_BIN, "enqueue", "mine", "--import", "my_handlers_here",
                          "--database-url", db_url, "--json"],
