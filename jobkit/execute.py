@@ -5,7 +5,7 @@ A job's handler runs with its own session. If the handler wrote through it, the 
 completion joins that transaction (fenced), so the writes and the ``completed`` status
 commit together or not at all. If it did not write, the completion is batched with
 other jobs finishing at the same moment (:class:`CompletionBatcher`): one statement for
-many jobs, each still fenced. ``process_single_job`` (the seed's function) is claim +
+many jobs, each still fenced. ``process_single_job`` (the original contract) is claim +
 :func:`run_job`.
 """
 
@@ -185,7 +185,7 @@ def _watch_blocking(coro: Coroutine[Any, Any, T], job: Job) -> Generator[Any, An
 
 
 async def run_job(job: Job, db: AsyncSession, ctx: _Run) -> dict[str, Any]:
-    """Run one claimed job with ``db`` and record its outcome; returns the seed's summary."""
+    """Run one claimed job with ``db`` and record its outcome; returns its summary dict."""
     log.info("Processing job %s (type: %s)", job.id, job.job_type)
     db.info["jobkit.settings"] = ctx.settings
     db.info["jobkit.job"] = job
@@ -286,10 +286,10 @@ async def process_single_job(db: AsyncSession, *, settings: Settings | None = No
                              worker_id: str | None = None,
                              events: EventBus | None = None,
                              job_types: list[str] | None = None) -> dict[str, Any]:
-    """Process ONE job with ``db`` and return the seed's summary dict.
+    """Process ONE job with ``db`` and return its summary dict.
 
     Returns ``{"processed": False, "message": "No pending jobs in queue"}`` when
-    nothing is eligible. As in the seed, any job type is claimed and an unknown one
+    nothing is eligible. Any job type is claimed and an unknown one
     fails at once; pass ``job_types`` to claim only those. If the caller is cancelled
     (Ctrl-C) while the job runs, the job is released without burning an attempt.
     """

@@ -2,7 +2,7 @@
 asyncio task, heartbeat, recover lost leases, shut down gracefully, wake up fast.
 
 One job's run (dispatch, then the fenced outcome) lives in :mod:`jobkit.execute`; the
-seed's ``process_single_job`` is re-exported here, where the seed documents it.
+original ``process_single_job`` is re-exported here, where it was documented.
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ class Worker:
         job_types: claim only these types. By default a worker claims only the types it
             has a handler for, so a worker deployed without some handlers leaves those
             jobs waiting for one that has them instead of failing them as unknown.
-        claim_unknown: claim every type (unknown ones then fail at once, as in the seed).
+        claim_unknown: claim every type (unknown ones then fail at once, as ``step`` does).
     """
 
     def __init__(self, engine: AsyncEngine, *, settings: Settings | None = None,
@@ -542,7 +542,7 @@ class Worker:
 async def worker_loop(db: AsyncSession, *, settings: Settings | None = None,
                       concurrency: int | None = None, burst: bool = False,
                       handle_signals: bool = False) -> WorkerStats:
-    """The seed's worker loop: claim, dispatch, record, forever (or until signalled).
+    """The original worker loop: claim, dispatch, record, forever (or until signalled).
 
     Runs a :class:`Worker` on ``db``'s engine; sleeps ``WORKER_POLL_INTERVAL`` when idle
     (and wakes sooner on a new job).

@@ -678,6 +678,15 @@ async def test_help_readme_and_openapi_say_nothing_odd(client: httpx.AsyncClient
     assert "`--json` (every command but `serve`)" in readme
     schema = (await client.get("/openapi.json")).text
     assert "seed" not in schema.lower()
+    import inspect
+
+    for name in jobkit.__all__:  # help() in a notebook is user-facing too
+        obj = getattr(jobkit, name)
+        docs = [inspect.getdoc(obj) or ""]
+        if inspect.isclass(obj):
+            docs += [inspect.getdoc(m) or "" for n, m in inspect.getmembers(obj)
+                     if callable(m) and not n.startswith("__")]
+        assert all("seed" not in d.lower() for d in docs), name
 
 
 async def test_demo_json_and_no_interleaved_logs(capsys: pytest.CaptureFixture[str]) -> None:
