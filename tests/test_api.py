@@ -448,6 +448,7 @@ async def test_openapi_schema_is_complete(client: httpx.AsyncClient) -> None:
     paths = schema["paths"]
     expected = {("/upload", "post"), ("/jobs", "post"), ("/jobs", "get"),
                 ("/jobs/{job_id}", "get"), ("/jobs/{job_id}/retry", "post"),
+                ("/jobs/{job_id}/explain", "get"),
                 ("/jobs/{job_id}/cancel", "post"), ("/jobs/process", "post"),
                 ("/health", "get"), ("/metrics", "get")}
     assert {(p, m) for p, ops in paths.items() for m in ops} == expected

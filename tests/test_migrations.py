@@ -429,7 +429,9 @@ async def test_older_jobkit_refuses_a_newer_schema_and_writes_nothing(
     from concurrent.futures import ThreadPoolExecutor
 
     commands = (["work", "--burst", "--force"], ["migrate"], ["migrate", "--sql"],
-                ["enqueue", "cut_analysis"], ["jobs"], ["status", "--json"])
+                ["enqueue", "cut_analysis", "--params",
+                 '{"video_asset_id": "0190f3a4-0000-7000-8000-000000000000"}'],
+                ["jobs"], ["status", "--json"])
     with ThreadPoolExecutor(max_workers=3) as pool:
         done_all = list(pool.map(
             lambda c: run_proc(*c, "--database-url", db_url, extra=False), commands))
