@@ -20,6 +20,8 @@ from .errors import (
 from .models import ACTIVE, ELIGIBLE, TERMINAL, Clip, Job, JobStatus, VideoAsset
 from .queue import claim_jobs, dequeue_job, enqueue, enqueue_many
 from .runner import Runner, StepSummary, open
+from .schedules import ScheduleNotFound, periodic
+from .sync import SyncRunner, connect_sync
 from .worker import Worker, WorkerStats, process_single_job, worker_loop
 
 __version__ = "0.1.0"
@@ -29,9 +31,10 @@ __all__ = [
     "Clip", "ConfigError", "DatabaseURLError", "HandlerExistsError", "InvalidHandler",
     "InvalidParams", "InvalidResult",
     "InvalidTransition", "Job", "JobNotFound", "JobStatus", "JobkitError", "PermanentError",
-    "Retry", "Runner", "Settings", "StepSummary", "UnknownJobType", "VideoAsset", "Worker",
-    "WorkerStats",
-    "claim_jobs", "create_engine", "dequeue_job", "dispatch_job", "enqueue", "enqueue_many",
-    "get_db", "handler", "init_schema", "open", "process_single_job", "register_handler",
+    "Retry", "Runner", "ScheduleNotFound", "Settings", "StepSummary", "SyncRunner",
+    "UnknownJobType", "VideoAsset", "Worker", "WorkerStats",
+    "claim_jobs", "connect_sync", "create_engine", "dequeue_job", "dispatch_job", "enqueue", "enqueue_many",
+    "get_db", "handler", "init_schema", "open", "periodic", "process_single_job",
+    "register_handler",
     "run_blocking", "worker_loop",
 ]

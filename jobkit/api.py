@@ -126,11 +126,17 @@ class EnqueueIn(BaseModel):
     timeout: float | None = Field(None, gt=0, description="seconds per attempt")
     allow_unknown: bool = Field(False, description="accept a job_type this server has no "
                                                    "handler for (your workers have it)")
+    queue: str | None = Field(None, min_length=1, max_length=100,
+                              description="the queue it waits in (default: its handler's, "
+                                          "else 'default')")
+    after: list[str] = Field(default_factory=list, max_length=1000,
+                             description="ids of jobs that must complete first")
 
 
 class JobOut(BaseModel):
     id: str
     job_type: str
+    queue: str = "default"
     status: JobStatus
     params: dict[str, Any]
     result: Any = None
@@ -158,6 +164,24 @@ class EnqueueOut(JobOut):
 
 class JobList(BaseModel):
     jobs: list[JobOut]
+    count: int
+
+
+class ScheduleOut(BaseModel):
+    name: str
+    job_type: str
+    params: dict[str, Any]
+    queue: str | None = None
+    cron: str | None = Field(None, description="a cron expression (UTC), or null")
+    every_seconds: float | None = Field(None, description="a fixed interval, or null")
+    paused: bool
+    last_tick_at: datetime
+    next_tick_at: datetime
+    last_job_id: str | None = None
+
+
+class ScheduleList(BaseModel):
+    schedules: list[ScheduleOut]
     count: int
 
 
@@ -335,7 +359,8 @@ def create_app(settings: Settings | None = None, *, runner: Runner | None = None
             job = await r.enqueue(body.job_type, body.params, priority=body.priority,
                                   run_at=body.run_at, delay=body.delay,
                                   max_retries=body.max_retries, timeout=body.timeout,
-                                  dedupe_key=body.dedupe_key, allow_unknown=body.allow_unknown)
+                                  dedupe_key=body.dedupe_key, allow_unknown=body.allow_unknown,
+                                  queue=body.queue, after=body.after or None)
         except UnknownJobType as exc:
             raise HTTPException(422, f"unknown job_type {exc.job_type!r}; registered: "
                                      f"{', '.join(exc.known) or '(none)'}. Send "
@@ -354,9 +379,13 @@ def create_app(settings: Settings | None = None, *, runner: Runner | None = None
                               Query(description="only this status (cancelled: the failed "
                                                 "jobs that were cancelled)")] = None,
             job_type: Annotated[str | None, Query(description="only this type")] = None,
-            limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> dict[str, Any]:
+            limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+            queue: Annotated[str | None, Query(min_length=1, max_length=100,
+                                               description="only this queue")] = None,
+    ) -> dict[str, Any]:
         async with get_runner().sessions() as db:
-            jobs = await ops.list_jobs(db, status=status, job_type=job_type, limit=limit)
+            jobs = await ops.list_jobs(db, status=status, job_type=job_type, limit=limit,
+                                       queue_name=queue)
         return {"jobs": [ops.job_dict(j) for j in jobs], "count": len(jobs)}
 
     @app.get("/jobs/{job_id}/explain", tags=["jobs"], responses=_err(404),
@@ -366,6 +395,17 @@ def create_app(settings: Settings | None = None, *, runner: Runner | None = None
 
         found = await get_runner().explain(job_id, face="http")
         return cast(dict[str, Any], jsonable_encoder(dataclasses.asdict(found)))
+
+    @app.get("/schedules", response_model=ScheduleList, tags=["jobs"],
+             summary="The periodic jobs, by name")
+    async def list_schedules() -> dict[str, Any]:
+        from .schedules import list_schedules as stored
+
+        async with get_runner().sessions() as db:
+            found = await stored(db)
+        out = [{**r, "last_job_id": None if r["last_job_id"] is None else str(r["last_job_id"]),
+                "paused": bool(r["paused"])} for r in found]
+        return {"schedules": out, "count": len(out)}
 
     @app.post("/jobs/{job_id}/retry", response_model=JobOut, tags=["jobs"],
               responses=_err(404, 409), summary="Send a failed job back to pending")
@@ -731,9 +771,15 @@ def _fmt(value: float) -> str:
     return repr(float(value)) if not float(value).is_integer() else str(int(value))
 
 
+def _label(value: str) -> str:
+    """A Prometheus label value, escaped."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
 async def _metrics(state: ApiState, runner: Runner) -> str:
     async with runner.sessions() as db:
         counts = await ops.status_counts(db)
+        per_queue = await ops.queue_status_counts(db)
         depth = await ops.queue_depth(db)
         alive = await ops.workers_alive(db, state.settings.dead_after)
         hist = await ops.processing_histogram(db)
@@ -749,6 +795,9 @@ async def _metrics(state: ApiState, runner: Runner) -> str:
 
     family("jobkit_jobs", "gauge", "Jobs in the database by status.",
            [(f'{{status="{s}"}}', n) for s, n in counts.items()])
+    family("jobkit_queue_jobs", "gauge", "Jobs in the database by queue and status.",
+           [(f'{{queue="{_label(q)}",status="{s}"}}', n)
+            for q, by_status in per_queue.items() for s, n in by_status.items()])
     family("jobkit_queue_depth", "gauge",
            "Jobs ready to run now (pending or retry, run_at passed).", [("", depth["eligible"])])
     family("jobkit_jobs_scheduled", "gauge",

@@ -211,7 +211,8 @@ async def cmd_work(args: argparse.Namespace) -> int:
     runner = await open_runner(settings=settings)
     hook = await _alerts_on(runner)
     try:
-        stats = await runner.work(settings.concurrency, handle_signals=True, burst=args.burst)
+        stats = await runner.work(settings.concurrency, handle_signals=True, burst=args.burst,
+                                  queues=args.queues, schedules=args.schedules)
     finally:
         await _alerts_off(hook)
         await runner.close()
@@ -384,7 +385,8 @@ async def cmd_enqueue(args: argparse.Namespace) -> int:
         job = await runner.enqueue(args.job_type, args.params, priority=args.priority,
                                    run_at=args.run_at, delay=args.delay,
                                    max_retries=args.max_retries, timeout=args.timeout,
-                                   dedupe_key=args.dedupe_key, allow_unknown=args.allow_unknown)
+                                   dedupe_key=args.dedupe_key, allow_unknown=args.allow_unknown,
+                                   queue=args.queue, after=args.after)
     finally:
         await runner.close()
     from .ops import job_dict
@@ -404,7 +406,7 @@ async def cmd_step(args: argparse.Namespace) -> int:
     hook = await _alerts_on(runner)
     try:
         known = None if args.any_type else sorted(runner.handlers)
-        summary = await runner.step(job_types=known)
+        summary = await runner.step(job_types=known, queues=args.queues)
         waiting = {} if summary.get("processed") or known is None else \
             await _eligible_unknown(runner, known)
     finally:
@@ -439,9 +441,9 @@ async def cmd_drain(args: argparse.Namespace) -> int:
         # Like `work`: SIGTERM/SIGINT stop gracefully (handlers installed explicitly, so a
         # SIGINT inherited as ignored still stops it); unfinished jobs go back to the queue.
         stats = await runner.drain(concurrency=args.concurrency, progress=False,
-                                   handle_signals=True)
+                                   handle_signals=True, queues=args.queues)
         async with runner.sessions() as db:
-            left = await ops.queue_depth(db)
+            left = await ops.queue_depth(db, queues=args.queues)
             await db.commit()
     finally:
         await _alerts_off(hook)
@@ -474,6 +476,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
                                   runner.engine.dialect.name)
         async with runner.sessions() as db:
             counts = await ops.status_counts(db)
+            per_queue = await ops.queue_status_counts(db)
             depth = await ops.queue_depth(db)
             workers = await ops.workers(db, s.dead_after)
             alive = await ops.workers_alive(db, s.dead_after)
@@ -498,7 +501,8 @@ async def cmd_status(args: argparse.Namespace) -> int:
                     "`jobkit drain`), so jobs wait until `jobkit work` or `jobkit drain` runs")
     avg = hist.sum / hist.count if hist.count else None
     health = "unhealthy" if problems else ("idle" if note else "ok")
-    data = {"database_url": url, "jobs": counts, "total": sum(counts.values()),
+    data = {"database_url": url, "jobs": counts, "queues": per_queue,
+            "total": sum(counts.values()),
             "queue_depth": depth["eligible"], "scheduled": depth["scheduled"],
             "avg_processing_s": None if avg is None else round(avg, 4),
             "workers_alive": alive, "workers_by_state": states,
@@ -511,6 +515,9 @@ async def cmd_status(args: argparse.Namespace) -> int:
                  "jobs      " + "  ".join(f"{k} {v}" for k, v in counts.items())
                  + f"  (total {data['total']})",
                  f"queue     {depth['eligible']} eligible now, {depth['scheduled']} scheduled later"]
+        if len(per_queue) > 1 or (per_queue and "default" not in per_queue):
+            for name, n in per_queue.items():
+                lines.append(f"  queue {name}: " + "  ".join(f"{k} {v}" for k, v in n.items()))
         if avg is not None:
             lines.append(f"timing    {avg:.3f} s average over {hist.count} completed job(s)")
         by_state = ", ".join(f"{k} {v}" for k, v in sorted(states.items())) or "none yet"
@@ -560,15 +567,53 @@ async def cmd_jobs(args: argparse.Namespace) -> int:
     try:
         async with runner.sessions() as db:
             jobs = await ops.list_jobs(db, status=args.status, job_type=args.job_type,
-                                       limit=args.limit)
+                                       limit=args.limit, queue_name=args.queue)
             await db.commit()
     finally:
         await runner.close()
-    rows = [(j.id, j.job_type, j.status, f"{j.attempts}/{j.max_attempts}", j.priority,
-             _when(j.created_at), _short_error(j.error, 50)) for j in jobs]
+    rows = [(j.id, j.job_type, j.queue, j.status, f"{j.attempts}/{j.max_attempts}",
+             j.priority, _when(j.created_at), _short_error(j.error, 50)) for j in jobs]
     _out(args, [ops.job_dict(j) for j in jobs],
-         lambda: _table(rows, ["ID", "TYPE", "STATUS", "ATTEMPTS", "PRIO", "CREATED (UTC)",
-                               "ERROR"]) if rows else "no jobs")
+         lambda: _table(rows, ["ID", "TYPE", "QUEUE", "STATUS", "ATTEMPTS", "PRIO",
+                               "CREATED (UTC)", "ERROR"]) if rows else "no jobs")
+    return EXIT_OK
+
+
+async def cmd_schedules(args: argparse.Namespace) -> int:
+    from . import schedules as sched
+
+    runner = await _open(args)
+    note = ""
+    try:
+        async with runner.sessions() as db:
+            if args.pause or args.resume:
+                name = args.pause or args.resume
+                await sched.set_paused(db, name, bool(args.pause))
+                note = f"schedule {name!r} {'paused' if args.pause else 'resumed'}"
+            elif args.remove:
+                await sched.remove_schedule(db, args.remove)
+                note = f"schedule {args.remove!r} removed"
+            found = await sched.list_schedules(db)
+    finally:
+        await runner.close()
+    data = [{"name": r["name"], "job_type": r["job_type"], "queue": r["queue"],
+             "cron": r["cron"], "every_seconds": r["every_seconds"],
+             "paused": bool(r["paused"]), "params": r["params"],
+             "last_tick_at": r["last_tick_at"].isoformat(),
+             "next_tick_at": r["next_tick_at"].isoformat(),
+             "last_job_id": None if r["last_job_id"] is None else str(r["last_job_id"])}
+            for r in found]
+    rows = [(r["name"], r["job_type"], r["queue"] or "-",
+             f"cron {r['cron']}" if r["cron"] else f"every {r['every_seconds']:g} s",
+             "paused" if r["paused"] else "active", _when(r["next_tick_at"]),
+             r["last_job_id"] or "-") for r in found]
+
+    def human() -> str:
+        table = _table(rows, ["NAME", "TYPE", "QUEUE", "WHEN (UTC)", "STATE", "NEXT (UTC)",
+                              "LAST JOB"]) if rows else "no schedules"
+        return f"{note}\n{table}" if note else table
+
+    _out(args, data, human)
     return EXIT_OK
 
 
@@ -785,6 +830,7 @@ COMMANDS: dict[str, Command] = {
     "work": cmd_work, "drain": cmd_drain, "status": cmd_status, "jobs": cmd_jobs,
     "show": cmd_show, "explain": cmd_explain, "failed": cmd_failed, "retry": cmd_retry,
     "cancel": cmd_cancel, "prune": cmd_prune, "serve": cmd_serve, "demo": cmd_demo,
+    "schedules": cmd_schedules,
 }
 
 

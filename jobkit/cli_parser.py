@@ -104,6 +104,22 @@ def _json_object(text: str) -> dict[str, Any]:
     return value
 
 
+def _queue_name(text: str) -> str:
+    from .errors import InvalidTransition
+    from .queue import check_queue
+
+    try:
+        return check_queue(text)
+    except InvalidTransition as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _queue_options(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--queue", dest="queues", action="append", type=_queue_name, default=None,
+                   metavar="NAME", help=f"{what} only jobs of this queue; repeatable "
+                                        "(default: every queue)")
+
+
 # ---------------------------------------------------------------------------
 # Parser
 # ---------------------------------------------------------------------------
@@ -198,6 +214,10 @@ def build_parser(commands: Mapping[str, Command], description: str | None = None
                    help="seconds before a running attempt is cancelled")
     p.add_argument("--allow-unknown", action="store_true",
                    help="enqueue a type no imported module registers (your workers know it)")
+    p.add_argument("--queue", type=_queue_name, default=None, metavar="NAME",
+                   help="the queue it waits in (default: its handler's, else 'default')")
+    p.add_argument("--after", action="append", default=None, metavar="ID",
+                   help="run only once this job has completed; repeatable")
     imports(p)
 
     p = add("step", "process ONE job now and print its summary")
@@ -205,6 +225,7 @@ def build_parser(commands: Mapping[str, Command], description: str | None = None
     p.add_argument("--any-type", action="store_true",
                    help="also claim a job no imported handler can run (it fails at once as "
                         "unknown); by default such jobs are left waiting")
+    _queue_options(p, "claim")
 
     p = add("work", "run a worker until SIGINT/SIGTERM (or --burst)")
     p.add_argument("--concurrency", type=positive, default=None, help="jobs at once (default 1)")
@@ -212,21 +233,34 @@ def build_parser(commands: Mapping[str, Command], description: str | None = None
                    help="seconds between polls when idle (default 2)")
     imports(p)
     p.add_argument("--burst", action="store_true", help="exit when nothing is eligible")
+    _queue_options(p, "serve")
+    p.add_argument("--no-schedules", dest="schedules", action="store_false", default=None,
+                   help="do not enqueue the ticks of periodic jobs (another worker does)")
     p.add_argument("--force", action="store_true",
                    help="run even when JOBKIT_WORKER_ENABLED is false")
 
     p = add("drain", "process jobs until nothing is eligible, then exit")
     p.add_argument("--concurrency", type=positive, default=1, help="jobs at once (default 1)")
     imports(p)
+    _queue_options(p, "process")
 
-    add("status", "jobs per status, queue depth, workers and their health")
+    add("status", "jobs per status (and per queue), queue depth, workers and their health")
 
     p = add("jobs", "list the newest jobs")
     p.add_argument("--status", choices=[*(s.value for s in ALL_STATUSES), "cancelled"],
                    default=None, help="only jobs in this status (cancelled: the failed jobs "
                                       "that were cancelled)")
     p.add_argument("--type", dest="job_type", default=None, help="only jobs of this type")
+    p.add_argument("--queue", type=_queue_name, default=None, metavar="NAME",
+                   help="only jobs of this queue")
     p.add_argument("--limit", type=positive, default=20, help="at most this many (default 20)")
+
+    p = add("schedules", "list the periodic jobs; pause, resume or remove one")
+    act = p.add_mutually_exclusive_group()
+    act.add_argument("--pause", metavar="NAME", default=None, help="stop enqueueing its ticks")
+    act.add_argument("--resume", metavar="NAME", default=None,
+                     help="enqueue its ticks again, from the next one")
+    act.add_argument("--remove", metavar="NAME", default=None, help="delete it")
 
     p = add("show", "everything about one job")
     p.add_argument("job_id", metavar="ID", help=ID_HELP)

@@ -49,6 +49,7 @@ class Settings:
     alert_retries: int = 3
     health_min_workers: int = 1
     auto_migrate: bool = False
+    max_running: str | None = None  # "cut_analysis=2,resize=4": global per-type limits
 
     def __post_init__(self) -> None:
         _check_url("database_url", self.database_url)
@@ -80,9 +81,16 @@ class Settings:
         for name in ("max_upload_bytes", "max_body_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigError(_env_name(name), getattr(self, name), "a whole number >= 1")
+        if self.max_running:
+            _parse_limits(self.max_running)
         if self.heartbeat_seconds is not None and self.heartbeat_seconds >= self.lease_seconds:
             raise ConfigError(_env_name("heartbeat_seconds"), self.heartbeat_seconds,
                               f"a number of seconds below the lease ({self.lease_seconds:g})")
+
+    @property
+    def limits(self) -> dict[str, int]:
+        """``max_running`` as ``{job_type: limit}``."""
+        return _parse_limits(self.max_running) if self.max_running else {}
 
     @property
     def heartbeat_interval(self) -> float:
@@ -171,6 +179,23 @@ def _parse(name: str, type_: Any, raw: str) -> Any:
             raise ConfigError(var, raw, "a finite number of seconds")
         return value
     return raw
+
+
+def _parse_limits(text: str) -> dict[str, int]:
+    limits: dict[str, int] = {}
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        name, sep, value = part.partition("=")
+        try:
+            n = int(value)
+        except ValueError:
+            n = 0
+        if not sep or not name.strip() or n < 1:
+            raise ConfigError(_env_name("max_running"), text,
+                              "job_type=N pairs separated by commas, e.g. cut_analysis=2,resize=4")
+        limits[name.strip()] = n
+    return limits
 
 
 def _non_negative(name: str, value: float) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -24,9 +25,42 @@ DISPATCH_TABLE: dict[str, Handler] = {
 }
 
 
+@dataclass(frozen=True)
+class HandlerOptions:
+    """What a handler says about its jobs: their default queue and a global limit."""
+
+    queue: str | None = None
+    max_running: int | None = None
+
+
+_OPTIONS_ATTR = "__jobkit_options__"
+
+
+def handler_options(table: Mapping[str, Handler], name: str) -> HandlerOptions:
+    """The options registered with the handler of ``name`` in ``table`` (defaults if none)."""
+    fn = table.get(name)
+    found = getattr(fn, _OPTIONS_ATTR, None)
+    return found if isinstance(found, HandlerOptions) else HandlerOptions()
+
+
+def check_max_running(value: Any, what: str = "max_running") -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1_000_000:
+        raise ValueError(f"{what} must be a whole number >= 1 (or None for no limit), "
+                         f"got {value!r}")
+    return value
+
+
 def register_handler(name: str, fn: Handler, *, replace: bool = False,
-                     table: dict[str, Handler] | None = None) -> Handler:
+                     table: dict[str, Handler] | None = None, queue: str | None = None,
+                     max_running: int | None = None) -> Handler:
     """Register ``fn`` as the handler of jobs of type ``name``.
+
+    Args:
+        queue: the queue its jobs go to when enqueued without one.
+        max_running: at most this many of its jobs run at once across every worker
+            (stored in the database when a worker starts).
 
     Raises:
         HandlerExistsError: ``name`` is taken and ``replace`` is false.
@@ -40,9 +74,27 @@ def register_handler(name: str, fn: Handler, *, replace: bool = False,
             f"handler {name!r} must be an `async def` function taking (job, db), not a plain "
             f"`def`; "
             "run blocking code inside it with `await jobkit.run_blocking(fn, *args)`")
-    if name in table and table[name] is not fn and not replace:
+    if queue is not None:
+        from .queue import check_queue
+
+        check_queue(queue)
+    check_max_running(max_running)
+    entry = fn
+    if queue is not None or max_running is not None:
+        options = HandlerOptions(queue=queue, max_running=max_running)
+        try:
+            setattr(fn, _OPTIONS_ATTR, options)
+        except AttributeError:  # a bound method: carry the options on a thin wrapper
+            bound = fn
+
+            @functools.wraps(bound)
+            async def entry(job: Job, db: AsyncSession) -> Any:
+                return await bound(job, db)
+
+            setattr(entry, _OPTIONS_ATTR, options)
+    if name in table and table[name] is not fn and table[name] is not entry and not replace:
         raise HandlerExistsError(name)
-    table[name] = fn
+    table[name] = entry
     return fn
 
 
@@ -67,11 +119,17 @@ def check_job(job_type: Any, params: Any = None, *, table: dict[str, Handler] | 
         check(check_params(params))
 
 
-def handler(name: str | None = None, *, replace: bool = False) -> Callable[[H], H]:
-    """Decorator: ``@jobkit.handler("resize")`` registers the function under that name."""
+def handler(name: str | None = None, *, replace: bool = False, queue: str | None = None,
+            max_running: int | None = None) -> Callable[[H], H]:
+    """Decorator: ``@jobkit.handler("resize")`` registers the function under that name.
+
+    ``queue="video"`` makes it the default queue of its jobs; ``max_running=2`` lets at
+    most two of them run at once across every worker and process.
+    """
 
     def decorate(fn: H) -> H:
-        register_handler(name or fn.__name__, fn, replace=replace)
+        register_handler(name or fn.__name__, fn, replace=replace, queue=queue,
+                         max_running=max_running)
         return fn
 
     return decorate

@@ -285,19 +285,21 @@ async def process_single_job(db: AsyncSession, *, settings: Settings | None = No
                              handlers: dict[str, Handler] | None = None,
                              worker_id: str | None = None,
                              events: EventBus | None = None,
-                             job_types: list[str] | None = None) -> dict[str, Any]:
+                             job_types: list[str] | None = None,
+                             queues: list[str] | None = None) -> dict[str, Any]:
     """Process ONE job with ``db`` and return its summary dict.
 
     Returns ``{"processed": False, "message": "No pending jobs in queue"}`` when
     nothing is eligible. Any job type is claimed and an unknown one
-    fails at once; pass ``job_types`` to claim only those. If the caller is cancelled
+    fails at once; pass ``job_types`` to claim only those (``queues``: only from those
+    queues). If the caller is cancelled
     (Ctrl-C) while the job runs, the job is released without burning an attempt.
     """
     found = db.info.get("jobkit.settings")
     settings = settings or (found if isinstance(found, Settings) else Settings.from_env())
     wid = worker_id or default_worker_id()
     jobs = await queue.claim_jobs(db, 1, worker_id=wid, lease_seconds=settings.lease_seconds,
-                                  job_types=job_types)
+                                  job_types=job_types, queues=queues)
     if not jobs:
         return dict(NO_JOBS)
     ctx = _Run(wid, settings, DISPATCH_TABLE if handlers is None else handlers, events)

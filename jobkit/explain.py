@@ -14,7 +14,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from .config import Settings
 from .errors import JobNotFound
-from .models import ELIGIBLE, JobStatus, jobs_table, utcnow, workers_table
+from .models import (
+    DEFAULT_QUEUE,
+    ELIGIBLE,
+    JobStatus,
+    dependencies_table,
+    jobs_table,
+    limits_table,
+    utcnow,
+    workers_table,
+)
 
 __all__ = ["CASES", "Explanation", "explain_job"]
 
@@ -23,6 +32,9 @@ CASES = (
     "scheduled",        # pending, not eligible before run_at
     "retry_backoff",    # a failed attempt; the next one waits out its backoff
     "waiting",          # eligible now, behind `ahead` other eligible jobs
+    "dependency",       # waits for jobs it depends on (after=) to complete
+    "limited",          # its type is at its max_running limit
+    "dependency_failed",  # failed because a job it depended on failed
     "running",          # processing, leased by a live worker (or a one-off step)
     "worker_dead",      # processing, but its worker stopped heart-beating or its lease ran out
     "cancelled",        # failed because it was cancelled
@@ -48,6 +60,8 @@ class Explanation:
     details: tuple[str, ...] = ()
     attempts: int = 0
     max_attempts: int = 0
+    queue: str | None = None
+    waiting_for: tuple[str, ...] = ()
     run_at: datetime | None = None
     eligible_in_s: float | None = None
     ahead: int | None = None
@@ -160,15 +174,6 @@ def _claim_clock(db: AsyncSession) -> Any:
     return func.now() if db.get_bind().dialect.name == "postgresql" else utcnow()
 
 
-async def _live_workers(db: AsyncSession, now: datetime, dead_after: float) -> int:
-    from datetime import timedelta
-
-    n = (await db.execute(select(func.count()).select_from(workers_table).where(
-        workers_table.c.state == "running",
-        workers_table.c.last_heartbeat_at > now - timedelta(seconds=dead_after)))).scalar()
-    return int(n or 0)
-
-
 async def explain_job(db: AsyncSession, job_id: uuid.UUID | str, *,
                       settings: Settings | None = None,
                       handlers: Mapping[str, Any] | None = None,
@@ -197,6 +202,7 @@ async def explain_job(db: AsyncSession, job_id: uuid.UUID | str, *,
     status = JobStatus(row["status"])
     base: dict[str, Any] = {
         "job_id": str(jid), "job_type": row["job_type"], "status": status.value,
+        "queue": row["queue"],
         "attempts": int(row["attempts"]), "max_attempts": int(row["max_attempts"]),
         "run_at": row["run_at"], "last_error": _last_line(row["error"]),
         "facts": {"now": now, "created_at": row["created_at"], "started_at": row["started_at"],
@@ -233,6 +239,14 @@ async def explain_job(db: AsyncSession, job_id: uuid.UUID | str, *,
         details.append(f"It had used {attempts} of {max_attempts} attempts. Run it again with "
                        f"{hint['retry'].format(id=jid)}.")
         return Explanation(case="cancelled", summary=summary, details=tuple(details), **base)
+    if (row["error"] or "").startswith("dependency ") and (row["error"] or "").endswith(" failed"):
+        dep = row["error"].split()[1]
+        summary = (f"{name} did not run: job {dep}, which it waited for, failed "
+                   f"(and so fails every job waiting for it).")
+        details.append(f"Retrying that job ({hint['retry'].format(id=dep)}) sends this one "
+                       "back to pending, to run once it completes.")
+        return Explanation(case="dependency_failed", summary=summary, details=tuple(details),
+                           waiting_for=(dep,), **base)
     if attempts >= max_attempts:
         spent = "its only attempt is spent" if max_attempts == 1 else \
             f"all {max_attempts} attempts are spent"
@@ -268,9 +282,37 @@ async def _explain_waiting(db: AsyncSession, row: Mapping[Any, Any], base: dict[
             case = "scheduled"
         return Explanation(case=case, summary=summary, details=tuple(details),
                            eligible_in_s=wait, **base)
+    queue_note = await _queue_note(db, row["queue"], now, settings, face)
+    deps = await _unfinished_dependencies(db, row["id"])
+    if deps:
+        parts = [_dependency_phrase(d) for d in deps]
+        summary = f"{name} is waiting for {_join(parts)}: it runs once every job it depends on " \
+                  "has completed."
+        if status == JobStatus.RETRY.value:
+            details.insert(0, failed_line + ".")
+        details.append(queue_note)
+        return Explanation(case="dependency", summary=summary, details=tuple(details),
+                           waiting_for=tuple(str(d["id"]) for d in deps), eligible_in_s=0.0,
+                           **base)
+    limit = (await db.execute(select(limits_table.c.max_running).where(
+        limits_table.c.job_type == row["job_type"]))).scalar()
+    if limit is not None:
+        running = int((await db.execute(select(func.count()).select_from(jobs_table).where(
+            jobs_table.c.status == JobStatus.PROCESSING.value,
+            jobs_table.c.job_type == row["job_type"]))).scalar() or 0)
+        if running >= limit:
+            summary = (f"{name} is waiting for room under its type's limit: {running} "
+                       f"{row['job_type']} job{'s are' if running != 1 else ' is'} running and "
+                       f"at most {limit} may run at once (max_running={limit}).")
+            if status == JobStatus.RETRY.value:
+                details.insert(0, failed_line + ".")
+            details.append(queue_note)
+            return Explanation(case="limited", summary=summary, details=tuple(details),
+                               eligible_in_s=0.0, **base)
     c = jobs_table.c
     ahead_q = select(func.count()).select_from(jobs_table).where(
         c.status.in_(_ELIGIBLE_VALUES), c.run_at <= _claim_clock(db), c.id != row["id"],
+        c.queue == row["queue"],
         or_(c.priority > row["priority"],
             and_(c.priority == row["priority"],
                  or_(c.created_at < row["created_at"],
@@ -283,14 +325,57 @@ async def _explain_waiting(db: AsyncSession, row: Mapping[Any, Any], base: dict[
                    f"(claims go by priority, then age; its priority is {row['priority']}).")
     if status == JobStatus.RETRY.value:
         details.insert(0, failed_line + f"; attempt {attempts + 1} of {max_attempts} is due.")
-    live = await _live_workers(db, now, settings.dead_after)
-    if live == 0:
-        details.append(f"No live worker is registered: {HINTS[face]['run']}.")
-    else:
-        details.append(f"{live} live worker{'s' if live != 1 else ''} "
-                       f"{'are' if live != 1 else 'is'} polling the queue.")
+    details.append(queue_note)
     return Explanation(case="waiting", summary=summary, details=tuple(details), ahead=ahead,
                        eligible_in_s=0.0, **base)
+
+
+async def _queue_note(db: AsyncSession, queue_name: str, now: datetime,
+                      settings: Settings, face: str = "python") -> str:
+    """Which live workers serve the job's queue, in words."""
+    from datetime import timedelta
+
+    rows = (await db.execute(select(workers_table.c.queues).where(
+        workers_table.c.state == "running",
+        workers_table.c.last_heartbeat_at > now - timedelta(seconds=settings.dead_after)))).all()
+    live = len(rows)
+    serving = sum(1 for (qs,) in rows if qs is None or queue_name in qs)
+    where = "" if queue_name == DEFAULT_QUEUE else f" of queue {queue_name!r}"
+    if live == 0:
+        return f"No live worker is registered: {HINTS[face]['run']}."
+    if serving == 0:
+        return (f"None of the {live} live worker{'s' if live != 1 else ''} serves queue "
+                f"{queue_name!r}: start one with `jobkit work --queue {queue_name}` (or "
+                "without --queue, to serve every queue).")
+    return (f"{serving} live worker{'s' if serving != 1 else ''} "
+            f"{'are' if serving != 1 else 'is'} polling the queue{where}.")
+
+
+async def _unfinished_dependencies(db: AsyncSession, job_id: uuid.UUID) -> list[dict[str, Any]]:
+    d = dependencies_table.c
+    cols = [jobs_table.c.id, jobs_table.c.job_type, jobs_table.c.status]
+    if "progress" in jobs_table.c:  # job progress, where this jobkit records it
+        cols.append(jobs_table.c.progress)
+    rows = (await db.execute(select(*cols).join(dependencies_table, d.depends_on == jobs_table.c.id)
+                             .where(d.job_id == job_id,
+                                    jobs_table.c.status != JobStatus.COMPLETED.value)
+                             .order_by(jobs_table.c.created_at, jobs_table.c.id))).mappings()
+    return [dict(r) for r in rows]
+
+
+def _dependency_phrase(dep: Mapping[str, Any]) -> str:
+    state = str(dep["status"])
+    progress = dep.get("progress")
+    if isinstance(progress, Mapping):  # {"fraction": 0.4, ...} or {"percent": 40, ...}
+        progress = progress.get("fraction", progress.get("percent"))
+    if isinstance(progress, int | float) and not isinstance(progress, bool):
+        pct = progress * 100 if progress <= 1 else progress
+        state += f", {pct:.0f}%"
+    return f"job {dep['id']} ({state})"
+
+
+def _join(parts: list[str]) -> str:
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
 async def _explain_processing(db: AsyncSession, row: Mapping[Any, Any], base: dict[str, Any],

@@ -1,4 +1,5 @@
-"""Tables: jobs, video_assets, clips, workers, and the schema version.
+"""Tables: jobs (with their queues and dependencies), video_assets, clips, workers,
+schedules, per-type limits, and the schema version.
 
 Changing a table here needs a migration too: see jobkit/migrations/README.md.
 """
@@ -32,6 +33,9 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
+
+#: The queue of a job enqueued without one.
+DEFAULT_QUEUE = "default"
 
 
 class JobStatus(str, Enum):
@@ -145,6 +149,8 @@ class Job(Base):
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
     job_type: Mapped[str] = mapped_column(String(200))
+    queue: Mapped[str] = mapped_column(String(100), default=DEFAULT_QUEUE,
+                                       server_default=DEFAULT_QUEUE)
     status: Mapped[JobStatus] = mapped_column(StatusType, default=JobStatus.PENDING)
     params: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     result: Mapped[Any | None] = mapped_column(JSONType, nullable=True)
@@ -167,6 +173,13 @@ class Job(Base):
         # The claim's index: only waiting jobs, in claim order.
         Index("ix_jobs_eligible", priority.desc(), "created_at", "id",
               sqlite_where=text(_ELIGIBLE_SQL), postgresql_where=text(_ELIGIBLE_SQL)),
+        # The claim of a worker serving one queue: that queue's waiting jobs, in claim order.
+        Index("ix_jobs_eligible_queue", "queue", priority.desc(), "created_at", "id",
+              sqlite_where=text(_ELIGIBLE_SQL), postgresql_where=text(_ELIGIBLE_SQL)),
+        # Running jobs of a type (the max_running limit counts them).
+        Index("ix_jobs_processing_type", "job_type",
+              sqlite_where=text("status = 'processing'"),
+              postgresql_where=text("status = 'processing'")),
         # The reaper's index: running jobs by lease end.
         Index("ix_jobs_processing_lease", "locked_until",
               sqlite_where=text("status = 'processing'"),
@@ -245,6 +258,7 @@ class WorkerRow(Base):
     hostname: Mapped[str] = mapped_column(String(255))
     pid: Mapped[int] = mapped_column(Integer)
     concurrency: Mapped[int] = mapped_column(Integer, default=1)
+    queues: Mapped[list[str] | None] = mapped_column(JSONType, nullable=True)  # None: all
     state: Mapped[str] = mapped_column(String(16), default="running")
     jobs_done: Mapped[int] = mapped_column(Integer, default=0)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -252,6 +266,53 @@ class WorkerRow(Base):
 
     def __repr__(self) -> str:
         return f"<Worker {self.id} {self.state} done={self.jobs_done}>"
+
+
+class JobDependency(Base):
+    """``job_id`` may run only once ``depends_on`` has completed."""
+
+    __tablename__ = "job_dependencies"
+
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    depends_on: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True, index=True)
+
+
+class JobTypeLimit(Base):
+    """At most ``max_running`` jobs of ``job_type`` run at once, across every worker."""
+
+    __tablename__ = "job_type_limits"
+
+    job_type: Mapped[str] = mapped_column(String(200), primary_key=True)
+    max_running: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Schedule(Base):
+    """A periodic job: every due tick of ``cron`` (or of ``every_seconds``) enqueues one job."""
+
+    __tablename__ = "schedules"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    job_type: Mapped[str] = mapped_column(String(200))
+    params: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    queue: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    cron: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    every_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: The latest tick already enqueued (or skipped); ticks after it are due when passed.
+    last_tick_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    next_tick_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    last_job_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    def __repr__(self) -> str:
+        when = f"cron {self.cron!r}" if self.cron else f"every {self.every_seconds:g} s"
+        state = " paused" if self.paused else ""
+        return f"<Schedule {self.name!r} {self.job_type} {when}{state}>"
 
 
 class Meta(Base):
@@ -270,3 +331,6 @@ class Meta(Base):
 jobs_table: Table = cast(Table, Job.__table__)
 workers_table: Table = cast(Table, WorkerRow.__table__)
 meta_table: Table = cast(Table, Meta.__table__)
+dependencies_table: Table = cast(Table, JobDependency.__table__)
+limits_table: Table = cast(Table, JobTypeLimit.__table__)
+schedules_table: Table = cast(Table, Schedule.__table__)

@@ -137,14 +137,15 @@ JOBS_SCHEMA = {
     "id": "str", "job_type": "str", "status": "status", "priority": "int", "attempts": "int",
     "max_attempts": "int", "created_at": "datetime", "run_at": "datetime",
     "started_at": "datetime", "finished_at": "datetime", "locked_by": "str", "error": "str",
-    "params": "object",
+    "params": "object", "queue": "str",
 }
 
 
 async def jobs_frame(db: AsyncSession, status: str | JobStatus | Iterable[str | JobStatus] | None = None,
                      job_type: str | Iterable[str] | None = None,
                      since: datetime | timedelta | None = None,
-                     limit: int | None = None) -> pd.DataFrame:
+                     limit: int | None = None,
+                     queue: str | Iterable[str] | None = None) -> pd.DataFrame:
     """One row per job, oldest first, with its wait and run times.
 
     Args:
@@ -152,10 +153,11 @@ async def jobs_frame(db: AsyncSession, status: str | JobStatus | Iterable[str | 
         job_type: keep only jobs of this type (or these types).
         since: keep jobs created at or after this (aware) datetime, or within this timedelta.
         limit: keep only the ``limit`` most recent jobs (still shown oldest first).
+        queue: keep only jobs of this queue (or these queues).
 
     Returns:
         Columns ``id, job_type, status, priority, attempts, max_attempts, created_at,
-        run_at, started_at, finished_at, wait_ms, run_ms, locked_by, error, params``.
+        run_at, started_at, finished_at, wait_ms, run_ms, locked_by, error, params, queue``.
         ``wait_ms`` is created → started and ``run_ms`` is started → finished, both of the
         latest attempt (``started_at`` is stamped at every claim); ``error`` is the last
         line of the stored error.
@@ -167,6 +169,9 @@ async def jobs_frame(db: AsyncSession, status: str | JobStatus | Iterable[str | 
     if job_type is not None:
         types = [job_type] if isinstance(job_type, str) else list(job_type)
         stmt = stmt.where(jobs_table.c.job_type.in_(types))
+    if queue is not None:
+        queues = [queue] if isinstance(queue, str) else list(queue)
+        stmt = stmt.where(jobs_table.c.queue.in_(queues))
     if since is not None:
         stmt = stmt.where(jobs_table.c.created_at >= _since(since))
     stmt = stmt.order_by(jobs_table.c.created_at.desc(), jobs_table.c.id.desc())
@@ -189,6 +194,52 @@ async def status_counts(db: AsyncSession) -> pd.Series:
     found = {str(s): int(n) for s, n in rows}
     index = pd.CategoricalIndex(STATUS_DTYPE.categories, dtype=STATUS_DTYPE, name="status")
     return pd.Series([found.get(s, 0) for s in index], index=index, dtype="int64", name="jobs")
+
+
+async def queue_counts(db: AsyncSession) -> pd.DataFrame:
+    """Jobs per queue (index, sorted) and status (columns, all five), zeros included."""
+    rows = (await db.execute(select(jobs_table.c.queue, jobs_table.c.status, func.count())
+                             .group_by(jobs_table.c.queue, jobs_table.c.status))).all()
+    columns = [s.value for s in JobStatus]
+    queues = sorted({str(q) for q, _, _ in rows})
+    df = pd.DataFrame(0, index=pd.Index(queues, name="queue"), columns=columns, dtype="int64")
+    for q, status, n in rows:
+        df.loc[str(q), str(status)] = int(n)
+    return df
+
+
+async def dependencies_frame(db: AsyncSession,
+                             job_ids: Iterable[Any] | None = None) -> pd.DataFrame:
+    """Dependency edges: ``job_id`` waits for ``depends_on`` (ids as text); only those of
+    ``job_ids`` (on either end) when given."""
+    from .models import dependencies_table
+
+    d = dependencies_table.c
+    stmt = select(d.job_id, d.depends_on).order_by(d.job_id, d.depends_on)
+    if job_ids is not None:
+        wanted = [uuid.UUID(str(getattr(j, "id", j))) for j in job_ids]
+        stmt = stmt.where(d.job_id.in_(wanted) | d.depends_on.in_(wanted))
+    rows = [dict(r) for r in (await db.execute(stmt)).mappings()]
+    return _frame(rows, {"job_id": "str", "depends_on": "str"})
+
+
+async def schedules_frame(db: AsyncSession) -> pd.DataFrame:
+    """One row per schedule: name, job_type, queue, timing (cron or every), paused, the
+    last tick enqueued, the next tick, and the last job's id."""
+    from .schedules import list_schedules
+
+    rows = []
+    for r in await list_schedules(db):
+        rows.append({
+            "name": r["name"], "job_type": r["job_type"], "queue": r["queue"] or "",
+            "timing": (f"cron {r['cron']}" if r["cron"] else f"every {r['every_seconds']:g} s"),
+            "paused": bool(r["paused"]), "last_tick_at": r["last_tick_at"],
+            "next_tick_at": r["next_tick_at"],
+            "last_job_id": None if r["last_job_id"] is None else str(r["last_job_id"]),
+            "params": r["params"]})
+    return _frame(rows, {"name": "str", "job_type": "str", "queue": "str", "timing": "str",
+                         "paused": "bool", "last_tick_at": "datetime",
+                         "next_tick_at": "datetime", "last_job_id": "str", "params": "object"})
 
 
 async def queue_depth(db: AsyncSession) -> pd.Series:

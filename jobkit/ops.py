@@ -109,7 +109,8 @@ def processing_ms(job: Job) -> int | None:
 def job_dict(job: Job) -> dict[str, Any]:
     """A job as JSON data (ids and times as strings)."""
     return {
-        "id": str(job.id), "job_type": job.job_type, "status": str(job.status),
+        "id": str(job.id), "job_type": job.job_type, "queue": job.queue,
+        "status": str(job.status),
         "params": job.params, "result": job.result, "error": job.error,
         "attempts": job.attempts, "max_attempts": job.max_attempts, "priority": job.priority,
         "timeout": job.timeout, "dedupe_key": job.dedupe_key,
@@ -130,23 +131,39 @@ def asset_dict(asset: VideoAsset) -> dict[str, Any]:
 # ---------------------------------------------------------------------------
 # Views
 # ---------------------------------------------------------------------------
-async def status_counts(db: AsyncSession) -> dict[str, int]:
-    """Jobs per status, every status present (0 when none), in lifecycle order."""
-    rows = (await db.execute(select(jobs_table.c.status, func.count())
-                             .group_by(jobs_table.c.status))).all()
+async def status_counts(db: AsyncSession, *, queue_name: str | None = None) -> dict[str, int]:
+    """Jobs per status, every status present (0 when none), in lifecycle order
+    (of one queue when ``queue_name`` is given)."""
+    stmt = select(jobs_table.c.status, func.count()).group_by(jobs_table.c.status)
+    if queue_name is not None:
+        stmt = stmt.where(jobs_table.c.queue == queue_name)
+    rows = (await db.execute(stmt)).all()
     found = {str(s): int(n) for s, n in rows}
     return {s.value: found.get(s.value, 0) for s in ALL_STATUSES}
 
 
-async def queue_depth(db: AsyncSession) -> dict[str, int]:
+async def queue_status_counts(db: AsyncSession) -> dict[str, dict[str, int]]:
+    """Jobs per status (all five, in lifecycle order) of each queue, queues by name."""
+    rows = (await db.execute(select(jobs_table.c.queue, jobs_table.c.status, func.count())
+                             .group_by(jobs_table.c.queue, jobs_table.c.status))).all()
+    out: dict[str, dict[str, int]] = {}
+    for q, status, n in sorted(rows, key=lambda r: str(r[0])):
+        out.setdefault(str(q), {s.value: 0 for s in ALL_STATUSES})[str(status)] = int(n)
+    return out
+
+
+async def queue_depth(db: AsyncSession, *, queues: Sequence[str] | None = None) -> dict[str, int]:
     """``eligible``: waiting jobs whose ``run_at`` has passed (the queue depth);
     ``scheduled``: waiting jobs due later (delayed, or retries in their backoff)."""
     now = queue._now(db)
     waiting = jobs_table.c.status.in_(queue.ELIGIBLE_VALUES)
-    row = (await db.execute(select(
+    stmt = select(
         func.count().filter(jobs_table.c.run_at <= now),
         func.count().filter(jobs_table.c.run_at > now),
-    ).where(waiting))).one()
+    ).where(waiting)
+    if queues is not None:
+        stmt = stmt.where(jobs_table.c.queue.in_(list(queues)))
+    row = (await db.execute(stmt)).one()
     return {"eligible": int(row[0] or 0), "scheduled": int(row[1] or 0)}
 
 
@@ -204,13 +221,15 @@ async def worker_states(db: AsyncSession) -> dict[str, int]:
 
 
 async def list_jobs(db: AsyncSession, *, status: str | None = None, job_type: str | None = None,
-                    limit: int = 20) -> list[Job]:
-    """The newest jobs first, optionally of one status and/or type.
+                    limit: int = 20, queue_name: str | None = None) -> list[Job]:
+    """The newest jobs first, optionally of one status, type and/or queue.
 
     ``status`` is a job status or ``"cancelled"`` (the ``failed`` jobs that were cancelled).
     """
     stmt = select(*jobs_table.c).order_by(jobs_table.c.created_at.desc(),
                                           jobs_table.c.id.desc()).limit(limit)
+    if queue_name is not None:
+        stmt = stmt.where(jobs_table.c.queue == queue_name)
     if status == CANCELLED:
         stmt = stmt.where(jobs_table.c.status == JobStatus.FAILED.value,
                           jobs_table.c.error == CANCELLED)

@@ -34,8 +34,8 @@ from matplotlib.ticker import LogFormatter, MaxNLocator
 from .display import STATUS_COLOURS
 from .models import ALL_STATUSES
 
-__all__ = ["JobkitFigure", "plot_latency", "plot_status_counts", "plot_throughput",
-           "plot_visual_scores"]
+__all__ = ["JobkitFigure", "plot_dependencies", "plot_latency", "plot_status_counts",
+           "plot_throughput", "plot_visual_scores"]
 
 
 class JobkitFigure(Figure):
@@ -308,3 +308,63 @@ def plot_latency(jobs: pd.DataFrame, ax: Axes | None = None, *, bins: int = 30) 
     ax.set_title("Wait and run times")
     ax.grid(alpha=0.3)
     return fig
+
+
+def plot_dependencies(jobs: pd.DataFrame, edges: pd.DataFrame, ax: Axes | None = None) -> Figure:
+    """A pipeline's dependency graph: one box per job (its ``job_type``, coloured by
+    status), an arrow from each job to the jobs waiting for it, left to right by depth.
+
+    Args:
+        jobs: ``runner.jobs()`` (columns ``id``, ``job_type``, ``status``).
+        edges: ``runner.dependencies()`` (columns ``job_id``, ``depends_on``).
+    """
+    hint = "use runner.jobs() and runner.dependencies()"
+    jobs = _require(jobs, ["id", "job_type", "status"], "plot_dependencies", hint)
+    edges = _require(edges, ["job_id", "depends_on"], "plot_dependencies", hint)
+    ax = _axes(ax, (7.0, 3.6))
+    ids = [str(i) for i in jobs["id"]]
+    known = set(ids)
+    pairs = [(str(a), str(b)) for a, b in zip(edges["depends_on"], edges["job_id"], strict=True)
+             if str(a) in known and str(b) in known]
+    if not ids:
+        _empty_note(ax, "no jobs")
+        ax.set_axis_off()
+        return _figure(ax)
+    parents: dict[str, list[str]] = {i: [] for i in ids}
+    for before, after in pairs:
+        parents[after].append(before)
+    depth: dict[str, int] = {}
+
+    def level(node: str, seen: frozenset[str] = frozenset()) -> int:
+        if node not in depth:
+            ups = [p for p in parents[node] if p not in seen]
+            depth[node] = 1 + max((level(p, seen | {node}) for p in ups), default=-1)
+        return depth[node]
+
+    for i in ids:
+        level(i)
+    columns: dict[int, list[str]] = {}
+    for i in ids:
+        columns.setdefault(depth[i], []).append(i)
+    pos: dict[str, tuple[float, float]] = {}
+    for d, members in columns.items():
+        for k, node in enumerate(members):
+            pos[node] = (float(d), (len(members) - 1) / 2 - k)
+    for before, after in pairs:
+        ax.annotate("", xy=pos[after], xytext=pos[before],
+                    arrowprops={"arrowstyle": "-|>", "color": "#495057", "lw": 1.2,
+                                "shrinkA": 30, "shrinkB": 34})
+    info = jobs.assign(id=ids).set_index("id")
+    for node, (x, y) in pos.items():
+        status = str(info.at[node, "status"])
+        ax.text(x, y, f"{str(info.at[node, 'job_type'])}\n{status}", ha="center", va="center",
+                fontsize=9, color="white",
+                bbox={"boxstyle": "round,pad=0.5", "fc": STATUS_COLOURS.get(status, "#6c757d"),
+                      "ec": "none"})
+    xs = [p[0] for p in pos.values()]
+    ys = [p[1] for p in pos.values()]
+    ax.set_xlim(min(xs) - 0.6, max(xs) + 0.6)
+    ax.set_ylim(min(ys) - 0.8, max(ys) + 0.8)
+    ax.set_axis_off()
+    ax.set_title("dependencies (arrows: runs before)")
+    return _figure(ax)

@@ -40,12 +40,15 @@ from sqlalchemy.sql import ColumnElement
 from .errors import InvalidParams, InvalidResult, InvalidTransition, JobNotFound
 from .jsonutil import check_json, check_params, dumps, short_repr, text_problem
 from .models import (
+    DEFAULT_QUEUE,
     ELIGIBLE,
     Job,
     JobStatus,
     JSONType,
     UTCDateTime,
+    dependencies_table,
     jobs_table,
+    limits_table,
     new_id,
     utcnow,
 )
@@ -230,13 +233,38 @@ def check_seconds(what: str, value: Any, *, positive: bool) -> float:
     return number
 
 
+def check_queue(queue: Any) -> str:
+    """A queue name as given, or :class:`InvalidTransition` saying what a name must be."""
+    if not isinstance(queue, str) or not queue.strip() or len(queue) > 100 or queue != queue.strip():
+        raise InvalidTransition(
+            f"queue must be a non-empty name of at most 100 characters without surrounding "
+            f"spaces, got {short_repr(queue)}")
+    problem = text_problem(queue)
+    if problem is not None:
+        raise InvalidTransition(f"queue {problem}")
+    return queue
+
+
+def check_queues(queues: Iterable[str] | str | None) -> list[str] | None:
+    """The queues a worker serves (None: every queue), each checked."""
+    if queues is None:
+        return None
+    if isinstance(queues, str):
+        queues = [queues]
+    names = list(dict.fromkeys(check_queue(q) for q in queues))
+    if not names:
+        raise InvalidTransition("queues must name at least one queue (or be None for all)")
+    return names
+
+
 def build_job_row(job_type: str, params: Any = None, *, priority: int = 0,
                   run_at: datetime | None = None, delay: float | None = None,
                   max_retries: int | None = None, timeout: float | None = None,
                   dedupe_key: str | None = None, default_max_retries: int = 3,
-                  now: datetime | None = None) -> dict[str, Any]:
+                  now: datetime | None = None, queue: str | None = None) -> dict[str, Any]:
     """Validate one job's fields and return the row to insert (nothing is written)."""
     check_name("job_type", job_type)
+    queue = check_queue(DEFAULT_QUEUE if queue is None else queue)
     checked = check_params(params)
     if not isinstance(priority, int) or isinstance(priority, bool):
         raise InvalidTransition(f"priority must be an int, got {short_repr(priority)}")
@@ -267,7 +295,8 @@ def build_job_row(job_type: str, params: Any = None, *, priority: int = 0,
     if dedupe_key is not None:
         check_name("dedupe_key", dedupe_key)
     return {
-        "id": new_id(), "job_type": job_type, "status": JobStatus.PENDING, "params": checked,
+        "id": new_id(), "job_type": job_type, "queue": queue, "status": JobStatus.PENDING,
+        "params": checked,
         "result": None, "error": None, "attempts": 0, "max_attempts": retries + 1,
         "priority": priority, "timeout": timeout, "dedupe_key": dedupe_key,
         "cancel_requested": False, "run_at": eligible, "created_at": now, "updated_at": now,
@@ -279,7 +308,8 @@ async def enqueue(db: AsyncSession, job_type: str, params: Any = None, *, priori
                   run_at: datetime | None = None, delay: float | None = None,
                   max_retries: int | None = None, timeout: float | None = None,
                   dedupe_key: str | None = None, commit: bool = True,
-                  default_max_retries: int = 3) -> Job:
+                  default_max_retries: int = 3, queue: str | None = None,
+                  after: Iterable[Any] | None = None) -> Job:
     """Add one pending job and return it.
 
     Args:
@@ -291,15 +321,29 @@ async def enqueue(db: AsyncSession, job_type: str, params: Any = None, *, priori
         dedupe_key: at most one unfinished job per key; the existing one is returned.
         commit: commit now (default). Pass False to enqueue inside your own transaction,
             e.g. from a handler, so the job exists only if that transaction commits.
+        queue: the queue it waits in (default ``"default"``); workers serve some queues or all.
+        after: jobs (or ids) that must all complete first; if one fails, this job fails
+            with "dependency <id> failed" (and is revived when that one is retried).
     """
     row = build_job_row(job_type, params, priority=priority, run_at=run_at, delay=delay,
                         max_retries=max_retries, timeout=timeout, dedupe_key=dedupe_key,
-                        default_max_retries=default_max_retries)
+                        default_max_retries=default_max_retries, queue=queue)
+    from .dependencies import check_dependencies, dependency_ids, fail_dependants
+
+    deps = dependency_ids(after)
+    if deps and dedupe_key is not None:
+        raise InvalidTransition("give after or dedupe_key, not both")
     if dedupe_key is None:
-        if commit:
+        if commit and not deps:
             await one_statement_transaction(db)
+        failed = await check_dependencies(db, deps)
         await db.execute(_INSERT, row)
         job = job_from_row(row)
+        if deps:
+            await db.execute(dependencies_table.insert(),
+                             [{"job_id": job.id, "depends_on": d} for d in deps])
+            if failed:
+                await fail_dependants(db, failed)
     else:
         job = await _enqueue_deduped(db, row)
     _mark_enqueued(db)
@@ -330,22 +374,23 @@ async def _enqueue_deduped(db: AsyncSession, row: dict[str, Any]) -> Job:
 
 
 _INSERT_MANY_PG = text("""
-    INSERT INTO jobs (id, job_type, status, params, result, attempts, max_attempts, priority,
-                      timeout, cancel_requested, run_at, created_at, updated_at)
-    SELECT id, job_type, 'pending', params, 'null'::jsonb, 0, max_attempts, priority, timeout,
-           false, run_at, :now, :now
-    FROM unnest(CAST(:ids AS uuid[]), CAST(:types AS text[]), CAST(:params AS jsonb[]),
-                CAST(:max_attempts AS integer[]), CAST(:priorities AS integer[]),
-                CAST(:timeouts AS float8[]), CAST(:run_ats AS timestamptz[]))
-         AS v(id, job_type, params, max_attempts, priority, timeout, run_at)
+    INSERT INTO jobs (id, job_type, queue, status, params, result, attempts, max_attempts,
+                      priority, timeout, cancel_requested, run_at, created_at, updated_at)
+    SELECT id, job_type, queue, 'pending', params, 'null'::jsonb, 0, max_attempts, priority,
+           timeout, false, run_at, :now, :now
+    FROM unnest(CAST(:ids AS uuid[]), CAST(:types AS text[]), CAST(:queues AS text[]),
+                CAST(:params AS jsonb[]), CAST(:max_attempts AS integer[]),
+                CAST(:priorities AS integer[]), CAST(:timeouts AS float8[]),
+                CAST(:run_ats AS timestamptz[]))
+         AS v(id, job_type, queue, params, max_attempts, priority, timeout, run_at)
     """).bindparams(bindparam("now", type_=UTCDateTime))
 
 
 _INSERT_MANY_SQLITE = text("""
-    INSERT INTO jobs (id, job_type, status, params, result, attempts, max_attempts, priority,
-                      timeout, cancel_requested, run_at, created_at, updated_at)
-    SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), 'pending',
-           json_extract(value, '$[2]'), 'null', 0, json_extract(value, '$[3]'),
+    INSERT INTO jobs (id, job_type, queue, status, params, result, attempts, max_attempts,
+                      priority, timeout, cancel_requested, run_at, created_at, updated_at)
+    SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[7]'),
+           'pending', json_extract(value, '$[2]'), 'null', 0, json_extract(value, '$[3]'),
            json_extract(value, '$[4]'), json_extract(value, '$[5]'), 0,
            json_extract(value, '$[6]'), :now, :now
     FROM json_each(:batch)
@@ -362,22 +407,46 @@ async def enqueue_many(db: AsyncSession, jobs: Iterable[Mapping[str, Any] | tupl
     """Add many jobs in one multi-row INSERT; all or nothing.
 
     Each item is a dict of :func:`enqueue`'s arguments (``job_type``, ``params``,
-    ``priority``, …) or a ``(job_type, params)`` tuple. Every item is validated
+    ``priority``, ``queue``, …) or a ``(job_type, params)`` tuple. Every item is validated
     before anything is written. ``dedupe_key`` is not supported here.
+
+    A pipeline in one call: an item's ``after`` may name earlier items of the same call by
+    their index (``{"job_type": "merge", "after": [1, 2]}``), as well as existing jobs.
     """
+    from .dependencies import check_dependencies, dependency_ids, fail_dependants
+
     now = utcnow()
     rows = []
+    edges: list[dict[str, uuid.UUID]] = []
+    outside: list[uuid.UUID] = []
     for i, item in enumerate(jobs):
         spec = dict(item) if isinstance(item, Mapping) else dict(zip(("job_type", "params"), item, strict=False))
         if spec.get("dedupe_key") is not None:
             raise InvalidTransition(f"jobs[{i}]: dedupe_key is not supported by enqueue_many; "
                                     "use enqueue() for deduplicated jobs")
+        after = spec.pop("after", None)
         try:
             rows.append(build_job_row(now=now, default_max_retries=default_max_retries, **spec))
         except TypeError as exc:
             raise InvalidTransition(f"jobs[{i}]: {exc}") from None
         except InvalidTransition as exc:
             raise InvalidTransition(f"jobs[{i}]: {exc}") from None
+        refs = [after] if isinstance(after, (int, str, Job, uuid.UUID)) else list(after or [])
+        deps: list[uuid.UUID] = []
+        for ref in refs:
+            if isinstance(ref, int) and not isinstance(ref, bool):
+                if not 0 <= ref < i:
+                    raise InvalidTransition(
+                        f"jobs[{i}]: after={ref} must be the index of an earlier item "
+                        f"(0 to {i - 1})" if i else
+                        f"jobs[{i}]: the first item cannot wait for an item of this call")
+                deps.append(rows[ref]["id"])
+            else:
+                found = dependency_ids([ref], field=f"jobs[{i}].after")
+                deps += found
+                outside += found
+        edges += [{"job_id": rows[-1]["id"], "depends_on": d} for d in dict.fromkeys(deps)]
+    failed = await check_dependencies(db, list(dict.fromkeys(outside)), "after")
     if rows:
         # A ``.values(rows)`` statement is compiled anew every call (ten times the cost of the
         # insert itself). Instead, one statement compiled once and one round trip: PostgreSQL
@@ -386,6 +455,7 @@ async def enqueue_many(db: AsyncSession, jobs: Iterable[Mapping[str, Any] | tupl
         if is_postgres(db):
             await db.execute(_INSERT_MANY_PG, {
                 "ids": [r["id"] for r in rows], "types": [r["job_type"] for r in rows],
+                "queues": [r["queue"] for r in rows],
                 "params": [dumps(r["params"]) for r in rows],
                 "max_attempts": [r["max_attempts"] for r in rows],
                 "priorities": [r["priority"] for r in rows],
@@ -395,7 +465,11 @@ async def enqueue_many(db: AsyncSession, jobs: Iterable[Mapping[str, Any] | tupl
             await db.execute(_INSERT_MANY_SQLITE, {"now": now, "batch": dumps([
                 [r["id"].hex, r["job_type"], dumps(r["params"]), r["max_attempts"],
                  r["priority"], None if r["timeout"] is None else float(r["timeout"]),
-                 _sqlite_time(r["run_at"])] for r in rows])})
+                 _sqlite_time(r["run_at"]), r["queue"]] for r in rows])})
+        if edges:
+            await db.execute(dependencies_table.insert(), edges)
+            if failed:
+                await fail_dependants(db, failed)
         _mark_enqueued(db)
     if commit:
         await db.commit()
@@ -405,53 +479,128 @@ async def enqueue_many(db: AsyncSession, jobs: Iterable[Mapping[str, Any] | tupl
 # ---------------------------------------------------------------------------
 # Claim
 # ---------------------------------------------------------------------------
+# Claim predicates as literal SQL, the same on both backends. A job waits for its
+# dependencies (``after=``) by this NOT EXISTS, evaluated in the claim itself: it needs no
+# bookkeeping when a dependency completes (nothing can miss an update), and it costs one
+# primary-key probe per candidate the index walk meets. Types with a ``max_running`` limit
+# are left to the limited claim below.
+#
+# On PostgreSQL, ``OFFSET 0`` keeps each NOT EXISTS a per-row probe (a SubPlan) instead of
+# letting the planner turn it into a hash anti-join, whose output it treats as unordered:
+# it then sorted every waiting job on every claim instead of walking the index.
+_DEPS_DONE = ("NOT EXISTS (SELECT 1 FROM job_dependencies d JOIN jobs p ON p.id = d.depends_on"
+              " WHERE d.job_id = jobs.id AND p.status <> 'completed'{offset})")
+_UNLIMITED = ("NOT EXISTS (SELECT 1 FROM job_type_limits l WHERE l.job_type = jobs.job_type"
+              "{offset})")
+
+
+def claim_predicates(dialect: str) -> tuple[str, str]:
+    """(no unfinished dependency, no max_running limit) as SQL for ``dialect``."""
+    offset = " OFFSET 0" if dialect == "postgresql" else ""
+    return _DEPS_DONE.format(offset=offset), _UNLIMITED.format(offset=offset)
+# Room left under a type's limit: its max_running minus its running jobs, at most :n.
+_ROOM = ("COALESCE((SELECT max_running FROM job_type_limits WHERE job_type = :limited)"
+         " - (SELECT count(*) FROM jobs WHERE status = 'processing' AND job_type = :limited),"
+         " :n)")
+_RETURNING = ", ".join(c.name for c in _COLS)
+
+
 @functools.cache
-def _claim_statement(dialect: str, typed: bool) -> Any:
-    """The claim, built once per backend (statement building and its cache key cost
-    more than the database's work for a small claim)."""
+def _claim_statement(dialect: str, typed: bool, queued: int, limited: bool) -> Any:
+    """The claim, built once per backend and shape (statement building and its cache key
+    cost more than the database's work for a small claim).
+
+    ``queued``: 0 = every queue, 1 = one queue (walks ``ix_jobs_eligible_queue`` in claim
+    order), 2 = several queues (walks ``ix_jobs_eligible`` and skips other queues' jobs).
+    ``limited``: claim one type that has a ``max_running`` limit, no more than its room.
+    """
     pg = dialect == "postgresql"
-    now: Any = func.now() if pg else bindparam("now", type_=UTCDateTime)
-    until: Any = (func.now() + bindparam("lease", type_=Interval()) if pg
-                  else bindparam("until", type_=UTCDateTime))
+    now = "now()" if pg else ":now"
+    where = [f"status IN ('pending', 'retry') AND run_at <= {now}"]
+    binds: list[Any] = []
+    if typed:
+        where.append("job_type IN :types")
+        binds.append(bindparam("types", expanding=True))
+    if queued == 1:
+        where.append("queue = :queue")
+    elif queued > 1:
+        where.append("queue IN :queues")
+        binds.append(bindparam("queues", expanding=True))
+    deps_done, unlimited = claim_predicates(dialect)
+    where.append("job_type = :limited" if limited else unlimited)
+    where.append(deps_done)
+    limit = f"max(0, min(:n, {_ROOM}))" if limited else ":n"
     if pg:
-        ready: Any = select(jobs_table.c.id).where(_ELIGIBLE_WHERE, jobs_table.c.run_at <= now)
-        if typed:
-            ready = ready.where(jobs_table.c.job_type.in_(bindparam("types", expanding=True)))
-        ready = (ready.order_by(jobs_table.c.priority.desc(), jobs_table.c.created_at,
-                                jobs_table.c.id)
-                 .limit(bindparam("n", type_=Integer)).with_for_update(skip_locked=True))
+        limit = limit.replace("max(", "GREATEST(").replace("min(", "LEAST(")
+    if pg:
+        source, lock, until = "jobs", " FOR UPDATE SKIP LOCKED", "now() + :lease"
+        binds.append(bindparam("lease", type_=Interval()))
     else:
         # INDEXED BY: SQLite's planner otherwise prefers ix_jobs_status_finished and sorts
         # every waiting job on every claim.
-        types_sql = " AND job_type IN :types" if typed else ""
-        ready = text(
-            "SELECT id FROM jobs INDEXED BY ix_jobs_eligible "
-            f"WHERE status IN ('pending', 'retry') AND run_at <= :now{types_sql} "
-            "ORDER BY priority DESC, created_at, id LIMIT :n"
-        ).bindparams(*([bindparam("types", expanding=True)] if typed else []),
-                     bindparam("now", type_=UTCDateTime), bindparam("n", type_=Integer)
-                     ).columns(jobs_table.c.id)
-    return (update(jobs_table)
-            .where(jobs_table.c.id.in_(ready))
-            .values(status=JobStatus.PROCESSING.value, attempts=jobs_table.c.attempts + 1,
-                    locked_by=bindparam("worker_id"), locked_until=until,
-                    started_at=now, updated_at=now, finished_at=None)
-            .returning(*_COLS))
+        index = "ix_jobs_eligible_queue" if queued == 1 else "ix_jobs_eligible"
+        source, lock, until = f"jobs INDEXED BY {index}", "", ":until"
+        binds += [bindparam("now", type_=UTCDateTime), bindparam("until", type_=UTCDateTime)]
+    sql = (f"UPDATE jobs SET status = 'processing', attempts = attempts + 1, "
+           f"locked_by = :worker_id, locked_until = {until}, started_at = {now}, "
+           f"updated_at = {now}, finished_at = NULL "
+           f"WHERE id IN (SELECT id FROM {source} WHERE {' AND '.join(where)} "
+           f"ORDER BY priority DESC, created_at, id LIMIT {limit}{lock}) "
+           f"RETURNING {_RETURNING}")
+    return text(sql).bindparams(bindparam("n", type_=Integer), *binds).columns(*_COLS)
+
+
+async def limited_types(db: AsyncSession) -> dict[str, int]:
+    """Job types with a ``max_running`` limit, and their limits."""
+    rows = (await db.execute(select(limits_table.c.job_type, limits_table.c.max_running))).all()
+    return {r[0]: int(r[1]) for r in rows}
+
+
+async def set_limit(db: AsyncSession, job_type: str, max_running: int | None) -> None:
+    """Let at most ``max_running`` jobs of ``job_type`` run at once (None: no limit). Commits."""
+    from .dispatcher import check_max_running
+
+    if not isinstance(job_type, str) or not job_type.strip():
+        raise InvalidTransition(f"job_type must be a non-empty string, got {job_type!r}")
+    try:
+        check_max_running(max_running)
+    except ValueError as exc:
+        raise InvalidTransition(str(exc)) from None
+    if max_running is None:
+        await db.execute(limits_table.delete().where(limits_table.c.job_type == job_type))
+    else:
+        ins: Any = (pg_dialect.insert(limits_table) if is_postgres(db)
+                    else sqlite_dialect.insert(limits_table))
+        await db.execute(ins.values(job_type=job_type, max_running=max_running,
+                                    updated_at=utcnow())
+                         .on_conflict_do_update(index_elements=[limits_table.c.job_type],
+                                                set_={"max_running": max_running,
+                                                      "updated_at": utcnow()}))
+    await db.commit()
 
 
 async def claim_jobs(db: AsyncSession, n: int = 1, *, worker_id: str,
                      lease_seconds: float = 60.0, job_types: Sequence[str] | None = None,
-                     commit: bool = True) -> list[Job]:
-    """Claim up to ``n`` eligible jobs in one statement; they are ``processing`` when it returns.
+                     commit: bool = True, queues: Sequence[str] | None = None,
+                     limited: Iterable[str] | None = None) -> list[Job]:
+    """Claim up to ``n`` eligible jobs; they are ``processing`` when it returns.
 
     Order: highest priority, then oldest ``created_at``, then id. A job is eligible
-    when it is ``pending`` or ``retry`` and its ``run_at`` has passed.
+    when it is ``pending`` or ``retry``, its ``run_at`` has passed, and every job it
+    waits for (``after=``) has completed. ``queues``: only jobs of these queues.
+
+    Jobs of a type with a ``max_running`` limit are claimed first, each type by its own
+    statement that takes no more than the room left under the limit (on PostgreSQL
+    after locking the type's limit row, so that two claims cannot both see the same
+    room); every other job is claimed by ONE statement. ``limited``: the limited types
+    (default: read from the database).
     """
     if n <= 0:
         return []
     dialect = db.get_bind().dialect.name
-    params: dict[str, Any] = {"n": n, "worker_id": worker_id}
-    if dialect == "postgresql":
+    pg = dialect == "postgresql"
+    params: dict[str, Any] = {"worker_id": worker_id}
+    if pg:
         params["lease"] = timedelta(seconds=lease_seconds)
     else:
         now = utcnow()
@@ -459,13 +608,48 @@ async def claim_jobs(db: AsyncSession, n: int = 1, *, worker_id: str,
         params["until"] = now + timedelta(seconds=lease_seconds)
     if job_types is not None:
         params["types"] = list(job_types)
-    stmt = _claim_statement(dialect, job_types is not None)
-    if commit:
-        await one_statement_transaction(db)
-    rows = (await db.execute(stmt, params)).mappings().all()
-    if commit:
-        await db.commit()
-    jobs = [job_from_row(r) for r in rows]
+    queued = 0 if queues is None else min(2, len(queues))
+    if queued == 1:
+        params["queue"] = queues[0]  # type: ignore[index]
+    elif queued:
+        params["queues"] = list(queues)  # type: ignore[arg-type]
+    if limited is None:
+        limited = list(await limited_types(db))
+        if commit:
+            await db.commit()
+    jobs: list[Job] = []
+    for job_type in limited:
+        if len(jobs) >= n:
+            break
+        if job_types is not None and job_type not in job_types:
+            continue
+        if pg:
+            # Two statements, one transaction: the lock first, so that the claim's own
+            # snapshot (taken after it) sees every running job of this type.
+            locked = (await db.execute(
+                select(limits_table.c.max_running)
+                .where(limits_table.c.job_type == job_type)
+                .with_for_update(skip_locked=True))).first()
+            if locked is None:
+                if commit:
+                    await db.commit()
+                continue
+        elif commit:
+            await one_statement_transaction(db)  # one statement: SQLite's write lock
+        rows = (await db.execute(_claim_statement(dialect, job_types is not None, queued, True),
+                                 {**params, "n": n - len(jobs), "limited": job_type}
+                                 )).mappings().all()
+        if commit:
+            await db.commit()
+        jobs += [job_from_row(r) for r in rows]
+    if len(jobs) < n:
+        stmt = _claim_statement(dialect, job_types is not None, queued, False)
+        if commit:
+            await one_statement_transaction(db)
+        rows = (await db.execute(stmt, {**params, "n": n - len(jobs)})).mappings().all()
+        if commit:
+            await db.commit()
+        jobs += [job_from_row(r) for r in rows]
     jobs.sort(key=lambda j: (-j.priority, j.created_at, j.id))
     return jobs
 
@@ -581,6 +765,8 @@ async def fail_job(db: AsyncSession, job: Job, error: str, *, worker_id: str,
 
     Returns the new status, or None when this worker no longer holds the job. Does not commit.
     """
+    from .dependencies import fail_dependants
+
     spent = job.attempts >= job.max_attempts
     if permanent or spent:
         status = JobStatus.FAILED
@@ -604,6 +790,7 @@ async def fail_job(db: AsyncSession, job: Job, error: str, *, worker_id: str,
     job.updated_at = ended  # the attempt's end (see ops.attempt_ms)
     if status is JobStatus.FAILED:
         job.finished_at = ended
+        await fail_dependants(db, [job.id])
     return status
 
 
@@ -657,6 +844,8 @@ async def reap_expired(db: AsyncSession) -> list[Reaped]:
 
     They go to ``retry`` (eligible at once), or ``failed`` when their attempts are spent.
     """
+    from .dependencies import fail_dependants
+
     now = _now(db)
     spent = jobs_table.c.attempts >= jobs_table.c.max_attempts
     rows = (await db.execute(
@@ -670,6 +859,7 @@ async def reap_expired(db: AsyncSession) -> list[Reaped]:
         .returning(jobs_table.c.id, jobs_table.c.status, jobs_table.c.job_type,
                    jobs_table.c.attempts, jobs_table.c.max_attempts, jobs_table.c.error)
     )).all()
+    await fail_dependants(db, [r[0] for r in rows if str(r[1]) == JobStatus.FAILED.value])
     await db.commit()
     return [Reaped(r[0], JobStatus(r[1]), r[2], r[3], r[4], r[5]) for r in rows]
 
@@ -690,6 +880,8 @@ async def get_job(db: AsyncSession, job_id: uuid.UUID | str) -> Job:
 async def cancel_job(db: AsyncSession, job_id: uuid.UUID | str) -> Job:
     """Cancel a job: a waiting one ends ``failed`` with error "cancelled" at once; a running
     one is asked to stop (its worker cancels it at its next heartbeat). Commits."""
+    from .dependencies import fail_dependants
+
     jid = _to_uuid(job_id)
     now = _now(db)
     row = (await db.execute(
@@ -697,6 +889,8 @@ async def cancel_job(db: AsyncSession, job_id: uuid.UUID | str) -> Job:
         .where(jobs_table.c.id == jid, jobs_table.c.status.in_(ELIGIBLE_VALUES))
         .values(status=JobStatus.FAILED, error="cancelled", finished_at=now, updated_at=now)
         .returning(*_COLS))).mappings().first()
+    if row is not None:
+        await fail_dependants(db, [jid])
     if row is None:
         row = (await db.execute(
             update(jobs_table)
@@ -713,6 +907,8 @@ async def cancel_job(db: AsyncSession, job_id: uuid.UUID | str) -> Job:
 
 async def retry_job(db: AsyncSession, job_id: uuid.UUID | str) -> Job:
     """Send a ``failed`` (or waiting ``retry``) job back to ``pending`` with fresh attempts."""
+    from .dependencies import revive_dependants
+
     jid = _to_uuid(job_id)
     now = _now(db)
     row = (await db.execute(
@@ -722,6 +918,7 @@ async def retry_job(db: AsyncSession, job_id: uuid.UUID | str) -> Job:
                 finished_at=None, cancel_requested=False, locked_by=None, locked_until=None)
         .returning(*_COLS))).mappings().first()
     if row is not None:
+        await revive_dependants(db, jid)
         _mark_enqueued(db)
     await db.commit()
     if row is None:

@@ -5,17 +5,18 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Iterable, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from . import ops, queue
+from . import ops
+from . import queue as queue_mod
 from .config import Settings
 from .database import create_engine, describe_error, init_schema, make_sessionmaker, redact_url
-from .dispatcher import DISPATCH_TABLE, Handler, check_job, register_handler
+from .dispatcher import DISPATCH_TABLE, Handler, check_job, handler_options, register_handler
 from .errors import DatabaseURLError, InvalidParams, InvalidTransition, JobkitError, JobNotFound
 from .events import Callback, EventBus
 from .jsonutil import short_repr
@@ -85,14 +86,22 @@ class Runner:
         return runner_html(self)
 
     # -- handlers & events --------------------------------------------------------------
-    def handler(self, name: str | None = None, *, replace: bool = False) -> Any:
-        """Decorator registering a handler in this runner's table."""
+    def handler(self, name: str | None = None, *, replace: bool = False,
+                queue: str | None = None, max_running: int | None = None) -> Any:
+        """Decorator registering a handler in this runner's table (options as
+        :func:`jobkit.handler`: its jobs' default ``queue``, a global ``max_running``)."""
 
         def decorate(fn: Handler) -> Handler:
-            register_handler(name or fn.__name__, fn, replace=replace, table=self.handlers)
+            register_handler(name or fn.__name__, fn, replace=replace, table=self.handlers,
+                             queue=queue, max_running=max_running)
             return fn
 
         return decorate
+
+    def _queue_for(self, job_type: str, queue_name: str | None) -> str | None:
+        if queue_name is not None:
+            return queue_name
+        return handler_options(self.handlers, job_type).queue
 
     def enable_alerts(self, url: str | None = None, **kwargs: Any) -> Any:
         """POST an alert to ``url`` (default ``JOBKIT_ALERT_URL``) for each job that ends
@@ -111,7 +120,8 @@ class Runner:
                       priority: int = 0, run_at: datetime | None = None,
                       delay: float | None = None, max_retries: int | None = None,
                       timeout: float | None = None, dedupe_key: str | None = None,
-                      allow_unknown: bool = False) -> Job:
+                      allow_unknown: bool = False, queue: str | None = None,
+                      after: Iterable[Any] | None = None) -> Job:
         """Add a pending job (see :func:`jobkit.queue.enqueue`).
 
         A type this runner has no handler for is refused with :class:`UnknownJobType`
@@ -119,20 +129,35 @@ class Runner:
         worker that has one will claim it). A handler's own params check (``cut_analysis``
         needs a ``video_asset_id``) runs here too. ``job.deduplicated`` tells whether a
         ``dedupe_key`` returned an existing job.
+
+        ``queue``: default the handler's queue, else ``"default"``. ``after``: jobs (or
+        ids) that must complete first.
         """
         check_job(job_type, params, table=self.handlers, allow_unknown=allow_unknown)
         async with self.sessions() as db:
-            return await queue.enqueue(
+            return await queue_mod.enqueue(
                 db, job_type, params, priority=priority, run_at=run_at, delay=delay,
                 max_retries=max_retries, timeout=timeout, dedupe_key=dedupe_key,
-                default_max_retries=self.settings.max_job_retries)
+                default_max_retries=self.settings.max_job_retries,
+                queue=self._queue_for(job_type, queue), after=after)
 
     async def enqueue_many(self, jobs: Iterable[Mapping[str, Any] | tuple[Any, ...]], *,
                            allow_unknown: bool = False) -> list[Job]:
         """Add many jobs in one round trip, all or nothing; types and params are checked as
-        in :meth:`enqueue` before anything is written."""
-        items = list(jobs)
-        for i, item in enumerate(items):
+        in :meth:`enqueue` before anything is written.
+
+        Items are dicts of :meth:`enqueue`'s arguments or ``(job_type, params)`` tuples; an
+        item's ``after`` may name earlier items by index, so a small pipeline is one call::
+
+            await runner.enqueue_many([
+                {"job_type": "fetch"},                      # 0
+                {"job_type": "cut", "after": [0]},          # 1
+                {"job_type": "score", "after": [0]},        # 2
+                {"job_type": "publish", "after": [1, 2]},   # 3
+            ])
+        """
+        items: list[Mapping[str, Any] | tuple[Any, ...]] = []
+        for i, item in enumerate(jobs):
             spec = dict(item) if isinstance(item, Mapping) else \
                 dict(zip(("job_type", "params"), item, strict=False))
             try:
@@ -142,9 +167,14 @@ class Runner:
                 raise InvalidParams(exc.path, exc.problem, f"jobs[{i}].params") from None
             except InvalidTransition as exc:
                 raise InvalidTransition(f"jobs[{i}]: {exc}") from None
+            if spec.get("queue") is None and isinstance(spec.get("job_type"), str):
+                found = self._queue_for(spec["job_type"], None)
+                if found is not None:
+                    item = {**spec, "queue": found}
+            items.append(item)
         async with self.sessions() as db:
-            return await queue.enqueue_many(db, items,
-                                            default_max_retries=self.settings.max_job_retries)
+            return await queue_mod.enqueue_many(
+                db, items, default_max_retries=self.settings.max_job_retries)
 
     async def upload_video(self, filename: str, duration_ms: int, *, priority: int = 0,
                            stored_path: str | None = None,
@@ -153,7 +183,7 @@ class Runner:
         if not isinstance(filename, str):
             raise InvalidTransition(f"filename must be a string, got {short_repr(filename)}")
         try:
-            queue.check_filename(filename)
+            queue_mod.check_filename(filename)
         except ValueError as exc:
             raise InvalidTransition(str(exc)) from None
         if isinstance(duration_ms, bool) or not isinstance(duration_ms, int):
@@ -161,55 +191,65 @@ class Runner:
                 f"duration_ms must be a whole number of milliseconds, got {short_repr(duration_ms)}")
         if duration_ms <= 0:
             raise InvalidTransition(f"duration_ms must be > 0, got {duration_ms}")
-        if duration_ms > queue.INT32_MAX:
-            raise InvalidTransition(f"duration_ms must be at most {queue.INT32_MAX} (about 24 "
+        if duration_ms > queue_mod.INT32_MAX:
+            raise InvalidTransition(f"duration_ms must be at most {queue_mod.INT32_MAX} (about 24 "
                                     f"days), got {short_repr(duration_ms)}")
         asset = VideoAsset(id=new_id(), filename=filename, duration_ms=duration_ms,
                            stored_path=stored_path, size_bytes=size_bytes, created_at=utcnow())
         async with self.sessions() as db:
             db.add(asset)
             await db.flush()
-            job = await queue.enqueue(db, "cut_analysis", {"video_asset_id": str(asset.id)},
-                                      priority=priority, commit=False,
-                                      default_max_retries=self.settings.max_job_retries)
+            job = await queue_mod.enqueue(db, "cut_analysis", {"video_asset_id": str(asset.id)},
+                                          queue=self._queue_for("cut_analysis", None),
+                                          priority=priority, commit=False,
+                                          default_max_retries=self.settings.max_job_retries)
             await db.commit()
         return asset, job
 
     # -- run ----------------------------------------------------------------------------
-    async def step(self, *, job_types: list[str] | None = None) -> StepSummary:
+    async def step(self, *, job_types: list[str] | None = None,
+                   queues: list[str] | str | None = None) -> StepSummary:
         """Process ONE job (``process_single_job``) and return its summary.
 
-        Any type is claimed and an unknown one fails at once; pass
-        ``job_types`` to claim only those.
+        Any type is claimed and an unknown one fails at once; pass ``job_types`` to claim
+        only those, ``queues`` to claim only from those queues.
         """
         async with self.sessions() as db:
             summary = StepSummary(await process_single_job(
                 db, settings=self.settings, handlers=self.handlers, events=self.events,
-                job_types=job_types))
+                job_types=job_types, queues=queue_mod.check_queues(queues)))
         self.last_step = summary
         return summary
 
     def worker(self, *, concurrency: int | None = None, burst: bool = False,
-               handle_signals: bool = False, **kwargs: Any) -> Worker:
-        """A :class:`Worker` on this runner's database, handlers and events."""
+               handle_signals: bool = False, queues: list[str] | str | None = None,
+               **kwargs: Any) -> Worker:
+        """A :class:`Worker` on this runner's database, handlers and events.
+
+        ``queues``: serve only these queues (default: all).
+        """
         return Worker(self.engine, settings=self.settings, concurrency=concurrency,
                       handlers=self.handlers, burst=burst, handle_signals=handle_signals,
-                      events=self.events, **kwargs)
+                      events=self.events, queues=queues, **kwargs)
 
     async def drain(self, concurrency: int = 1, *, progress: bool | None = None,
-                    handle_signals: bool = False) -> WorkerStats:
+                    handle_signals: bool = False,
+                    queues: list[str] | str | None = None) -> WorkerStats:
         """Process jobs until nothing is eligible; returns what was done.
 
         ``progress``: show a progress bar (default: only in a notebook).
         ``handle_signals``: stop gracefully on SIGTERM/SIGINT, as ``work`` does (the
         command line's ``jobkit drain``); ``stats.stopped_by`` then names the signal.
+        ``queues``: only the jobs of these queues.
         """
         from .display import progress_bar
 
+        checked = queue_mod.check_queues(queues)
         async with self.sessions() as db:
-            total = (await ops.queue_depth(db))["eligible"]
+            total = (await ops.queue_depth(db, queues=checked))["eligible"]
         bar = progress_bar(total, progress)
         worker = self.worker(concurrency=concurrency, burst=True, handle_signals=handle_signals,
+                             queues=checked,
                              on_done=(lambda s: bar.update(1)) if bar else None)
         try:
             return await worker.run()
@@ -226,7 +266,7 @@ class Runner:
     # -- inspect & control -------------------------------------------------------------
     async def get_job(self, job_id: uuid.UUID | str) -> Job:
         async with self.sessions() as db:
-            return await queue.get_job(db, job_id)
+            return await queue_mod.get_job(db, job_id)
 
     async def get_asset(self, asset_id: uuid.UUID | str) -> VideoAsset:
         async with self.sessions() as db:
@@ -244,12 +284,69 @@ class Runner:
     async def cancel(self, job_id: uuid.UUID | str) -> Job:
         """Cancel a waiting job (ends ``failed``/"cancelled"), or ask a running one to stop."""
         async with self.sessions() as db:
-            return await queue.cancel_job(db, job_id)
+            return await queue_mod.cancel_job(db, job_id)
 
     async def retry_job(self, job_id: uuid.UUID | str) -> Job:
         """Send a failed job back to ``pending`` with fresh attempts."""
         async with self.sessions() as db:
-            return await queue.retry_job(db, job_id)
+            return await queue_mod.retry_job(db, job_id)
+
+    async def set_limit(self, job_type: str, max_running: int | None) -> None:
+        """At most ``max_running`` jobs of ``job_type`` run at once, across every worker
+        (None removes the limit). Workers see a change at their next heartbeat."""
+        async with self.sessions() as db:
+            await queue_mod.set_limit(db, job_type, max_running)
+
+    async def limits(self) -> dict[str, int]:
+        """The per-type ``max_running`` limits stored in the database."""
+        async with self.sessions() as db:
+            found = await queue_mod.limited_types(db)
+            await db.commit()
+            return found
+
+    # -- schedules ------------------------------------------------------------------------
+    async def schedule(self, name: str, job_type: str, params: Mapping[str, Any] | None = None,
+                       *, cron: str | None = None, every: timedelta | float | None = None,
+                       queue: str | None = None, priority: int = 0,
+                       paused: bool | None = None) -> dict[str, Any]:
+        """Create (or redefine) a periodic job: each tick of ``cron`` (UTC) or of
+        ``every`` enqueues one ``job_type`` job. Workers enqueue the ticks (each once);
+        returns the stored schedule."""
+        from .schedules import upsert_schedule
+
+        async with self.sessions() as db:
+            return await upsert_schedule(db, name, job_type, params, cron=cron, every=every,
+                                         queue_name=self._queue_for(job_type, queue),
+                                         priority=priority, paused=paused)
+
+    async def pause_schedule(self, name: str) -> dict[str, Any]:
+        """Stop enqueueing a schedule's ticks until :meth:`resume_schedule`."""
+        from .schedules import set_paused
+
+        async with self.sessions() as db:
+            return await set_paused(db, name, True)
+
+    async def resume_schedule(self, name: str) -> dict[str, Any]:
+        """Enqueue a paused schedule's ticks again, from the next one (the paused ones are
+        skipped)."""
+        from .schedules import set_paused
+
+        async with self.sessions() as db:
+            return await set_paused(db, name, False)
+
+    async def remove_schedule(self, name: str) -> None:
+        """Delete a schedule (the jobs it enqueued stay)."""
+        from .schedules import remove_schedule
+
+        async with self.sessions() as db:
+            await remove_schedule(db, name)
+
+    async def schedules(self) -> _pd.DataFrame:
+        """One row per schedule: its job, timing, state, last and next tick."""
+        from .monitoring import schedules_frame
+
+        async with self._reading() as db:
+            return await schedules_frame(db)
 
     # -- monitoring & notebook views ------------------------------------------------------
     # pandas, matplotlib and ipywidgets are imported only when these methods are called
@@ -273,20 +370,29 @@ class Runner:
     async def jobs(self, status: str | _JobStatus | Iterable[str | _JobStatus] | None = None,
                    job_type: str | Iterable[str] | None = None,
                    since: datetime | _timedelta | None = None,
-                   limit: int | None = None) -> _pd.DataFrame:
+                   limit: int | None = None,
+                   queue: str | Iterable[str] | None = None) -> _pd.DataFrame:
         """One row per job with wait/run times (see :func:`jobkit.monitoring.jobs_frame`)."""
         from .monitoring import jobs_frame
 
         async with self._reading() as db:
             return await jobs_frame(db, status=status, job_type=job_type, since=since,
-                                    limit=limit)
+                                    limit=limit, queue=queue)
 
-    async def status_counts(self) -> _pd.Series:
-        """Jobs per status, all five in lifecycle order, zeros included."""
-        from .monitoring import status_counts
+    async def dependencies(self, jobs: Iterable[Any] | None = None) -> _pd.DataFrame:
+        """Dependency edges (``job_id`` waits for ``depends_on``), of ``jobs`` if given."""
+        from .monitoring import dependencies_frame
 
         async with self._reading() as db:
-            return await status_counts(db)
+            return await dependencies_frame(db, jobs)
+
+    async def status_counts(self, *, by_queue: bool = False) -> Any:
+        """Jobs per status, all five in lifecycle order, zeros included (a Series); with
+        ``by_queue``, a DataFrame of one row per queue."""
+        from .monitoring import queue_counts, status_counts
+
+        async with self._reading() as db:
+            return await (queue_counts(db) if by_queue else status_counts(db))
 
     async def queue_depth(self) -> _pd.Series:
         """Waiting jobs: ``eligible`` now vs ``scheduled`` for later."""

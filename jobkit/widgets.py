@@ -148,10 +148,11 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
     async def refresh(self) -> None:
         """Reload status counts, queue depth and the clips plot from the database."""
         counts = await self.runner.status_counts()
+        per_queue = await self.runner.status_counts(by_queue=True)
         depth = await self.runner.queue_depth()
         clips = await self.runner.clips()
         self.counts, self.depth = counts, depth
-        self.counts_html.value = counts_table(counts)
+        self.counts_html.value = counts_table(counts, per_queue)
         self.depth_html.value = depth_table(depth)
         key = (len(clips), tuple(clips["clip_id"].tail(1)))
         if key != self._clips_key:
@@ -277,13 +278,22 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
             await asyncio.sleep(self.refresh_interval)  # the refresh period itself
 
 
-def counts_table(counts: pd.Series) -> str:
-    """Status counts as a one-row HTML table with coloured headers."""
+def counts_table(counts: pd.Series, per_queue: pd.DataFrame | None = None) -> str:
+    """Status counts as an HTML table with coloured headers: one row, plus one row per
+    queue when ``per_queue`` has more than one (or one not named "default")."""
     head = "".join(f"<th style='padding:0 8px'>{status_badge(s)}</th>" for s in counts.index)
     cells = "".join(f"<td title='{html.escape(str(s))}' style='text-align:center'>{int(n)}</td>"
                     for s, n in counts.items())
+    rows = f"<tr><th></th>{head}</tr><tr><th style='text-align:left'>all</th>{cells}</tr>"
+    if per_queue is not None and (len(per_queue) > 1 or list(per_queue.index) not in
+                                  ([], ["default"])):
+        for queue_name, row in per_queue.iterrows():
+            q = html.escape(str(queue_name))
+            rows += (f"<tr><th style='text-align:left;padding-right:6px'>{q}</th>" + "".join(
+                f"<td title='{q} {html.escape(str(s))}' style='text-align:center'>"
+                f"{int(row.get(str(s), 0))}</td>" for s in counts.index) + "</tr>")
     return (f"<table><caption style='text-align:left'><b>jobs per status</b></caption>"
-            f"<tr>{head}</tr><tr>{cells}</tr></table>")
+            f"{rows}</table>")
 
 
 def depth_table(depth: pd.Series) -> str:

@@ -27,7 +27,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from . import queue
 from .config import Settings
 from .database import describe_error, make_sessionmaker, redact_url
-from .dispatcher import DISPATCH_TABLE, Handler
+from .dependencies import fail_blocked_by_failure
+from .dispatcher import DISPATCH_TABLE, Handler, handler_options
 from .errors import JobkitError
 from .events import EventBus
 from .execute import (
@@ -133,6 +134,9 @@ class Worker:
             has a handler for, so a worker deployed without some handlers leaves those
             jobs waiting for one that has them instead of failing them as unknown.
         claim_unknown: claim every type (unknown ones then fail at once, as ``step`` does).
+        queues: serve only the jobs of these queues (default: every queue).
+        schedules: run the scheduler, which enqueues the due ticks of periodic jobs
+            (default: on, except in ``burst`` mode).
     """
 
     def __init__(self, engine: AsyncEngine, *, settings: Settings | None = None,
@@ -141,7 +145,8 @@ class Worker:
                  worker_id: str | None = None, events: EventBus | None = None,
                  on_done: Callable[[dict[str, Any]], Any] | None = None,
                  job_types: list[str] | None = None, claim_unknown: bool = False,
-                 wakeup: bool = True) -> None:
+                 wakeup: bool = True, queues: list[str] | str | None = None,
+                 schedules: bool | None = None) -> None:
         self.engine = engine
         self.settings = settings or Settings.from_env()
         self.concurrency = concurrency or self.settings.concurrency
@@ -155,6 +160,9 @@ class Worker:
         self.on_done = on_done
         self.job_types = job_types
         self.claim_unknown = claim_unknown
+        self.queues = queue.check_queues(queues)
+        self.schedules = (not burst) if schedules is None else schedules
+        self._limited: dict[str, int] = {}
         self._by_type = False  # set once a job of a type without a handler was seen
         self.wakeup = wakeup
         self.sessions = make_sessionmaker(engine)
@@ -185,6 +193,10 @@ class Worker:
             return self.job_types
         return None if self.claim_unknown else list(self.handlers)
 
+    def _claimable_limited(self) -> list[str]:
+        """The types with a max_running limit this worker may claim."""
+        return [t for t in self._limited if self.claim_unknown or t in self.handlers]
+
     def stop(self, immediate: bool = False) -> None:
         """Stop claiming; finish running jobs within the grace period (or at once)."""
         self._stopping.set()
@@ -194,7 +206,8 @@ class Worker:
 
     def __repr__(self) -> str:
         s = self.stats
-        return (f"<Worker {self.id} {self.state} running={self.running}/{self.concurrency} "
+        served = "" if self.queues is None else f" queues={','.join(self.queues)}"
+        return (f"<Worker {self.id}{served} {self.state} running={self.running}/{self.concurrency} "
                 f"done={s.completed} failed={s.failed} retried={s.retried} lost={s.lost}>")
 
     async def run(self) -> WorkerStats:
@@ -209,10 +222,13 @@ class Worker:
             self._install_signals(loop)
         try:
             await self._register()
+            await self._store_limits_and_schedules()
             await self._maintenance()
             background.append(loop.create_task(self._heartbeat_loop(), name="jobkit-heartbeat"))
             if self.wakeup and not self.burst:
                 background.append(loop.create_task(self._watch_loop(), name="jobkit-watch"))
+            if self.schedules:
+                background.append(loop.create_task(self._schedule_loop(), name="jobkit-schedules"))
             await self._main_loop()
         except asyncio.CancelledError:
             # Cancelling the worker's task (a notebook interrupt, a caller's timeout) means
@@ -276,7 +292,8 @@ class Worker:
                 jobs = await queue.claim_jobs(db, n, worker_id=self.id,
                                               lease_seconds=self.settings.lease_seconds,
                                               job_types=self.claimable_types() if filtered
-                                              else None)
+                                              else None, queues=self.queues,
+                                              limited=self._claimable_limited())
                 foreign = [] if filtered or self.claim_unknown else \
                     [j for j in jobs if j.job_type not in self.handlers]
                 if foreign:
@@ -290,7 +307,8 @@ class Worker:
                     jobs += await queue.claim_jobs(
                         db, n - len(jobs), worker_id=self.id,
                         lease_seconds=self.settings.lease_seconds,
-                        job_types=self.claimable_types())
+                        job_types=self.claimable_types(), queues=self.queues,
+                        limited=self._claimable_limited())
         except DB_ERRORS as exc:
             self._db_trouble("claim jobs", exc)
             return []
@@ -319,13 +337,15 @@ class Worker:
         task = asyncio.get_running_loop().create_task(self._run_one(job), name=f"job-{job.id}")
         self._tasks[job.id] = task
         self.stats.max_active = max(self.stats.max_active, len(self._tasks))
-        task.add_done_callback(functools.partial(self._finished, job.id))
+        task.add_done_callback(functools.partial(self._finished, job.id, job.job_type))
 
-    def _finished(self, job_id: uuid.UUID, _task: object = None) -> None:
+    def _finished(self, job_id: uuid.UUID, job_type: str, _task: object = None) -> None:
         self._tasks.pop(job_id, None)
         self._ctx.finishing.discard(job_id)
         self._cancel_reason.pop(job_id, None)
-        if self._want_slot:
+        # A finished job of a limited type frees room under its limit: claim again at once
+        # (no other worker hears of it before its next poll).
+        if self._want_slot or job_type in self._limited:
             self._wake.set()
 
     async def _run_one(self, job: Job) -> dict[str, Any]:
@@ -398,6 +418,9 @@ class Worker:
                         log.warning("Job %s: lease lost; cancelling this attempt", jid)
                         task.cancel()
                 await self._beat(db)
+                self._limited = await queue.limited_types(db)
+                await fail_blocked_by_failure(db)
+                await db.commit()
                 reaped = await queue.reap_expired(db)
                 for r in reaped:
                     log.warning("Job %s: its worker was lost (lease expired); now %s",
@@ -463,8 +486,8 @@ class Worker:
             now = queue._now(db)
             await db.execute(workers_table.insert().values(
                 id=self.id, hostname=socket.gethostname(), pid=os.getpid(),
-                concurrency=self.concurrency, state="running", jobs_done=0,
-                started_at=now, last_heartbeat_at=now))
+                concurrency=self.concurrency, queues=self.queues, state="running",
+                jobs_done=0, started_at=now, last_heartbeat_at=now))
             await db.commit()
         log.info("jobkit worker %s started (concurrency %s) on %s", self.id, self.concurrency,
                  redact_url(self.engine.url))
@@ -478,6 +501,43 @@ class Worker:
                 await db.commit()
         except DB_ERRORS as exc:
             log.warning("could not mark worker %s stopped: %s", self.id, describe_error(exc))
+
+    # -- limits and schedules -------------------------------------------------------------
+    def handler_queues(self) -> dict[str, str]:
+        """The default queue of each handler that names one."""
+        found = {name: handler_options(self.handlers, name).queue for name in self.handlers}
+        return {k: v for k, v in found.items() if v is not None}
+
+    async def _store_limits_and_schedules(self) -> None:
+        """Store the limits of this worker's handlers and settings, and the schedules
+        declared in code (``@jobkit.periodic``) for handlers it has."""
+        from .schedules import PERIODIC, upsert_schedule
+
+        limits = {name: opts.max_running for name in self.handlers
+                  if (opts := handler_options(self.handlers, name)).max_running is not None}
+        limits.update(self.settings.limits)
+        try:
+            async with self.sessions() as db:
+                for job_type, n in limits.items():
+                    await queue.set_limit(db, job_type, n)
+                for spec in PERIODIC.values():
+                    if spec.job_type in self.handlers:
+                        await upsert_schedule(
+                            db, spec.name, spec.job_type, spec.params, cron=spec.cron,
+                            every=spec.every_seconds, queue_name=spec.queue,
+                            priority=spec.priority)
+        except DB_ERRORS as exc:
+            self._db_trouble("store limits and schedules", exc)
+
+    async def _schedule_loop(self) -> None:
+        from .schedules import scheduler_loop
+
+        await scheduler_loop(
+            self.sessions, self._stopping, poll=max(self.settings.worker_poll_interval, 0.1),
+            default_max_retries=self.settings.max_job_retries,
+            handler_queues=self.handler_queues(),
+            on_error=lambda exc: log.warning("jobkit worker %s: scheduler: %s", self.id,
+                                             describe_error(exc)))
 
     # -- shutdown ------------------------------------------------------------------------
     async def _shutdown(self) -> None:

@@ -31,3 +31,11 @@ async def suicide(job: jobkit.Job, db: Any) -> None:
 @jobkit.handler("started_at", replace=True)
 async def started_at(job: jobkit.Job, db: Any) -> dict[str, Any]:
     return {"started": time.time()}
+
+
+@jobkit.handler("timed", replace=True)
+async def timed(job: jobkit.Job, db: Any) -> dict[str, Any]:
+    """Sleeps ``s`` seconds; returns its own start and end (wall clock) and its process."""
+    start = time.time()
+    await asyncio.sleep(float(job.params.get("s", 0.2)))
+    return {"start": start, "end": time.time(), "pid": os.getpid()}

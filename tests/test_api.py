@@ -450,7 +450,7 @@ async def test_openapi_schema_is_complete(client: httpx.AsyncClient) -> None:
                 ("/jobs/{job_id}", "get"), ("/jobs/{job_id}/retry", "post"),
                 ("/jobs/{job_id}/explain", "get"),
                 ("/jobs/{job_id}/cancel", "post"), ("/jobs/process", "post"),
-                ("/health", "get"), ("/metrics", "get")}
+                ("/health", "get"), ("/metrics", "get"), ("/schedules", "get")}
     assert {(p, m) for p, ops in paths.items() for m in ops} == expected
     for path, method in expected:
         op = paths[path][method]
@@ -464,7 +464,7 @@ async def test_openapi_schema_is_complete(client: httpx.AsyncClient) -> None:
     assert "503" in paths["/health"]["get"]["responses"]
     components = schema["components"]["schemas"]
     assert {"JobOut", "UploadOut", "EnqueueIn", "ProcessOut", "HealthOut",
-            "ErrorOut"} <= set(components)
+            "ErrorOut", "ScheduleList"} <= set(components)
 
 
 # ------------------------------------------------------------------------------------

@@ -538,3 +538,41 @@ async def test_alembics_own_commands_work_through_the_async_env(
     async with await jobkit.open(empty_url, auto_migrate=True) as runner:
         await runner.upload_video("match.mp4", duration_ms=60_000)
     assert (await state_of(empty_url)).revision == "9001"
+
+
+# ---------------------------------------------------------------------------
+# Revision 0002: queues, dependencies, per-type limits, schedules
+# ---------------------------------------------------------------------------
+async def test_revision_0002_puts_old_jobs_in_the_default_queue_and_adds_the_new_tables(
+        backend: str, v010_url: str) -> None:
+    cols, before = await snapshot(v010_url)
+    runner = await jobkit.open(v010_url, handlers={"cut_analysis": ok, "resize": ok,
+                                                   "flaky": ok, "noop": ok},
+                               auto_migrate=True, **FAST)
+    try:
+        state = await schema.read_state(runner.engine)
+        assert (state.revision, state.status) == (schema.shipped_head(), "current")
+        assert await one_value(v010_url, "SELECT count(*) FROM jobs WHERE queue <> 'default'") \
+            == 0, "every existing job is in the default queue"
+        assert (await snapshot(v010_url, cols))[1]["jobs"] == before["jobs"], "rows kept"
+        waiting = await one_value(
+            v010_url, "SELECT count(*) FROM jobs WHERE status IN ('pending', 'retry') "
+                      "AND run_at <= CURRENT_TIMESTAMP")
+        assert waiting >= 2
+        # A worker of the default queue runs the old waiting jobs.
+        stats = await runner.drain(queues=["default"], concurrency=2, progress=False)
+        assert stats.completed >= waiting and stats.failed == 0
+        assert await one_value(
+            v010_url, "SELECT count(*) FROM jobs WHERE status IN ('pending', 'retry') "
+                      "AND run_at <= CURRENT_TIMESTAMP") == 0
+        # The new tables work.
+        a = await runner.enqueue("noop", {}, queue="video")
+        b = await runner.enqueue("noop", {}, after=[a])
+        await runner.set_limit("noop", 1)
+        await runner.schedule("tick", "noop", every=60)
+        assert (await runner.step(queues="default"))["processed"] is False, "b waits for a"
+        assert (await runner.step(queues="video"))["job_id"] == str(a.id)
+        assert (await runner.step())["job_id"] == str(b.id)
+        assert len(await runner.schedules()) == 1 and await runner.limits() == {"noop": 1}
+    finally:
+        await runner.close()

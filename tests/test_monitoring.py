@@ -66,7 +66,7 @@ async def test_every_helper_gives_a_typed_empty_frame_on_an_empty_database(
     assert list(jobs.columns) == ["id", "job_type", "status", "priority", "attempts",
                                   "max_attempts", "created_at", "run_at", "started_at",
                                   "finished_at", "wait_ms", "run_ms", "locked_by", "error",
-                                  "params"]
+                                  "params", "queue"]
     assert jobs["status"].dtype == monitoring.STATUS_DTYPE
     assert str(jobs["created_at"].dtype) == "datetime64[us, UTC]"
     assert jobs["attempts"].dtype == "int64" and jobs["run_ms"].dtype == "float64"
