@@ -314,6 +314,8 @@ class Runner:
         returns the stored schedule."""
         from .schedules import upsert_schedule
 
+        # The handler's own params check, when this runner has the handler.
+        check_job(job_type, params, table=self.handlers, allow_unknown=True)
         async with self.sessions() as db:
             return await upsert_schedule(db, name, job_type, params, cron=cron, every=every,
                                          queue_name=self._queue_for(job_type, queue),

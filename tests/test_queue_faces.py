@@ -4,6 +4,8 @@ explain."""
 from __future__ import annotations
 
 import asyncio
+import json
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -32,21 +34,20 @@ async def client(runner: jobkit.Runner, tmp_path: Path) -> AsyncIterator[httpx.A
 
 async def test_http_queue_after_and_schedules(client: httpx.AsyncClient,
                                               runner: jobkit.Runner) -> None:
-    first = (await client.post("/jobs", json={"job_type": "cut_analysis",
-                                              "params": {"video_asset_id": "x"},
-                                              "queue": "video"})).json()
+    made = await client.post("/jobs", json={"job_type": "noop", "queue": "video"})
+    assert made.status_code == 201, made.text
+    first = made.json()
     assert first["queue"] == "video"
-    second = await client.post("/jobs", json={"job_type": "cut_analysis", "params": {},
-                                              "after": [first["id"]]})
+    second = await client.post("/jobs", json={"job_type": "noop", "after": [first["id"]]})
     assert second.status_code == 201, second.text
-    bad = await client.post("/jobs", json={"job_type": "cut_analysis",
+    bad = await client.post("/jobs", json={"job_type": "noop",
                                            "after": ["00000000-0000-0000-0000-000000000001"]})
     assert bad.status_code == 422 and "no job 00000000-0000-0000-0000-000000000001" in bad.text
     listed = (await client.get("/jobs", params={"queue": "video"})).json()
     assert [j["id"] for j in listed["jobs"]] == [first["id"]]
     assert (await client.get("/jobs", params={"queue": ""})).status_code == 422
 
-    await runner.schedule("nightly", "cut_analysis", {"video_asset_id": "y"}, cron="0 3 * * *")
+    await runner.schedule("nightly", "noop", {"k": "y"}, cron="0 3 * * *")
     body = (await client.get("/schedules")).json()
     assert body["count"] == 1
     (s,) = body["schedules"]
@@ -58,12 +59,13 @@ async def test_http_queue_after_and_schedules(client: httpx.AsyncClient,
 
 
 async def test_cli_queue_after_status_and_schedules(sqlite_url: str) -> None:
-    made = out_json(jk("enqueue", "cut_analysis", "--params", '{"video_asset_id": "v"}',
-                       "--queue", "video", "--json", url=sqlite_url))
+    params = json.dumps({"video_asset_id": str(uuid.uuid4())})
+    made = out_json(jk("enqueue", "cut_analysis", "--params", params, "--queue", "video",
+                       "--json", url=sqlite_url))
     assert made["queue"] == "video"
-    after = out_json(jk("enqueue", "cut_analysis", "--after", made["id"], "--json",
-                        url=sqlite_url))
-    bad = jk("enqueue", "cut_analysis", "--queue", " ", url=sqlite_url)
+    after = out_json(jk("enqueue", "cut_analysis", "--params", params, "--after", made["id"],
+                        "--json", url=sqlite_url))
+    bad = jk("enqueue", "cut_analysis", "--params", params, "--queue", " ", url=sqlite_url)
     assert bad.returncode == 2 and "queue must be a non-empty name" in bad.stderr
     listed = out_json(jk("jobs", "--queue", "video", "--json", url=sqlite_url))
     assert [j["id"] for j in listed] == [made["id"]]
@@ -76,7 +78,8 @@ async def test_cli_queue_after_status_and_schedules(sqlite_url: str) -> None:
     assert f"waiting for job {made['id']} (pending)" in why
 
     async with await jobkit.open(sqlite_url) as runner:
-        await runner.schedule("tick", "cut_analysis", {}, every=60)
+        await runner.schedule("tick", "cut_analysis", {"video_asset_id": str(uuid.uuid4())},
+                              every=60)
     shown = out_json(jk("schedules", "--json", url=sqlite_url))
     assert [(s["name"], s["every_seconds"], s["paused"]) for s in shown] == [("tick", 60.0, False)]
     paused = jk("schedules", "--pause", "tick", url=sqlite_url)

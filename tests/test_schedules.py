@@ -182,3 +182,9 @@ async def _enough(runner: jobkit.Runner, n: int) -> bool:
 def test_tick_key_is_stable() -> None:
     assert schedules.tick_key("a", s(1)) == "schedule:a:2030-01-01T12:00:01+00:00"
     assert _tick(schedules.tick_key("a", s(1))) == s(1)
+
+
+async def test_schedule_checks_params_like_enqueue(runner: jobkit.Runner) -> None:
+    with pytest.raises(jobkit.InvalidParams, match="video_asset_id"):
+        await runner.schedule("bad", "cut_analysis", {}, every=60)
+    assert len(await runner.schedules()) == 0
