@@ -18,6 +18,7 @@ from .errors import (
     UnknownJobType,
 )
 from .models import ACTIVE, ELIGIBLE, TERMINAL, Clip, Job, JobStatus, VideoAsset
+from .progress import report_progress
 from .queue import claim_jobs, dequeue_job, enqueue, enqueue_many
 from .runner import Runner, StepSummary, open
 from .schedules import ScheduleNotFound, periodic
@@ -35,6 +36,6 @@ __all__ = [
     "UnknownJobType", "VideoAsset", "Worker", "WorkerStats",
     "claim_jobs", "connect_sync", "create_engine", "dequeue_job", "dispatch_job", "enqueue", "enqueue_many",
     "get_db", "handler", "init_schema", "open", "periodic", "process_single_job",
-    "register_handler",
+    "register_handler", "report_progress",
     "run_blocking", "worker_loop",
 ]

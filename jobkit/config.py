@@ -50,13 +50,17 @@ class Settings:
     health_min_workers: int = 1
     auto_migrate: bool = False
     max_running: str | None = None  # "cut_analysis=2,resize=4": global per-type limits
+    progress_interval: float = 0.5
+    video_max_width: int = 3840
+    video_max_height: int = 2160
+    video_max_seconds: float = 4 * 3600.0
 
     def __post_init__(self) -> None:
         _check_url("database_url", self.database_url)
         for name in ("worker_poll_interval", "retry_backoff_base", "retry_backoff_max",
-                     "cut_analysis_seconds", "shutdown_grace_seconds"):
+                     "cut_analysis_seconds", "shutdown_grace_seconds", "progress_interval"):
             _non_negative(name, getattr(self, name))
-        for name in ("lease_seconds", "alert_timeout"):
+        for name in ("lease_seconds", "alert_timeout", "video_max_seconds"):
             _positive(name, getattr(self, name))
         for name in ("heartbeat_seconds", "job_timeout", "worker_dead_after_seconds"):
             value = getattr(self, name)
@@ -65,6 +69,9 @@ class Settings:
         if self.max_job_retries < 0:
             raise ConfigError(_env_name("max_job_retries"), self.max_job_retries,
                               "a whole number >= 0")
+        for name in ("video_max_width", "video_max_height"):
+            if getattr(self, name) < 1:
+                raise ConfigError(_env_name(name), getattr(self, name), "a whole number >= 1")
         for name in ("alert_retries", "health_min_workers"):
             if getattr(self, name) < 0:
                 raise ConfigError(_env_name(name), getattr(self, name), "a whole number >= 0")

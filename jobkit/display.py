@@ -45,20 +45,49 @@ def job_html(job: Job) -> str:
         rows.append(("finished_at", _when(job.finished_at)))
     if job.locked_by:
         rows.append(("locked_by", job.locked_by))
+    if job.progress is not None:
+        rows.append(("progress", progress_html(job.progress, job.progress_message,
+                                               str(job.status))))
     if job.result is not None:
         from .explain import summarise_result
 
         rows.append(("result", summarise_result(job.result)))
     if job.error:
         rows.append(("error", _last(job.error)))
-    return _table("Job", rows, raw={"status"})
+    return _table("Job", rows, raw={"status", "progress"})
+
+
+def progress_text(fraction: float | None, message: str | None = None) -> str:
+    """``42% decoding 12.0/30.0 s`` (empty when the job never reported progress)."""
+    if fraction is None:
+        return ""
+    return f"{fraction * 100:.0f}%" + (f" {message}" if message else "")
+
+
+def progress_html(fraction: float | None, message: str | None = None,
+                  status: str = "processing", width: int = 160) -> str:
+    """A small bar (HTML, no widget) with the percentage and the message beside it."""
+    if fraction is None:
+        return ""
+    pct = max(0.0, min(1.0, fraction)) * 100
+    colour = STATUS_COLOURS.get(status, STATUS_COLOURS["processing"])
+    text = html.escape(progress_text(fraction, message))
+    return (f"<span style='display:inline-block;width:{width}px;height:10px;"
+            f"background:#e9ecef;border-radius:3px;vertical-align:middle'>"
+            f"<span style='display:block;width:{pct:.1f}%;height:100%;background:{colour};"
+            f"border-radius:3px'></span></span> <span>{text}</span>")
 
 
 def asset_html(asset: VideoAsset) -> str:
-    return _table("VideoAsset", [("id", asset.id), ("filename", asset.filename),
-                                 ("duration", f"{asset.duration_ms / 1000:g} s "
-                                              f"({asset.duration_ms} ms)"),
-                                 ("created_at", _when(asset.created_at))])
+    rows: list[tuple[str, Any]] = [
+        ("id", asset.id), ("filename", asset.filename),
+        ("duration", f"{asset.duration_ms / 1000:g} s ({asset.duration_ms} ms)")]
+    if asset.stored_path:
+        rows.append(("file", f"{asset.stored_path} ({asset.size_bytes} bytes)"))
+    if asset.width:
+        rows.append(("video", f"{asset.width}x{asset.height} at {asset.fps or 0:g} fps"))
+    rows.append(("created_at", _when(asset.created_at)))
+    return _table("VideoAsset", rows)
 
 
 def summary_html(summary: dict[str, Any]) -> str:
@@ -151,6 +180,49 @@ class ProgressBar:
 
     def __repr__(self) -> str:
         return f"<ProgressBar {self.bar.n}/{self.bar.total}>"
+
+
+class JobProgressBar:
+    """A tqdm bar from 0 to 100 % that follows one job's ``progress`` (``runner.watch``)."""
+
+    def __init__(self, bar: Any, label: str) -> None:
+        self.bar = bar
+        self.label = label
+
+    def show(self, job: Job) -> None:
+        bar = self.bar
+        fraction = 1.0 if str(job.status) == "completed" else (job.progress or 0.0)
+        n = int(round(fraction * 100))
+        if n != bar.n:
+            bar.n = n
+        what = str(job.status)
+        if job.progress_message and what == "processing":
+            what = job.progress_message
+        elif job.error and what in ("failed", "retry"):
+            what = f"{what}: {_last(job.error)}"
+        bar.set_description_str(f"{self.label} {what[:80]}", refresh=False)
+        bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
+
+    def __repr__(self) -> str:
+        return f"<JobProgressBar {self.bar.n}%>"
+
+
+def job_progress_bar(job: Job, enabled: bool | None) -> JobProgressBar | None:
+    """A bar for ``runner.watch`` (a widget in Jupyter, text in a terminal), or None."""
+    if enabled is None:
+        enabled = _in_notebook()
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    label = f"{job.job_type} {str(job.id)[:8]}:"
+    return JobProgressBar(tqdm(total=100, desc=label, leave=True,
+                               bar_format="{percentage:3.0f}%|{bar}| {desc}"), label)
 
 
 def progress_bar(total: int, enabled: bool | None) -> ProgressBar | None:

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from . import queue
+from . import progress, queue
 from .config import Settings
 from .database import session_wrote
 from .dispatcher import DISPATCH_TABLE, Handler, dispatch_job
@@ -197,8 +197,11 @@ async def run_job(job: Job, db: AsyncSession, ctx: _Run) -> dict[str, Any]:
     retry_delay: float | None = None
     result: Any = None
     try:
-        async with asyncio.timeout(timeout) as deadline:
-            result = await _watch_blocking(dispatch_job(job, db, ctx.table), job)
+        # report_progress() inside the handler writes to this attempt of this job.
+        async with progress.tracking_session(db, job, ctx.worker_id,
+                                             interval=ctx.settings.progress_interval):
+            async with asyncio.timeout(timeout) as deadline:
+                result = await _watch_blocking(dispatch_job(job, db, ctx.table), job)
         result = queue.check_result(result)
     except TimeoutError as exc:
         if deadline.expired():

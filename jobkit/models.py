@@ -23,6 +23,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Table,
     Text,
@@ -168,6 +169,11 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     locked_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
     locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # How far the running attempt has got (jobkit.report_progress): 0..1, cleared by the
+    # claim, 1 at completion.
+    progress: Mapped[float | None] = mapped_column(Float, nullable=True)
+    progress_message: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    progress_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     __table_args__ = (
         # The claim's index: only waiting jobs, in claim order.
@@ -219,6 +225,10 @@ class VideoAsset(Base):
     duration_ms: Mapped[int] = mapped_column(Integer)
     stored_path: Mapped[str | None] = mapped_column(String(1000), nullable=True)
     size_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # Probed from the stored file (None for a name-only upload).
+    width: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    height: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    fps: Mapped[float | None] = mapped_column(Float, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     def __repr__(self) -> str:
@@ -242,6 +252,10 @@ class Clip(Base):
     start_ms: Mapped[int] = mapped_column(Integer)
     end_ms: Mapped[int] = mapped_column(Integer)
     visual_score: Mapped[float] = mapped_column(Float)
+    # A small JPEG (~160 px wide) of the clip, stored in the database so that it travels
+    # with it; loaded only when asked for (``Clip.thumbnail``).
+    thumbnail: Mapped[bytes | None] = mapped_column(
+        LargeBinary, nullable=True, deferred=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     def __repr__(self) -> str:

@@ -301,6 +301,7 @@ def build_job_row(job_type: str, params: Any = None, *, priority: int = 0,
         "priority": priority, "timeout": timeout, "dedupe_key": dedupe_key,
         "cancel_requested": False, "run_at": eligible, "created_at": now, "updated_at": now,
         "started_at": None, "finished_at": None, "locked_by": None, "locked_until": None,
+        "progress": None, "progress_message": None, "progress_at": None,
     }
 
 
@@ -543,7 +544,8 @@ def _claim_statement(dialect: str, typed: bool, queued: int, limited: bool) -> A
         binds += [bindparam("now", type_=UTCDateTime), bindparam("until", type_=UTCDateTime)]
     sql = (f"UPDATE jobs SET status = 'processing', attempts = attempts + 1, "
            f"locked_by = :worker_id, locked_until = {until}, started_at = {now}, "
-           f"updated_at = {now}, finished_at = NULL "
+           f"updated_at = {now}, finished_at = NULL, "
+           f"progress = NULL, progress_message = NULL, progress_at = NULL "
            f"WHERE id IN (SELECT id FROM {source} WHERE {' AND '.join(where)} "
            f"ORDER BY priority DESC, created_at, id LIMIT {limit}{lock}) "
            f"RETURNING {_RETURNING}")
@@ -673,7 +675,7 @@ def _fence(job_id: uuid.UUID, attempt: int, worker_id: str) -> ColumnElement[boo
 
 
 _COMPLETED_VALUES = {"status": JobStatus.COMPLETED.value, "error": None, "locked_by": None,
-                     "locked_until": None}
+                     "locked_until": None, "progress": 1.0}
 
 
 @functools.cache
@@ -699,7 +701,7 @@ _COMPLETE_MANY_PG = text("""
         SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:attempts AS integer[]),
                              CAST(:results AS jsonb[])))
     UPDATE jobs SET status = 'completed', result = v.res, error = NULL, finished_at = now(),
-           updated_at = now(), locked_by = NULL, locked_until = NULL
+           updated_at = now(), locked_by = NULL, locked_until = NULL, progress = 1
     FROM v
     WHERE jobs.id = v.id AND jobs.attempts = v.att AND jobs.locked_by = :worker_id
       AND jobs.status = 'processing'
@@ -709,7 +711,8 @@ _COMPLETE_MANY_SQLITE = text("""
         SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),
                json_extract(value, '$[2]') FROM json_each(:batch))
     UPDATE jobs SET status = 'completed', result = v.res, error = NULL,
-           finished_at = :now, updated_at = :now, locked_by = NULL, locked_until = NULL
+           finished_at = :now, updated_at = :now, locked_by = NULL, locked_until = NULL,
+           progress = 1
     FROM v
     WHERE jobs.id = v.id AND jobs.attempts = v.att
       AND jobs.locked_by = :worker_id AND +jobs.status = 'processing'

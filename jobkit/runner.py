@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import uuid
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
@@ -176,16 +178,44 @@ class Runner:
             return await queue_mod.enqueue_many(
                 db, items, default_max_retries=self.settings.max_job_retries)
 
-    async def upload_video(self, filename: str, duration_ms: int, *, priority: int = 0,
-                           stored_path: str | None = None,
+    async def upload_video(self, filename: str | os.PathLike[str], duration_ms: int | None = None,
+                           *, priority: int = 0, stored_path: str | None = None,
                            size_bytes: int | None = None) -> tuple[VideoAsset, Job]:
-        """Create a VideoAsset and its pending ``cut_analysis`` job in one transaction."""
+        """Create a VideoAsset and its pending ``cut_analysis`` job in one transaction.
+
+        ``upload_video("match.mp4", 60_000)`` registers a video by name only (its analysis
+        is simulated). ``upload_video("videos/match.mp4")`` without a duration registers an
+        existing file: its duration, size and frame size are probed from it (the ``video``
+        extra) and ``cut_analysis`` decodes it. A file that is not a readable video within
+        the ``video_max_*`` limits is refused here, and nothing is stored.
+        """
+        width = height = None
+        fps = None
+        if duration_ms is None and stored_path is None:
+            path = os.fspath(filename)
+            if not os.path.isfile(path):
+                raise InvalidTransition(
+                    f"no video file at {path!r}: give the path of an existing file, or a "
+                    "name and its duration_ms to register a video without a file")
+            from .dispatcher import run_blocking
+            from .video import Limits, probe
+
+            s = self.settings
+            info = await run_blocking(probe, path, Limits(s.video_max_width, s.video_max_height,
+                                                          s.video_max_seconds))
+            filename, duration_ms = os.path.basename(path), info.duration_ms
+            stored_path, size_bytes = os.path.abspath(path), info.size_bytes
+            width, height, fps = info.width, info.height, round(info.fps, 3)
+        if isinstance(filename, os.PathLike):
+            filename = os.fspath(filename)
         if not isinstance(filename, str):
             raise InvalidTransition(f"filename must be a string, got {short_repr(filename)}")
         try:
             queue_mod.check_filename(filename)
         except ValueError as exc:
             raise InvalidTransition(str(exc)) from None
+        if duration_ms is None:
+            raise InvalidTransition("duration_ms is required with stored_path")
         if isinstance(duration_ms, bool) or not isinstance(duration_ms, int):
             raise InvalidTransition(
                 f"duration_ms must be a whole number of milliseconds, got {short_repr(duration_ms)}")
@@ -195,7 +225,8 @@ class Runner:
             raise InvalidTransition(f"duration_ms must be at most {queue_mod.INT32_MAX} (about 24 "
                                     f"days), got {short_repr(duration_ms)}")
         asset = VideoAsset(id=new_id(), filename=filename, duration_ms=duration_ms,
-                           stored_path=stored_path, size_bytes=size_bytes, created_at=utcnow())
+                           stored_path=stored_path, size_bytes=size_bytes, width=width,
+                           height=height, fps=fps, created_at=utcnow())
         async with self.sessions() as db:
             db.add(asset)
             await db.flush()
@@ -280,6 +311,35 @@ class Runner:
             rows = (await db.execute(select(Clip).where(
                 Clip.video_asset_id == uuid.UUID(str(asset_id))).order_by(Clip.start_ms))).scalars()
             return list(rows)
+
+    async def watch(self, job_id: uuid.UUID | str | Job, *, interval: float = 0.5,
+                    progress: bool | None = None, timeout: float | None = None) -> Job:
+        """Follow a job until it finishes and return it, showing a live progress bar of its
+        ``progress`` and ``progress_message`` (in a notebook by default; ``progress=True``
+        for a text bar in a terminal, ``False`` for none).
+
+        The job is run by a worker elsewhere (another process, or a task of this loop such
+        as ``asyncio.create_task(runner.drain())``); ``watch`` only reads. ``timeout``:
+        give up after this many seconds (TimeoutError); the job is not touched.
+        """
+        from .display import job_progress_bar
+        from .models import TERMINAL
+
+        jid = job_id.id if isinstance(job_id, Job) else job_id
+        job = await self.get_job(jid)
+        bar = job_progress_bar(job, progress)
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    if bar is not None:
+                        bar.show(job)
+                    if job.status in TERMINAL:
+                        return job
+                    await asyncio.sleep(interval)
+                    job = await self.get_job(jid)
+        finally:
+            if bar is not None:
+                bar.close()
 
     async def cancel(self, job_id: uuid.UUID | str) -> Job:
         """Cancel a waiting job (ends ``failed``/"cancelled"), or ask a running one to stop."""

@@ -1,4 +1,11 @@
-"""The original handler: cut a video into ~20 s candidate clips and score each one."""
+"""The original handler: cut a video into candidate clips and score each one.
+
+A video uploaded with its file (``jobkit upload PATH``, a multipart ``POST /upload``,
+``runner.upload_video(path)``) is decoded in a worker thread: clips follow its real shot
+cuts, each with a ``visual_score`` from its frames and a JPEG thumbnail (see
+:mod:`jobkit.video`). A name-only upload keeps the original simulation: one clip per
+20 s, a score hashed from the name (``analysis: "simulated"``).
+"""
 
 from __future__ import annotations
 
@@ -7,12 +14,13 @@ import hashlib
 import uuid
 from typing import Any
 
-from sqlalchemy import delete
+from sqlalchemy import delete, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..config import Settings
 from ..errors import PermanentError
 from ..models import Clip, Job, VideoAsset, new_id
+from ..progress import current_tracker, report_progress
 
 CLIP_MS = 20_000
 
@@ -67,8 +75,11 @@ async def run_cut_analysis(job: Job, db: AsyncSession) -> dict[str, Any]:
         raise PermanentError(
             f"video asset {asset_id} ({filename!r}) has duration_ms={duration}; "
             "a video must last more than 0 ms to be cut")
+    stored_path = asset.stored_path
     # End the read transaction: no connection or snapshot is held while we analyse.
     await db.commit()
+    if stored_path:
+        return await _analyse_file(job, db, asset_id, stored_path)
 
     await asyncio.sleep(settings_of(db).cut_analysis_seconds)  # the simulated analysis
 
@@ -81,6 +92,10 @@ async def run_cut_analysis(job: Job, db: AsyncSession) -> dict[str, Any]:
         for i, (start, end) in enumerate(clip_bounds(duration))
     ]
     db.add_all(clips)
+    return {**_result(clips, duration), "analysis": "simulated"}
+
+
+def _result(clips: list[Clip], duration: int) -> dict[str, Any]:
     return {
         "clips_created": len(clips),
         "duration": duration,
@@ -90,6 +105,45 @@ async def run_cut_analysis(job: Job, db: AsyncSession) -> dict[str, Any]:
             for c in clips
         ],
     }
+
+
+async def _analyse_file(job: Job, db: AsyncSession, asset_id: uuid.UUID,
+                        path: str) -> dict[str, Any]:
+    """Decode the stored file in a thread, store one scored clip (with a thumbnail) per shot."""
+    try:
+        from .. import video
+    except ImportError as exc:  # pragma: no cover - depends on the installation
+        raise PermanentError(str(exc)) from None
+    from ..dispatcher import run_blocking
+
+    s = settings_of(db)
+    limits = video.Limits(s.video_max_width, s.video_max_height, s.video_max_seconds)
+    tracker = current_tracker()
+    await report_progress(0.0, "opening the video")
+
+    def on_progress(fraction: float, message: str) -> None:
+        if tracker is not None and tracker.closed:  # the job ended (cancelled, timed out)
+            raise video.VideoError("analysis abandoned: the job stopped while decoding")
+        report_progress(fraction, message)
+
+    try:
+        found = await run_blocking(video.analyse, path, limits=limits, on_progress=on_progress)
+    except ImportError as exc:  # pragma: no cover - depends on the installation
+        raise PermanentError(str(exc)) from None
+    bounds = found.clip_bounds()
+    await report_progress(0.99, f"storing {len(bounds)} clips")
+    await db.execute(delete(Clip).where(Clip.job_id == job.id))
+    clips = [
+        Clip(id=new_id(), video_asset_id=asset_id, job_id=job.id, start_ms=start, end_ms=end,
+             visual_score=found.score(start, end), thumbnail=found.thumbnail(start, end))
+        for start, end in bounds
+    ]
+    db.add_all(clips)
+    await db.execute(update(VideoAsset).where(VideoAsset.id == asset_id).values(
+        width=found.width, height=found.height, fps=round(found.fps, 3)))
+    return {**_result(clips, found.duration_ms), "analysis": "frames",
+            "scene_cuts_ms": found.cuts_ms, "fps": round(found.fps, 3), "width": found.width,
+            "height": found.height, "frames_decoded": found.frames_decoded}
 
 
 #: Checked by ``Runner.enqueue`` (and the CLI and HTTP faces) before a job is stored.
