@@ -155,6 +155,10 @@ class JobOut(BaseModel):
     locked_by: str | None = None
     locked_until: datetime | None = None
     processing_time_ms: int | None = None
+    progress: float | None = Field(None, description="how far the running attempt has got "
+                                                     "(0..1), 1 once completed")
+    progress_message: str | None = Field(None, description="what the job said it is doing")
+    progress_at: datetime | None = Field(None, description="when progress was last stored")
 
 
 class EnqueueOut(JobOut):
@@ -309,11 +313,12 @@ def create_app(settings: Settings | None = None, *, runner: Runner | None = None
         "content": {
             "application/json": {"schema": UploadIn.model_json_schema()},
             "multipart/form-data": {"schema": {
-                "type": "object", "required": ["file", "duration_ms"],
+                "type": "object", "required": ["file"],
                 "properties": {
                     "file": {"type": "string", "format": "binary",
                              "description": "the video; stored under a generated name"},
-                    "duration_ms": {"type": "integer", "minimum": 1},
+                    "duration_ms": {"type": "integer", "minimum": 1,
+                                    "description": "probed from the file when not given"},
                     "filename": {"type": "string",
                                  "description": "display name (default: the file's name)"},
                     "priority": {"type": "integer"},
@@ -664,9 +669,8 @@ async def _upload(request: Request, runner: Runner, settings: Settings) -> Uploa
         if not isinstance(upload, UploadFile):
             raise HTTPException(422, "file: a multipart upload needs a 'file' part")
         raw_duration = form.get("duration_ms", form.get("duration"))
-        if raw_duration is None:
-            raise HTTPException(422, "duration_ms: field required")
-        duration_ms = _int_field("duration_ms", raw_duration, minimum=1)
+        duration_ms = None if raw_duration is None else \
+            _int_field("duration_ms", raw_duration, minimum=1)
         raw_priority = form.get("priority")
         priority = 0 if raw_priority is None else _int_field("priority", raw_priority,
                                                               minimum=-INT32_MAX)
@@ -682,6 +686,8 @@ async def _upload(request: Request, runner: Runner, settings: Settings) -> Uploa
     finally:
         await form.close()
     try:
+        if duration_ms is None:
+            duration_ms = await _probed_duration(runner, path)
         asset, job = await runner.upload_video(name, duration_ms, priority=priority,
                                                stored_path=path, size_bytes=size)
     except BaseException:
@@ -691,6 +697,24 @@ async def _upload(request: Request, runner: Runner, settings: Settings) -> Uploa
     return UploadOut(video_asset_id=str(asset.id), job_id=str(job.id), status=str(job.status),
                      filename=asset.filename, duration_ms=asset.duration_ms, size_bytes=size,
                      stored=True)
+
+
+async def _probed_duration(runner: Runner, path: str) -> int:
+    """The stored file's duration, probed; 422 (the caller removes the file) when it is not a
+    video jobkit can analyse."""
+    try:
+        from .video import VideoError
+    except ImportError:  # pragma: no cover - depends on the installation
+        raise HTTPException(422, "duration_ms: field required (this server cannot probe "
+                                 "videos: install the 'video' extra)") from None
+    try:
+        info = await runner.probe_video(path)
+    except ImportError:  # pragma: no cover - av missing while numpy is present
+        raise HTTPException(422, "duration_ms: field required (this server cannot probe "
+                                 "videos: install the 'video' extra)") from None
+    except VideoError as exc:
+        raise HTTPException(422, f"file: {exc}") from None
+    return int(info.duration_ms)
 
 
 async def _store(upload: UploadFile, name: str, media_dir: str, limit: int) -> tuple[str, int]:

@@ -346,16 +346,26 @@ async def cmd_upload(args: argparse.Namespace) -> int:
         check_filename(name)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    if stored_path is None and args.duration_ms is None:
+        raise UsageError(f"--duration-ms is required for {name!r}, a bare name with no file "
+                         "(give the path of an existing video to have it probed)")
     runner = await _open(args, create=True)
     try:
-        asset, job = await runner.upload_video(name, args.duration_ms, priority=args.priority,
-                                               stored_path=stored_path, size_bytes=size)
+        if stored_path is not None and args.duration_ms is None:
+            # Probed from the file (the video extra); a file that is not a readable video
+            # is refused here and nothing is stored.
+            asset, job = await runner.upload_video(stored_path, priority=args.priority)
+        else:
+            asset, job = await runner.upload_video(name, args.duration_ms,
+                                                   priority=args.priority,
+                                                   stored_path=stored_path, size_bytes=size)
     finally:
         await runner.close()
     data = {"video_asset_id": str(asset.id), "job_id": str(job.id), "job_type": job.job_type,
             "status": str(job.status), "filename": asset.filename,
             "duration_ms": asset.duration_ms, "stored_path": asset.stored_path,
-            "size_bytes": asset.size_bytes}
+            "size_bytes": asset.size_bytes, "width": asset.width, "height": asset.height,
+            "fps": asset.fps}
     _out(args, data, f"uploaded {asset.filename} ({asset.duration_ms / 1000:g} s) as asset "
                      f"{asset.id}\njob {job.id} (cut_analysis) pending")
     return EXIT_OK
@@ -572,10 +582,11 @@ async def cmd_jobs(args: argparse.Namespace) -> int:
     finally:
         await runner.close()
     rows = [(j.id, j.job_type, j.queue, j.status, f"{j.attempts}/{j.max_attempts}",
-             j.priority, _when(j.created_at), _short_error(j.error, 50)) for j in jobs]
+             j.priority, _when(j.created_at), _progress_cell(j), _short_error(j.error, 50))
+            for j in jobs]
     _out(args, [ops.job_dict(j) for j in jobs],
          lambda: _table(rows, ["ID", "TYPE", "QUEUE", "STATUS", "ATTEMPTS", "PRIO",
-                               "CREATED (UTC)", "ERROR"]) if rows else "no jobs")
+                               "CREATED (UTC)", "PROGRESS", "ERROR"]) if rows else "no jobs")
     return EXIT_OK
 
 
@@ -617,6 +628,17 @@ async def cmd_schedules(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _progress_cell(job: Any, width: int = 10) -> str:
+    """``[####      ]  40% decoding 12/30 s`` for a job that reported progress."""
+    if job.progress is None:
+        return ""
+    filled = int(round(job.progress * width))
+    text = f"[{'#' * filled}{' ' * (width - filled)}] {job.progress * 100:3.0f}%"
+    if job.progress_message and str(job.status) == "processing":
+        text += f" {job.progress_message[:40]}"
+    return text
+
+
 async def cmd_show(args: argparse.Namespace) -> int:
     from .ops import job_dict
 
@@ -634,6 +656,9 @@ async def cmd_show(args: argparse.Namespace) -> int:
                     "processing_time_ms", "locked_by", "locked_until"):
             if d[key] is not None:
                 lines.append(f"  {key:<18} {d[key]}")
+        if job.progress is not None:
+            when = f" (updated {_ago(job.progress_at)})" if job.progress_at else ""
+            lines.append(f"  {'progress':<18} {_progress_cell(job)}{when}")
         lines.append(f"  {'params':<18} {json.dumps(d['params'], ensure_ascii=False)}")
         if d["result"] is not None:
             lines.append(f"  {'result':<18} {json.dumps(d['result'], ensure_ascii=False)}")

@@ -191,9 +191,11 @@ def build_parser(commands: Mapping[str, Command], description: str | None = None
 
     p = add("upload", "register a video and queue its cut_analysis job")
     p.add_argument("file", metavar="FILE",
-                   help="a video file (its path and size are recorded) or just a name")
-    p.add_argument("--duration-ms", type=_int_type(1, "milliseconds"), required=True,
-                   help="the video's length in milliseconds")
+                   help="a video file (its path and size are recorded, and cut_analysis "
+                        "decodes it) or just a name (a simulated analysis)")
+    p.add_argument("--duration-ms", type=_int_type(1, "milliseconds"), default=None,
+                   help="the video's length in milliseconds: required for a bare name; "
+                        "probed from the file when not given")
     p.add_argument("--priority", type=priority_type, default=0, help="higher runs first")
 
     p = add("enqueue", "add a job of any registered type")

@@ -72,6 +72,8 @@ class Explanation:
     locked_until: datetime | None = None
     last_error: str | None = None
     result_summary: str | None = None
+    progress: float | None = None
+    progress_message: str | None = None
     facts: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __str__(self) -> str:
@@ -205,6 +207,7 @@ async def explain_job(db: AsyncSession, job_id: uuid.UUID | str, *,
         "queue": row["queue"],
         "attempts": int(row["attempts"]), "max_attempts": int(row["max_attempts"]),
         "run_at": row["run_at"], "last_error": _last_line(row["error"]),
+        "progress": row["progress"], "progress_message": row["progress_message"],
         "facts": {"now": now, "created_at": row["created_at"], "started_at": row["started_at"],
                   "finished_at": row["finished_at"], "priority": row["priority"]},
     }
@@ -255,6 +258,8 @@ async def explain_job(db: AsyncSession, job_id: uuid.UUID | str, *,
     else:
         summary = (f"{name} failed at once on attempt {attempts} of {max_attempts}, "
                    f"because retrying cannot help (a permanent error): {error}")
+    if row["progress"] is not None:
+        details.append(f"It had reported {_progress(row, now)} before it failed.")
     details.append(f"Run it again with {hint['retry'].format(id=jid)} once the cause is fixed.")
     return Explanation(case="failed", summary=summary, details=tuple(details), **base)
 
@@ -328,6 +333,16 @@ async def _explain_waiting(db: AsyncSession, row: Mapping[Any, Any], base: dict[
     details.append(queue_note)
     return Explanation(case="waiting", summary=summary, details=tuple(details), ahead=ahead,
                        eligible_in_s=0.0, **base)
+
+
+def _progress(row: Mapping[Any, Any], now: datetime) -> str:
+    """``40% (decoding 12.0/30.0 s), reported 2 s ago``."""
+    text = f"{row['progress'] * 100:.0f}%"
+    if row["progress_message"]:
+        text += f" ({row['progress_message']})"
+    if row["progress_at"] is not None:
+        text += f", reported {_duration(max(0.0, (now - row['progress_at']).total_seconds()))} ago"
+    return text
 
 
 async def _queue_note(db: AsyncSession, queue_name: str, now: datetime,
@@ -427,6 +442,8 @@ async def _explain_processing(db: AsyncSession, row: Mapping[Any, Any], base: di
         return Explanation(case="worker_dead", summary=summary, details=tuple(details),
                            **fields, **base)
     beat = f", last heartbeat {_duration(age)} ago" if age is not None else ""
+    if row["progress"] is not None:
+        details.insert(0, f"Progress: {_progress(row, now)}.")
     live_word = "live " if alive else ""
     summary = f"{name} is running{running_for} on {live_word}{who}{beat} ({attempt})."
     if until is not None and lease_left is not None:

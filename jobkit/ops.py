@@ -119,12 +119,15 @@ def job_dict(job: Job) -> dict[str, Any]:
         "started_at": iso(job.started_at), "finished_at": iso(job.finished_at),
         "locked_by": job.locked_by, "locked_until": iso(job.locked_until),
         "processing_time_ms": processing_ms(job),
+        "progress": job.progress, "progress_message": job.progress_message,
+        "progress_at": iso(job.progress_at),
     }
 
 
 def asset_dict(asset: VideoAsset) -> dict[str, Any]:
     return {"id": str(asset.id), "filename": asset.filename, "duration_ms": asset.duration_ms,
             "stored_path": asset.stored_path, "size_bytes": asset.size_bytes,
+            "width": asset.width, "height": asset.height, "fps": asset.fps,
             "created_at": iso(asset.created_at)}
 
 

@@ -192,19 +192,9 @@ class Runner:
         width = height = None
         fps = None
         if duration_ms is None and stored_path is None:
-            path = os.fspath(filename)
-            if not os.path.isfile(path):
-                raise InvalidTransition(
-                    f"no video file at {path!r}: give the path of an existing file, or a "
-                    "name and its duration_ms to register a video without a file")
-            from .dispatcher import run_blocking
-            from .video import Limits, probe
-
-            s = self.settings
-            info = await run_blocking(probe, path, Limits(s.video_max_width, s.video_max_height,
-                                                          s.video_max_seconds))
-            filename, duration_ms = os.path.basename(path), info.duration_ms
-            stored_path, size_bytes = os.path.abspath(path), info.size_bytes
+            info = await self.probe_video(filename)
+            filename, duration_ms = os.path.basename(info.path), info.duration_ms
+            stored_path, size_bytes = info.path, info.size_bytes
             width, height, fps = info.width, info.height, round(info.fps, 3)
         if isinstance(filename, os.PathLike):
             filename = os.fspath(filename)
@@ -236,6 +226,16 @@ class Runner:
                                           default_max_retries=self.settings.max_job_retries)
             await db.commit()
         return asset, job
+
+    async def probe_video(self, path: str | os.PathLike[str]) -> Any:
+        """A video file's :class:`jobkit.video.VideoInfo` (duration, size, frame rate), read in
+        a thread; :class:`jobkit.video.VideoError` when it is not a video within the
+        ``video_max_*`` limits."""
+        from .dispatcher import run_blocking
+
+        s = self.settings
+        return await run_blocking(_probe_upload, os.fspath(path), s.video_max_width,
+                                  s.video_max_height, s.video_max_seconds)
 
     # -- run ----------------------------------------------------------------------------
     async def step(self, *, job_types: list[str] | None = None,
@@ -514,6 +514,17 @@ class Runner:
 
         return Dashboard(self, refresh_interval=refresh_interval)
     # -- end of monitoring & notebook views ------------------------------------------------
+
+
+def _probe_upload(path: str, max_width: int, max_height: int, max_seconds: float) -> Any:
+    """The probed :class:`jobkit.video.VideoInfo` of a file to upload (absolute path)."""
+    if not os.path.isfile(path):
+        raise InvalidTransition(
+            f"no video file at {path!r}: give the path of an existing file, or a name and "
+            "its duration_ms to register a video without a file")
+    from .video import Limits, probe
+
+    return probe(os.path.abspath(path), Limits(max_width, max_height, max_seconds))
 
 
 async def open(url: str | None = None, *, settings: Settings | None = None,

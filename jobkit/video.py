@@ -380,6 +380,14 @@ def analyse(path: str | os.PathLike[str], *, limits: Limits | None = None,
             f"{name} is truncated or corrupt: frames decode only up to {end_ms / 1000:.2f} s "
             f"of the {declared:.2f} s the file declares; nothing was kept. Upload the "
             "complete file")
+    expected = declared * info.fps if info.fps else 0.0
+    if expected > 0 and len(times) < 0.9 * expected - 1:
+        gaps = np.diff(np.array(times)) if len(times) > 1 else np.zeros(1)
+        at = int(np.argmax(gaps)) if len(times) > 1 else 0
+        raise VideoError(
+            f"{name} is corrupt: only {len(times)} of about {expected:.0f} frames decode "
+            f"(the largest gap is {times[at]:.2f}-{times[min(at + 1, len(times) - 1)]:.2f} s); "
+            "nothing was kept. Upload an intact copy")
     skip.append(change[-1] if len(change) > 1 else 0.0)  # the last frame has no t+1
     if len(skip) < len(times):
         skip.insert(0, 0.0)  # frame 0 has no t-1
@@ -513,7 +521,7 @@ def make_test_video(path: str | os.PathLike[str], shots: Sequence[ShotSpec] = (2
         stream = out.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         if codec == "libx264":
-            stream.options = {"preset": "veryfast", "crf": "18"}
+            stream.options = {"preset": "ultrafast", "crf": "18"}
         else:
             stream.bit_rate = 4_000_000
         index = 0
