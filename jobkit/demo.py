@@ -15,6 +15,29 @@ from .runner import open as open_runner
 VIDEOS = [("intro.mp4", 15_000), ("match_highlights.mp4", 60_000),
           ("interview.mp4", 95_500), ("trailer.mp4", 41_000), ("full_match.mp4", 200_000)]
 
+#: Synthetic videos with known cuts, made with PyAV (the ``video`` extra) and analysed
+#: frame by frame: (file name, shots as seconds or (seconds, style), flashes in seconds).
+REAL_VIDEOS: list[tuple[str, list[Any], list[float]]] = [
+    ("synthetic_highlights.mp4", [3.0, 2.0, 4.0, 1.5, 3.5, 2.5], [1.2, 9.8]),
+    ("synthetic_studio.mp4", [(4.0, "flat"), 3.0, (5.0, "flat"), 2.0, (3.0, "flat")], []),
+    ("synthetic_long_take.mp4", [26.0, 4.0], [12.0]),
+]
+
+
+def make_demo_videos(folder: str) -> list[Any]:
+    """Encode :data:`REAL_VIDEOS` into ``folder`` (empty when the video extra is missing)."""
+    folder = os.path.abspath(folder)
+    os.makedirs(folder, exist_ok=True)
+    try:
+        from .video import make_test_video
+    except ImportError:  # pragma: no cover - depends on the installation
+        return []
+    try:
+        return [make_test_video(os.path.join(folder, name), shots, flashes=flashes)
+                for name, shots, flashes in REAL_VIDEOS]
+    except ImportError:
+        return []
+
 
 async def run_demo(url: str | None = None, *, concurrency: int = 5,
                    plot_path: str | None = None, quiet: bool = False) -> dict[str, Any]:
@@ -36,7 +59,19 @@ async def run_demo(url: str | None = None, *, concurrency: int = 5,
         for name, ms in VIDEOS:
             asset, job = await runner.upload_video(name, duration_ms=ms)
             assets.append(asset)
-            say(f"  uploaded {name:<22} {ms / 1000:>6.1f} s  -> job {job.id} pending")
+            say(f"  uploaded {name:<26} {ms / 1000:>6.1f} s  -> job {job.id} pending "
+                "(name only: simulated analysis)")
+        folder = tmp.name if tmp is not None else "jobkit-demo-videos"
+        made = await asyncio.to_thread(make_demo_videos, folder)
+        if not made:
+            say("  (install the video extra, pip install -e '.[video]', to analyse real files)")
+        real_jobs = []
+        for v in made:
+            asset, job = await runner.upload_video(v.path)  # duration probed from the file
+            assets.append(asset)
+            real_jobs.append((v, job))
+            say(f"  uploaded {asset.filename:<26} {asset.duration_ms / 1000:>6.1f} s  -> job "
+                f"{job.id} pending (a file: decoded, {len(v.cut_frames)} known cuts)")
         started = time.perf_counter()
         stats = await runner.drain(concurrency=concurrency, progress=False)
         elapsed = time.perf_counter() - started
@@ -48,15 +83,22 @@ async def run_demo(url: str | None = None, *, concurrency: int = 5,
             say(f"  {status:<11} {n}")
         say("\nclips per video (visual_score, best marked *):")
         clips_out = {}
+        cuts_out = {}
         for asset in assets:
             clips = await runner.clips_of(asset.id)
             best = max((c.visual_score for c in clips), default=None)
             scores = "  ".join(f"{c.visual_score:.2f}{'*' if c.visual_score == best else ''}"
                                for c in clips)
-            say(f"  {asset.filename:<22} {len(clips):>2} clips  {scores}")
+            say(f"  {asset.filename:<26} {len(clips):>2} clips  {scores}")
             clips_out[asset.filename] = [c.visual_score for c in clips]
+        for v, job in real_jobs:
+            found = ((await runner.get_job(job.id)).result or {}).get("scene_cuts_ms", [])
+            cuts_out[os.path.basename(v.path)] = found
+            say(f"  {os.path.basename(v.path):<26} cuts found at {found} ms "
+                f"(known: {v.cuts_ms})")
         out = {"database_url": None if tmp else redact_url(url), "counts": counts,
-               "clips": clips_out, "elapsed_s": round(elapsed, 3), "processed": stats.processed}
+               "clips": clips_out, "cuts": cuts_out, "elapsed_s": round(elapsed, 3),
+               "processed": stats.processed}
         if plot_path:
             try:
                 from .monitoring import clips_frame

@@ -130,6 +130,64 @@ def runner_html(runner: Runner) -> str:
     ])
 
 
+class HTML:
+    """Ready-made HTML that a notebook shows as such (``str()`` gives the markup)."""
+
+    def __init__(self, markup: str, text: str = "") -> None:
+        self.markup = markup
+        self.text = text
+
+    def _repr_html_(self) -> str:
+        return self.markup
+
+    def __str__(self) -> str:
+        return self.markup
+
+    def __repr__(self) -> str:
+        return f"<HTML {self.text or len(self.markup)}>"
+
+
+def thumbnail_strip(frame: Any, title: str | None = None) -> HTML:
+    """One video's clips as a row of thumbnails (data-URI JPEGs) with their times and
+    scores; ``frame`` is :func:`jobkit.monitoring.clip_thumbnails`. The best clip is
+    outlined."""
+    import base64
+
+    rows = list(frame.itertuples(index=False))
+    best = max((r.visual_score for r in rows), default=None)
+    cells = []
+    for r in rows:
+        if r.thumbnail is not None:
+            data = base64.b64encode(bytes(r.thumbnail)).decode("ascii")
+            img = (f"<img src='data:image/jpeg;base64,{data}' width='120' "
+                   f"alt='clip at {r.start_ms / 1000:g} s'>")
+        else:
+            img = "<div style='width:120px;height:68px;background:#eee'></div>"
+        edge = "3px solid #198754" if r.visual_score == best else "3px solid transparent"
+        cells.append(f"<td style='text-align:center;padding:2px;border:{edge}'>{img}<br>"
+                     f"<small>{r.start_ms / 1000:.1f}-{r.end_ms / 1000:.1f} s<br>"
+                     f"<b>{r.visual_score:.2f}</b></small></td>")
+    caption = (f"<caption style='text-align:left'><b>{html.escape(title)}</b></caption>"
+               if title else "")
+    return HTML(f"<table>{caption}<tr>{''.join(cells)}</tr></table>",
+                f"{len(rows)} thumbnails")
+
+
+def progress_table(frame: Any) -> HTML:
+    """Running jobs with a bar each; ``frame`` is :func:`jobkit.monitoring.running_progress`."""
+    rows = []
+    for r in frame.itertuples(index=False):
+        p = None if r.progress != r.progress else float(r.progress)  # NaN: none reported
+        bar = progress_html(p, r.progress_message) if p is not None else "<i>no progress</i>"
+        rows.append(f"<tr><td><code>{html.escape(str(r.job_id)[:8])}</code></td>"
+                    f"<td>{html.escape(str(r.job_type))}</td><td>{bar}</td>"
+                    f"<td>{r.running_s:.0f} s</td></tr>")
+    if not rows:
+        return HTML("<i>no job is running</i>", "no job running")
+    head = "<tr><th>job</th><th>type</th><th>progress</th><th>running</th></tr>"
+    return HTML(f"<table>{head}{''.join(rows)}</table>", f"{len(rows)} running")
+
+
 def _when(value: Any) -> str:
     """A datetime as ``YYYY-MM-DD HH:MM:SS.mmm UTC`` (empty for None)."""
     if value is None:

@@ -34,8 +34,9 @@ from .models import Clip as _Clip
 from .models import VideoAsset as _VideoAsset
 
 __all__ = [
-    "STATUS_DTYPE", "clips_frame", "jobs_frame", "processing_stats", "queue_depth",
-    "recent_failures", "status_counts", "throughput", "worker_health",
+    "STATUS_DTYPE", "clip_thumbnails", "clips_frame", "jobs_frame", "processing_stats",
+    "queue_depth", "recent_failures", "running_progress", "status_counts", "throughput",
+    "worker_health",
 ]
 
 #: The dtype of every ``status`` column: the five states, ordered as the lifecycle.
@@ -404,6 +405,56 @@ async def clips_frame(db: AsyncSession,
     best = by_video["visual_score"].idxmax() if len(df) else pd.Series(dtype="int64")
     df.insert(9, "is_best", df.index.isin(list(best)))
     return df
+
+
+THUMBNAILS_SCHEMA = {
+    "clip_id": "str", "start_ms": "int", "end_ms": "int", "visual_score": "float",
+    "thumbnail": "object",
+}
+
+
+async def clip_thumbnails(db: AsyncSession, video_asset_id: uuid.UUID | str) -> pd.DataFrame:
+    """One video's clips in order with their JPEG ``thumbnail`` bytes (None for clips of a
+    simulated analysis). Show them with :func:`jobkit.display.thumbnail_strip`."""
+    try:
+        asset_uuid = (video_asset_id if isinstance(video_asset_id, uuid.UUID)
+                      else uuid.UUID(str(video_asset_id)))
+    except ValueError:
+        raise ValueError(f"video_asset_id {video_asset_id!r} is not a valid UUID") from None
+    rows = (await db.execute(
+        select(_clips.c.id.label("clip_id"), _clips.c.start_ms, _clips.c.end_ms,
+               _clips.c.visual_score, _clips.c.thumbnail)
+        .where(_clips.c.video_asset_id == asset_uuid)
+        .order_by(_clips.c.start_ms, _clips.c.id))).mappings().all()
+    return _frame(rows, THUMBNAILS_SCHEMA)
+
+
+# ---------------------------------------------------------------------------
+# Running jobs and their progress
+# ---------------------------------------------------------------------------
+PROGRESS_SCHEMA = {
+    "job_id": "str", "job_type": "str", "worker_id": "str", "started_at": "datetime",
+    "running_s": "float", "progress": "float", "progress_message": "str",
+    "progress_at": "datetime",
+}
+
+
+async def running_progress(db: AsyncSession) -> pd.DataFrame:
+    """The ``processing`` jobs, oldest first, with how far each has got.
+
+    ``progress`` is NaN for a job that has not reported any (see
+    :func:`jobkit.report_progress`); ``running_s`` counts from the attempt's start.
+    """
+    rows = [dict(r) for r in (await db.execute(
+        select(jobs_table.c.id.label("job_id"), jobs_table.c.job_type,
+               jobs_table.c.locked_by.label("worker_id"), jobs_table.c.started_at,
+               jobs_table.c.progress, jobs_table.c.progress_message, jobs_table.c.progress_at)
+        .where(jobs_table.c.status == JobStatus.PROCESSING.value)
+        .order_by(jobs_table.c.started_at, jobs_table.c.id))).mappings()]
+    now = await _db_now(db)
+    for r in rows:
+        r["running_s"] = (now - r["started_at"]).total_seconds() if r["started_at"] else None
+    return _frame(rows, PROGRESS_SCHEMA)
 
 
 # ---------------------------------------------------------------------------

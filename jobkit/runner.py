@@ -492,6 +492,23 @@ class Runner:
         async with self._reading() as db:
             return await clips_frame(db, video_asset_id=video_asset_id)
 
+    async def running_progress(self) -> _pd.DataFrame:
+        """The running jobs with their progress (see :func:`jobkit.monitoring.running_progress`)."""
+        from .monitoring import running_progress
+
+        async with self._reading() as db:
+            return await running_progress(db)
+
+    async def thumbnails(self, video_asset_id: uuid.UUID | str) -> Any:
+        """One video's clip thumbnails with their scores, shown as a strip in a notebook."""
+        from .display import thumbnail_strip
+        from .monitoring import clip_thumbnails
+
+        async with self._reading() as db:
+            frame = await clip_thumbnails(db, video_asset_id)
+        asset = await self.get_asset(video_asset_id)
+        return thumbnail_strip(frame, f"{asset.filename}: {len(frame)} clips")
+
     async def worker_health(self, dead_after: float | None = None) -> _pd.DataFrame:
         """Registered workers with heartbeat age and a ``healthy`` flag."""
         from .monitoring import worker_health

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 
-from .display import STATUS_COLOURS, stats_html, status_badge, summary_html
+from .display import STATUS_COLOURS, progress_table, stats_html, status_badge, summary_html
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -78,6 +78,7 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
         self.last_step_html = widgets.HTML(
             summary_html(runner.last_step) if runner.last_step else "<i>no step yet</i>")
         self.message = widgets.HTML("")
+        self.running_html = widgets.HTML("")  # a progress bar per running job
         self.clips_image = widgets.Image(format="png", layout=widgets.Layout(max_width="820px"))
         self.step_button = widgets.Button(description="Step", icon="play",
                                           tooltip="process one job")
@@ -101,7 +102,7 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
         top = widgets.HBox([self.counts_html, self.depth_html],
                            layout=widgets.Layout(justify_content="space-between"))
         super().__init__(children=[self.title, buttons, self.message, top,
-                                   self.last_step_html, self.clips_image])
+                                   self.running_html, self.last_step_html, self.clips_image])
 
     @property
     def action_buttons(self) -> list[widgets.Button]:
@@ -151,7 +152,9 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
         per_queue = await self.runner.status_counts(by_queue=True)
         depth = await self.runner.queue_depth()
         clips = await self.runner.clips()
+        running = await self.runner.running_progress()
         self.counts, self.depth = counts, depth
+        self.running_html.value = progress_table(running).markup if len(running) else ""
         self.counts_html.value = counts_table(counts, per_queue)
         self.depth_html.value = depth_table(depth)
         key = (len(clips), tuple(clips["clip_id"].tail(1)))

@@ -24,6 +24,7 @@ from sqlalchemy import update
 import jobkit
 from jobkit import ops
 from jobkit.models import JobStatus, jobs_table, utcnow
+from jobkit.video import make_test_video
 
 JOBKIT_BIN = str(Path(sys.executable).parent / "jobkit")
 
@@ -74,14 +75,15 @@ def assert_one_line_error(proc: subprocess.CompletedProcess[str], code: int, wor
 
 def test_upload_step_show_status_flow(db_url: str, tmp_path: Path) -> None:
     video = tmp_path / "match.mp4"
-    video.write_bytes(b"\x00" * 4096)
+    make_test_video(video, [2.0, 2.0, 2.0])  # three shots: three clips
     init = jk("init", url=db_url, cwd=tmp_path)
     assert init.returncode == 0 and "schema ready" in init.stdout, init.stderr
 
-    up = out_json(jk("upload", str(video), "--duration-ms", "60000", "--json", url=db_url))
+    up = out_json(jk("upload", str(video), "--json", url=db_url))  # duration probed
     assert up["status"] == "pending" and up["job_type"] == "cut_analysis"
-    assert up["filename"] == "match.mp4"
-    assert up["stored_path"] == str(video) and up["size_bytes"] == 4096
+    assert up["filename"] == "match.mp4" and up["duration_ms"] == 6000
+    assert (up["width"], up["height"], up["fps"]) == (160, 90, 25.0)
+    assert up["stored_path"] == str(video) and up["size_bytes"] == video.stat().st_size
     job_id = up["job_id"]
 
     before, named = jk_many([("show", job_id, "--json"),
@@ -94,6 +96,8 @@ def test_upload_step_show_status_flow(db_url: str, tmp_path: Path) -> None:
     summary = out_json(step)
     assert summary["processed"] is True and summary["job_id"] == job_id
     assert summary["status"] == "completed" and summary["result"]["clips_created"] == 3
+    assert summary["result"]["analysis"] == "frames"
+    assert summary["result"]["scene_cuts_ms"] == [2000, 4000]
     assert f"Processing job {job_id} (type: cut_analysis)" in step.stderr
     assert f"Job {job_id} completed successfully in" in step.stderr
 
@@ -142,7 +146,7 @@ BAD_ARGUMENTS = [
     (("jobs", "--limit", "0"), 2, "--limit: must be between 1"),
     (("upload", "clip.mp4", "--duration-ms", "abc"), 2, "must be a whole number of milliseconds"),
     (("upload", "clip.mp4", "--duration-ms", "-5"), 2, "must be between 1"),
-    (("upload", "clip.mp4"), 2, "required: --duration-ms"),
+    (("upload", "clip.mp4"), 2, "--duration-ms is required for 'clip.mp4', a bare name"),
     (("upload", "missing/dir/clip.mp4", "--duration-ms", "5"), 2, "no such file"),
     (("prune", "--older-than", "3 fortnights"), 2, "is not a duration"),
     (("prune", "--older-than", "1d", "--status", "pending"), 2, "never deleted"),

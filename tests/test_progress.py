@@ -223,3 +223,44 @@ async def test_cut_analysis_reports_its_decoding_progress(
     assert seen, "progress was visible while the analysis ran"
     assert all(0.0 <= p < 1.0 for p, _ in seen)
     assert any(m.startswith(("opening", "decoding", "storing")) for _, m in seen)
+
+
+async def test_running_progress_frame_and_a_dashboard_bar_per_running_job(
+        db_url: str, handlers: dict) -> None:
+    runner = await jobkit.open(db_url, handlers=handlers, progress_interval=0.0)
+    started = [asyncio.Event(), asyncio.Event()]
+    go_on = asyncio.Event()
+
+    @runner.handler("part")
+    async def part(job: Job, db: Any) -> dict[str, Any]:
+        n = job.params["n"]
+        if n == 0:
+            await jobkit.report_progress(0.3, "first third")
+        started[n].set()
+        await go_on.wait()
+        return {}
+
+    try:
+        jobs = [await runner.enqueue("part", {"n": n}) for n in (0, 1)]
+        worker = runner.worker(concurrency=2, burst=True)
+        task = asyncio.create_task(worker.run())
+        for e in started:
+            await asyncio.wait_for(e.wait(), 10)
+        frame = await runner.running_progress()
+        assert list(frame["job_id"]) == [str(j.id) for j in jobs]
+        assert frame["progress"].iloc[0] == 0.3 and frame["progress"].isna().iloc[1]
+        assert frame["progress_message"].iloc[0] == "first third"
+        assert (frame["running_s"] >= 0).all() and set(frame["worker_id"]) == {worker.id}
+        dash = runner.dashboard()
+        await dash.refresh()
+        bars = dash.running_html.value
+        assert bars.count("<tr>") == 3  # a header and one row per running job
+        assert "width:30.0%" in bars and "30% first third" in bars and "no progress" in bars
+        go_on.set()
+        assert (await asyncio.wait_for(task, 10)).completed == 2
+        await dash.refresh()
+        assert dash.running_html.value == "" and len(await runner.running_progress()) == 0
+        dash.close()
+    finally:
+        go_on.set()
+        await runner.close()

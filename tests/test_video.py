@@ -344,3 +344,71 @@ async def test_bad_video_input_is_a_clear_permanent_failure(
         assert await count_clips(runner, asset.id) == 0
         stored = await runner.get_asset(asset.id)
         assert (stored.stored_path, stored.duration_ms) == (asset.stored_path, asset.duration_ms)
+
+
+# ------------------------------------------------------------------------------------
+# Uploads with a file: the CLI and the HTTP API probe it
+# ------------------------------------------------------------------------------------
+def test_cli_upload_probes_the_file_and_refuses_a_non_video(
+        sqlite_url: str, tmp_path: Path, videos: dict[str, video.TestVideo]) -> None:
+    from test_cli import jk, out_json
+
+    notes = tmp_path / "notes.mp4"
+    notes.write_text("not a video\n" * 50)
+    assert jk("init", url=sqlite_url).returncode == 0
+    refused = jk("upload", str(notes), url=sqlite_url)
+    assert refused.returncode == 1, refused.stderr
+    assert "notes.mp4 cannot be read as a video" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    listed = out_json(jk("jobs", "--json", url=sqlite_url))
+    assert listed == [], "nothing was stored"
+    up = out_json(jk("upload", videos["busy"].path, "--json", url=sqlite_url))
+    assert up["duration_ms"] == 3000 and up["stored_path"] == videos["busy"].path
+
+
+async def test_multipart_upload_without_a_duration_is_probed(
+        runner: jobkit.Runner, tmp_path: Path, videos: dict[str, video.TestVideo]) -> None:
+    from jobkit.api import create_app
+
+    media = tmp_path / "media"
+    app = create_app(runner.settings.replace(media_dir=str(media), dev_endpoints=True),
+                     runner=runner)
+    import httpx
+
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://jobkit.test") as client:
+        data = Path(videos["shots"].path).read_bytes()
+        r = await client.post("/upload", files={"file": ("Final Match.mp4", data)})
+        assert r.status_code == 201, r.text
+        body = r.json()
+        assert body["stored"] and body["filename"] == "Final Match.mp4"
+        assert abs(body["duration_ms"] - videos["shots"].duration_ms) <= 40
+        processed = (await client.post("/jobs/process")).json()
+        assert processed["status"] == "completed", processed
+        assert processed["result"]["analysis"] == "frames"
+        assert processed["result"]["clips_created"] == 5
+        # Not a video: 422 naming the problem, and neither the file nor a row is kept.
+        before = sorted(p.name for p in media.iterdir())
+        bad = await client.post("/upload", files={"file": ("notes.mp4", b"hello " * 100)})
+        assert bad.status_code == 422
+        assert "file: notes.mp4 cannot be read as a video" in bad.json()["detail"] or \
+            "cannot be read as a video" in bad.json()["detail"]
+        assert sorted(p.name for p in media.iterdir()) == before
+        assert await count_jobs(runner) == 1
+
+
+async def test_thumbnail_strip_shows_each_clip_with_its_score(
+        runner: jobkit.Runner, videos: dict[str, video.TestVideo]) -> None:
+    import base64
+    import re
+
+    asset, _ = await runner.upload_video(videos["shots"].path)
+    assert (await runner.step())["status"] == "completed"
+    strip = await runner.thumbnails(asset.id)
+    markup = strip._repr_html_()
+    images = re.findall(r"src='data:image/jpeg;base64,([A-Za-z0-9+/=]+)'", markup)
+    assert len(images) == 5 and all(base64.b64decode(i)[:2] == b"\xff\xd8" for i in images)
+    clips = await runner.clips_of(asset.id)
+    for c in clips:
+        assert f"<b>{c.visual_score:.2f}</b>" in markup
+    assert markup.count("3px solid #198754") == 1, "the best clip is outlined"
