@@ -29,11 +29,13 @@ RESULTS = os.path.join(HERE, "results")
 FULL = {"repeats": 3, "enqueue": 2_000, "enqueue_many": 10_000, "drain": 20_000,
         "drain_c1": 3_000, "write": 2_000, "cut": 500, "latency": 200, "multi": 20_000,
         "scale": 1_000_000, "memory": 100_000, "memory_marks": (20_000, 100_000),
-        "scale_repeats": 20, "procs": (2, 4)}
+        "scale_repeats": 20, "procs": (2, 4),
+        "video_seconds": {"320x180": 60.0, "720p": 30.0}, "video_concurrent": 4}
 QUICK = {"repeats": 1, "enqueue": 300, "enqueue_many": 2_000, "drain": 2_000,
          "drain_c1": 300, "write": 300, "cut": 100, "latency": 50, "multi": 2_000,
          "scale": 20_000, "memory": 3_000, "memory_marks": (1_000, 3_000), "scale_repeats": 3,
-         "procs": (2,)}
+         "procs": (2,), "video_seconds": {"320x180": 10.0, "720p": 5.0},
+         "video_concurrent": 2}
 
 
 @dataclass
@@ -94,7 +96,7 @@ def row_from_dict(d: dict[str, Any]) -> Row:
 def fmt(s: Series, unit: str) -> str:
     if not s.values:
         return "–"
-    digits = 0 if unit == "jobs/s" else (2 if unit == "s" else 1)
+    digits = 0 if unit == "jobs/s" else (2 if unit in ("s", "CPU-s/min", "cores") else 1)
 
     def f(v: float) -> str:
         return f"{v:,.{digits}f}"
@@ -106,7 +108,8 @@ def fmt(s: Series, unit: str) -> str:
 
 BASE_NAMES = {"one": "bare, one at a time", "batched": "bare, batched 100",
               "multi": "bare multi-row insert", "ideal": "ideal", "bare": "bare SQL",
-              "empty": "same, empty table"}
+              "empty": "same, empty table", "decode": "bare PyAV decode",
+              "decode+scale": "bare PyAV decode + scale", "pyav": "2 bare PyAV loops"}
 
 
 def table(rows: list[Row]) -> str:
@@ -277,6 +280,9 @@ async def run(quick: bool, only: set[str] | None, backends: tuple[str, ...]) -> 
             if want("scale"):
                 rows += await scale_rows(be, cfg, fresh)
                 say(f"{be} scale done")
+            if want("video"):
+                rows += await video_rows(be, cfg, reps, fresh, dbs.tmp)
+                say(f"{be} video done")
             if want("memory"):
                 n = int(cfg["memory"])  # type: ignore[call-overload]
                 marks = cfg["memory_marks"]
@@ -293,6 +299,50 @@ async def run(quick: bool, only: set[str] | None, backends: tuple[str, ...]) -> 
     finally:
         await dbs.close()
     return rows
+
+
+async def video_rows(be: str, cfg: dict[str, Any], reps: int, fresh: Any,
+                     folder: str) -> list[Row]:
+    """Real cut analysis: CPU-s per minute of video vs a bare PyAV decode (benchmarks/video.py)."""
+    from . import video as vb
+
+    files = await asyncio.to_thread(vb.make_files, folder, cfg["video_seconds"])
+    rows = []
+    for label, v in files.items():
+        minutes = v.duration_ms / 60_000
+        r = Row(be, f"cut_analysis of {v.duration_ms / 1000:g} s of {label} video "
+                    f"({v.frames} frames, {len(v.cut_frames)} cuts)", "CPU-s/min",
+                ratio_to="decode", lower_is_better=True,
+                note="decode: bare PyAV decode loop; decode+scale: also scaled to 160 px")
+        for _ in range(reps):
+            cpu, result = await vb.jk_analysis(await fresh(), v.path)
+            if [round(ms * v.fps / 1000) for ms in result["scene_cuts_ms"]] != v.cut_frames:
+                raise RuntimeError(f"{label}: cuts {result['scene_cuts_ms']} != {v.cuts_ms}")
+            r.jobkit.add(cpu / minutes)
+            r.base("decode").add(vb.bare_decode(v.path, False)[0] / minutes)
+            r.base("decode+scale").add(vb.bare_decode(v.path, True)[0] / minutes)
+        rows.append(r)
+    v = files["320x180"]
+    n = int(cfg["video_concurrent"])
+    busy = Row(be, f"{n} analyses of {label_of(v)} at concurrency 2: cores busy (CPU ÷ wall)",
+               "cores", ratio_to="pyav", target="≥ 0.8× bare (both cores as busy as two "
+               "bare PyAV loops)", threshold=0.8)
+    gap = Row(be, f"{n} analyses at concurrency 2: largest heartbeat gap (heartbeat 1 s, "
+                  "lease 3 s)", "s", target="< 2 s (no lease lost)", threshold=2.0,
+              lower_is_better=True)
+    for _ in range(reps):
+        m = await vb.concurrent(await fresh(), v.path, n)
+        busy.jobkit.add(m["cores_busy"])
+        busy.base("pyav").add((await asyncio.to_thread(vb.bare_concurrent, v.path, n))
+                              ["cores_busy"])
+        gap.jobkit.add(m["max_heartbeat_gap_s"])
+        busy.note = f"wall {m['wall_s']:.1f} s, CPU {m['cpu_s']:.1f} s"
+        gap.note = f"{m['heartbeats']:.0f} heartbeats seen, no lease lost"
+    return rows + [busy, gap]
+
+
+def label_of(v: Any) -> str:
+    return f"{v.duration_ms / 1000:g} s {v.width}x{v.height}"
 
 
 async def scale_rows(be: str, cfg: dict[str, Any], fresh: Any) -> list[Row]:
@@ -372,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
     p.add_argument("--quick", action="store_true", help="a reduced run (< 1 minute)")
     p.add_argument("--only", default="", help="comma-separated scenarios: enqueue, drain, "
-                   "write, cut, latency, multi, scale, memory")
+                   "write, cut, latency, multi, scale, memory, video")
     p.add_argument("--backend", choices=BACKENDS, action="append", default=None)
     p.add_argument("--out", default=os.path.join(RESULTS, "latest"),
                    help="path prefix of the .json and .png written")

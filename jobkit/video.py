@@ -267,30 +267,84 @@ def clip_bounds_from_cuts(cuts_ms: Sequence[int], duration_ms: int,
     return out
 
 
-def _frame_features(rgb: np.ndarray) -> tuple[np.ndarray, float, float, float, float, np.ndarray]:
-    """(histogram, brightness, sharpness, contrast, colourfulness, grey) of one RGB frame."""
-    import numpy as np
-
-    q = (rgb >> (8 - int(math.log2(HIST_BINS)))).reshape(-1, 3)
-    hist = np.concatenate([np.bincount(q[:, c], minlength=HIST_BINS) for c in range(3)])
-    hist = hist.astype(np.float32) / q.shape[0]
-    f = rgb.astype(np.float32)
-    r, g, b = f[..., 0], f[..., 1], f[..., 2]
-    grey = 0.299 * r + 0.587 * g + 0.114 * b
-    lap = (4 * grey[1:-1, 1:-1] - grey[:-2, 1:-1] - grey[2:, 1:-1]
-           - grey[1:-1, :-2] - grey[1:-1, 2:])
-    rg = r - g
-    yb = 0.5 * (r + g) - b
-    colourful = (math.sqrt(float(rg.var()) + float(yb.var()))
-                 + 0.3 * math.sqrt(float(rg.mean()) ** 2 + float(yb.mean()) ** 2))
-    return (hist, float(grey.mean()) / 255.0, float(lap.var()), float(grey.std()) / 255.0,
-            colourful, grey)
+BATCH = 32  # frames whose features are computed together (fewer numpy calls per frame)
 
 
-def _change(a: tuple[np.ndarray, float], b: tuple[np.ndarray, float]) -> float:
-    """Mean of the RGB-histogram difference and the brightness difference, in [0, 1]."""
-    hist = float(abs(a[0] - b[0]).sum()) / 6.0  # three histograms, each summing to 1
-    return (hist + abs(a[1] - b[1])) / 2.0
+class _Features:
+    """Per-frame features of a stream of small RGB frames, computed in batches.
+
+    Batching matters for concurrency: PyAV releases the GIL while it decodes and scales,
+    but each numpy call holds it for its Python overhead; one call per batch instead of
+    one per frame lets two analyses use two cores.
+    """
+
+    def __init__(self) -> None:
+        import numpy as np
+
+        self.np = np
+        self.change: list[float] = []
+        self.skip: list[float] = []
+        self.sharpness: list[float] = []
+        self.contrast: list[float] = []
+        self.colourfulness: list[float] = []
+        self.motion: list[float] = []
+        self._hist: Any = None    # the last two frames' histograms
+        self._bright: Any = None  # and brightness
+        self._grey: Any = None    # the last frame's grey image
+        self._frames: list[np.ndarray] = []
+
+    def add(self, rgb: np.ndarray) -> None:
+        self._frames.append(rgb)
+        if len(self._frames) >= BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._frames:
+            return
+        np = self.np
+        rgb = np.stack(self._frames)                       # [B, H, W, 3] uint8
+        self._frames = []
+        b, h, w, _ = rgb.shape
+        shift = 8 - int(math.log2(HIST_BINS))
+        q = (rgb >> shift).astype(np.int64)
+        q += np.arange(3) * HIST_BINS + (np.arange(b) * 3 * HIST_BINS)[:, None, None, None]
+        hist = np.bincount(q.ravel(), minlength=b * 3 * HIST_BINS).reshape(b, 3 * HIST_BINS)
+        hist = hist.astype(np.float32) / (h * w)
+        f = rgb.astype(np.float32)
+        r, g, bl = f[..., 0], f[..., 1], f[..., 2]
+        grey = 0.299 * r + 0.587 * g + 0.114 * bl             # [B, H, W]
+        bright = grey.mean(axis=(1, 2)) / 255.0
+        lap = (4 * grey[:, 1:-1, 1:-1] - grey[:, :-2, 1:-1] - grey[:, 2:, 1:-1]
+               - grey[:, 1:-1, :-2] - grey[:, 1:-1, 2:])
+        rg = r - g
+        yb = 0.5 * (r + g) - bl
+        colourful = (np.sqrt(rg.var(axis=(1, 2)) + yb.var(axis=(1, 2)))
+                     + 0.3 * np.sqrt(rg.mean(axis=(1, 2)) ** 2 + yb.mean(axis=(1, 2)) ** 2))
+        greys = grey if self._grey is None else np.concatenate([self._grey[None], grey])
+        moved = np.abs(greys[1:] - greys[:-1]).mean(axis=(1, 2)) / 255.0
+        if self._grey is None:
+            moved = np.concatenate([[0.0], moved])
+        # Change scores need the frames before this batch: carry the last two.
+        k = 0 if self._hist is None else len(self._hist)
+        hs = hist if self._hist is None else np.concatenate([self._hist, hist])
+        bs = bright if self._bright is None else np.concatenate([self._bright, bright])
+
+        def diff(i: Any, j: Any) -> Any:
+            return (np.abs(hs[i] - hs[j]).sum(axis=1) / 6.0
+                    + np.abs(bs[i] - bs[j])) / 2.0
+
+        pos = np.arange(k, k + b)
+        first = pos == 0
+        change = diff(np.maximum(pos - 1, 0), pos)
+        change[first] = 0.0
+        late = pos[pos >= 2]                          # frame q-1's skip: q-2 against q
+        self.change.extend(change.tolist())
+        self.skip.extend(diff(late - 2, late).tolist())
+        self.sharpness.extend(lap.var(axis=(1, 2)).tolist())
+        self.contrast.extend((grey.std(axis=(1, 2)) / 255.0).tolist())
+        self.colourfulness.extend(colourful.tolist())
+        self.motion.extend(moved.tolist())
+        self._hist, self._bright, self._grey = hs[-2:], bs[-2:], grey[-1]
 
 
 def analyse(path: str | os.PathLike[str], *, limits: Limits | None = None,
@@ -322,15 +376,8 @@ def analyse(path: str | os.PathLike[str], *, limits: Limits | None = None,
         scaler, thumb_scaler = VideoReformatter(), VideoReformatter()
         jpeg = _jpeg_encoder(width, height) if thumbnails else None
         times: list[float] = []
-        change: list[float] = []
-        skip: list[float] = []
-        sharp: list[float] = []
-        contrast: list[float] = []
-        colour: list[float] = []
-        motion: list[float] = []
+        feats = _Features()
         thumbs: list[tuple[int, bytes]] = []
-        prev: list[tuple[np.ndarray, float]] = []   # features of the last two frames
-        prev_grey: np.ndarray | None = None
         next_thumb = 0.0
         next_report = 0.0
         declared = info.duration_ms / 1000
@@ -338,21 +385,9 @@ def analyse(path: str | os.PathLike[str], *, limits: Limits | None = None,
         try:
             for frame in container.decode(stream):
                 t = float(frame.time) if frame.time is not None else len(times) / (info.fps or 25)
-                rgb = scaler.reformat(frame, width=width, height=height,
-                                      format="rgb24").to_ndarray()
-                hist, bright, lap, sigma, colourful, grey = _frame_features(rgb)
-                feat = (hist, bright)
-                change.append(_change(prev[-1], feat) if prev else 0.0)
-                if len(prev) == 2:
-                    skip.append(_change(prev[0], feat))  # frame t-1 vs t+1, for frame t
-                motion.append(0.0 if prev_grey is None
-                              else float(np.abs(grey - prev_grey).mean()) / 255.0)
-                prev = [*prev[-1:], feat]
-                prev_grey = grey
+                feats.add(scaler.reformat(frame, width=width, height=height,
+                                          format="rgb24").to_ndarray())
                 times.append(t)
-                sharp.append(lap)
-                contrast.append(sigma)
-                colour.append(colourful)
                 if jpeg is not None and t >= next_thumb:
                     small = thumb_scaler.reformat(frame, width=width, height=height,
                                                   format="yuvj420p")
@@ -388,6 +423,8 @@ def analyse(path: str | os.PathLike[str], *, limits: Limits | None = None,
             f"{name} is corrupt: only {len(times)} of about {expected:.0f} frames decode "
             f"(the largest gap is {times[at]:.2f}-{times[min(at + 1, len(times) - 1)]:.2f} s); "
             "nothing was kept. Upload an intact copy")
+    feats.flush()
+    change, skip = feats.change, feats.skip
     skip.append(change[-1] if len(change) > 1 else 0.0)  # the last frame has no t+1
     if len(skip) < len(times):
         skip.insert(0, 0.0)  # frame 0 has no t-1
@@ -395,8 +432,9 @@ def analyse(path: str | os.PathLike[str], *, limits: Limits | None = None,
         path=p, fps=fps, width=info.width, height=info.height, frames_decoded=len(times),
         duration_ms=end_ms, frame_ms=np.round(np.array(times) * 1000).astype(np.int64),
         change=np.array(change), skip_change=np.array(skip[:len(times)]),
-        sharpness=np.array(sharp), contrast=np.array(contrast),
-        colourfulness=np.array(colour), motion=np.array(motion), thumbs=thumbs)
+        sharpness=np.array(feats.sharpness), contrast=np.array(feats.contrast),
+        colourfulness=np.array(feats.colourfulness), motion=np.array(feats.motion),
+        thumbs=thumbs)
     result.cut_frames = detect_cuts(result.change, result.skip_change, fps)
     return result
 
