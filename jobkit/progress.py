@@ -87,6 +87,7 @@ class ProgressTracker:
         self._last_write = -math.inf
         self._write_lock = asyncio.Lock()
         self._trailing: asyncio.Task[None] | None = None
+        self._trail_sleeping = False  # only a sleeping trailing write may be cancelled
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def __repr__(self) -> str:
@@ -138,9 +139,19 @@ class ProgressTracker:
         return task
 
     async def _trail(self, wait: float) -> None:
-        await asyncio.sleep(wait)
+        self._trail_sleeping = True
+        try:
+            await asyncio.sleep(wait)
+        finally:
+            self._trail_sleeping = False
         self._last_write = time.monotonic()
         await self._write()
+
+    def _cancel_sleeping_trail(self) -> None:
+        # A write in flight is never cancelled: cancelling a driver call mid-statement can
+        # leave its pooled connection unusable for the next checkout.
+        if self._trailing is not None and not self._trailing.done() and self._trail_sleeping:
+            self._trailing.cancel()
 
     # -- the write -------------------------------------------------------------------
     async def _write(self) -> bool:
@@ -174,8 +185,7 @@ class ProgressTracker:
 
     async def flush(self) -> bool:
         """Write the latest value now, ignoring the throttle (tests, the end of a phase)."""
-        if self._trailing is not None and not self._trailing.done():
-            self._trailing.cancel()
+        self._cancel_sleeping_trail()
         self._last_write = time.monotonic()
         return await self._write()
 
@@ -183,8 +193,7 @@ class ProgressTracker:
         """Stop writing. Pending throttled writes are dropped; a write already running is
         awaited unless it could be waiting for the handler's own SQLite write lock."""
         self.closed = True
-        if self._trailing is not None and not self._trailing.done():
-            self._trailing.cancel()
+        self._cancel_sleeping_trail()
         running = [t for t in self._tasks if not t.done()]
         if not running or self._may_wait_for_handler():
             return

@@ -25,6 +25,7 @@ from sqlalchemy import func, select
 import jobkit
 from jobkit.api import create_app
 from jobkit.models import VideoAsset, utcnow, workers_table
+from jobkit.video import make_test_video
 
 JOBKIT_BIN = str(Path(sys.executable).parent / "jobkit")
 
@@ -500,14 +501,16 @@ async def test_jobkit_serve_for_real(sqlite_url: str, tmp_path: Path) -> None:
                     pass
                 assert time.monotonic() < deadline, "jobkit serve did not come up in 30 s"
                 await asyncio.sleep(0.1)
-            up = await c.post("/upload", files={"file": ("match.mp4", b"\x00" * 1024)},
-                              data={"duration_ms": "60000"})
+            clip = make_test_video(tmp_path / "match.mp4", [2.0, 2.0, 2.0])  # 3 shots
+            up = await c.post("/upload", files={"file": ("match.mp4",
+                                                         Path(clip.path).read_bytes())})
             assert up.status_code == 201, up.text
             job_id = up.json()["job_id"]
             processed = (await c.post("/jobs/process")).json()
             assert processed["job_id"] == job_id and processed["status"] == "completed"
             got = (await c.get(f"/jobs/{job_id}")).json()
             assert got["status"] == "completed" and got["result"]["clips_created"] == 3
+            assert got["result"]["analysis"] == "frames" and got["progress"] == 1.0
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
