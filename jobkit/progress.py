@@ -38,7 +38,7 @@ log = logging.getLogger("jobkit")
 
 MESSAGE_MAX = 500
 
-_current: contextvars.ContextVar[ProgressTracker | None] = contextvars.ContextVar(
+_current: contextvars.ContextVar[ProgressTracker | _Lazy | None] = contextvars.ContextVar(
     "jobkit_progress", default=None)
 _background: set[asyncio.Task[Any]] = set()  # strong refs to writes handed to the loop
 
@@ -70,14 +70,15 @@ class ProgressTracker:
     """The progress writer of ONE attempt of one job (see the module docstring)."""
 
     def __init__(self, engine: AsyncEngine, job_id: uuid.UUID, attempt: int, worker_id: str,
-                 *, interval: float = 0.5, session: AsyncSession | None = None) -> None:
+                 *, interval: float = 0.5, session: AsyncSession | None = None,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.engine = engine
         self.job_id = job_id
         self.attempt = attempt
         self.worker_id = worker_id
         self.interval = interval
         self.session = session
-        self.loop = asyncio.get_running_loop()
+        self.loop = loop or asyncio.get_running_loop()
         self.lost = False        # a fenced write touched no row: this attempt is not ours
         self.closed = False
         self.writes = 0
@@ -231,7 +232,7 @@ def report_progress(fraction: float, message: str | None = None) -> Reported:
     Raises:
         ValueError / TypeError: ``fraction`` is not a number from 0 to 1.
     """
-    tracker = _current.get()
+    tracker = current_tracker()
     if tracker is None:
         _check(fraction, message)
         return Reported(False)
@@ -240,7 +241,38 @@ def report_progress(fraction: float, message: str | None = None) -> Reported:
 
 def current_tracker() -> ProgressTracker | None:
     """The progress tracker of the job running in this context, if any."""
-    return _current.get()
+    found = _current.get()
+    return found.get() if isinstance(found, _Lazy) else found
+
+
+class _Lazy:
+    """A tracker made on the first report: most jobs never report, and a worker runs
+    thousands of them a second."""
+
+    __slots__ = ("args", "loop", "tracker", "token")
+
+    def __init__(self, args: tuple[Any, ...]) -> None:
+        self.args = args
+        self.loop = asyncio.get_running_loop()
+        self.tracker: ProgressTracker | None = None
+        self.token: contextvars.Token[Any] | None = None
+
+    def get(self) -> ProgressTracker:
+        if self.tracker is None:
+            engine, job_id, attempt, worker_id, interval, session = self.args
+            self.tracker = ProgressTracker(engine, job_id, attempt, worker_id,
+                                           interval=interval, session=session, loop=self.loop)
+        return self.tracker
+
+    async def __aenter__(self) -> _Lazy:
+        self.token = _current.set(self)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.token is not None:
+            _current.reset(self.token)
+        if self.tracker is not None:
+            await self.tracker.aclose()
 
 
 @contextlib.asynccontextmanager
@@ -264,7 +296,7 @@ def tracking_session(db: AsyncSession, job: Any, worker_id: str, *,
     engine, e.g. a session on one connection)."""
     if not isinstance(db.bind, AsyncEngine):
         return contextlib.nullcontext()
-    return tracking(db.bind, job.id, job.attempts, worker_id, interval=interval, session=db)
+    return _Lazy((db.bind, job.id, job.attempts, worker_id, interval, db))
 
 
 __all__ = ["ProgressTracker", "Reported", "current_tracker", "report_progress", "tracking",
