@@ -18,7 +18,7 @@ import jobkit
 
 PG_ADMIN_URL = os.environ.get("JOBKIT_BENCH_POSTGRES_URL",
                               "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
-PG_BENCH_DB = "jobkit_bench"
+PG_BENCH_DB = os.environ.get("JOBKIT_BENCH_POSTGRES_DB", "jobkit_bench")  # one per concurrent run
 BACKENDS = ("sqlite", "postgresql")
 
 # A side table for the transactional-handler scenario (the handler writes one row).

@@ -159,8 +159,8 @@ class ProgressTracker:
         async with self._write_lock:
             with self._lock:
                 value = self._latest
-            if value is None or value == self._written or self.lost:
-                return False
+            if value is None or value == self._written or self.lost or self.closed:
+                return False  # closed: the job's outcome is being recorded; it sets progress
             fraction, message = value
             fence = and_(jobs_table.c.id == self.job_id, jobs_table.c.locked_by == self.worker_id,
                          jobs_table.c.attempts == self.attempt,
@@ -177,8 +177,9 @@ class ProgressTracker:
                 return False
             if res.rowcount != 1:
                 self.lost = True
-                log.warning("Job %s: progress not stored: this worker no longer holds the job",
-                            self.job_id)
+                if not self.closed:  # after close, the job simply finished first
+                    log.warning("Job %s: progress not stored: this worker no longer holds "
+                                "the job", self.job_id)
                 return False
             self._written = value
             self.writes += 1
