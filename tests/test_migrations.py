@@ -576,3 +576,43 @@ async def test_revision_0002_puts_old_jobs_in_the_default_queue_and_adds_the_new
         assert len(await runner.schedules()) == 1 and await runner.limits() == {"noop": 1}
     finally:
         await runner.close()
+
+
+# ---------------------------------------------------------------------------
+# 0003: job progress and real video analysis
+# ---------------------------------------------------------------------------
+async def test_revision_0003_adds_progress_and_video_columns_keeping_every_row(
+        backend: str, v010_url: str, tmp_path: Path) -> None:
+    """A 0.1.0 database upgraded through 0003: old rows untouched (the new columns NULL),
+    and a real analysis with progress and thumbnails works on it."""
+    from jobkit.video import make_test_video
+
+    cols, before = await snapshot(v010_url)
+    handlers = {"cut_analysis": jobkit.DISPATCH_TABLE["cut_analysis"], "resize": ok,
+                "flaky": ok, "noop": ok}
+    async with await jobkit.open(v010_url, handlers=handlers, auto_migrate=True,
+                                 progress_interval=0.0, **FAST) as runner:
+        state = await schema.read_state(runner.engine)
+        assert state.revision == schema.head_revision() and state.revision >= "0003"
+        _, after = await snapshot(v010_url, cols)
+        for table in ("jobs", "video_assets", "clips", "workers"):
+            assert after[table] == before[table], table
+        for table, new in (("jobs", "progress, progress_message, progress_at"),
+                           ("video_assets", "width, height, fps"), ("clips", "thumbnail")):
+            rows = await one_value(v010_url, f"SELECT COUNT(*) FROM {table} WHERE "
+                                             + " OR ".join(f"{c} IS NOT NULL"
+                                                           for c in new.split(", ")))
+            assert rows == 0, f"{table}: {new} are NULL for the rows of 0.1.0"
+        # The new columns in use on the upgraded database.
+        v = make_test_video(tmp_path / "shots.mp4", [2.0, 2.0, 2.0])
+        asset, job = await runner.upload_video(v.path, priority=1_000)  # runs first
+        assert (asset.width, asset.height, asset.fps) == (160, 90, 25.0)
+        summary = await runner.step()
+        assert summary["job_id"] == str(job.id) and summary["status"] == "completed", summary
+        assert summary["result"]["analysis"] == "frames"
+        assert summary["result"]["scene_cuts_ms"] == [2000, 4000]
+        assert (await runner.get_job(job.id)).progress == 1.0
+        thumbs = await one_value(
+            v010_url, f"SELECT COUNT(*) FROM clips WHERE thumbnail IS NOT NULL AND "
+                      f"video_asset_id = '{asset.id if backend == 'postgresql' else asset.id.hex}'")
+        assert thumbs == 3
