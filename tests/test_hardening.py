@@ -692,7 +692,10 @@ async def test_help_readme_and_openapi_say_nothing_odd(client: httpx.AsyncClient
 async def test_demo_json_and_no_interleaved_logs(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = await run_cli(capsys, "demo", "--json")
     assert code == 0, err
-    assert json.loads(out)["processed"] == 5
+    demo = json.loads(out)
+    # Five videos by name (simulated) and three synthetic files (decoded, known cuts).
+    assert demo["processed"] == 8
+    assert len(demo["cuts"]) == 3 and all(demo["cuts"].values())
     code, out, err = await run_cli(capsys, "demo")
     assert code == 0 and "clips per video" in out
     assert " INFO " not in err, err[:500]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -96,7 +97,7 @@ async def test_progress_is_seen_from_a_second_connection_while_the_job_runs(
 
 async def test_a_worker_that_lost_its_lease_cannot_write_progress(
         runner: jobkit.Runner, observer: jobkit.Runner) -> None:
-    job = await runner.enqueue("cut_analysis", {"video_asset_id": "x"})
+    job = await runner.enqueue("cut_analysis", {"video_asset_id": str(uuid.uuid4())})
     async with runner.sessions() as db:
         [old] = await queue.claim_jobs(db, 1, worker_id="worker-a", lease_seconds=60)
     async with progress.tracking(runner.engine, old.id, old.attempts, "worker-a",
@@ -129,7 +130,7 @@ async def test_a_worker_that_lost_its_lease_cannot_write_progress(
 async def test_progress_is_throttled_and_the_last_value_still_lands(
         db_url: str, handlers: dict, observer: jobkit.Runner) -> None:
     async with await jobkit.open(db_url, handlers=handlers, progress_interval=0.2) as runner:
-        job = await runner.enqueue("x")
+        job = await runner.enqueue("x", allow_unknown=True)
         async with runner.sessions() as db:
             [claimed] = await queue.claim_jobs(db, 1, worker_id="w")
         async with progress.tracking(runner.engine, claimed.id, claimed.attempts, "w",
