@@ -4,7 +4,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest nbval notebooks bench bench-quick lock clean
+.PHONY: demo test test-browser lint typecheck pytest nbval notebooks bench bench-quick lock clean
+
+BROWSER_STAMP := $(VENV)/.browser-installed
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,8 +20,17 @@ demo: $(STAMP)
 
 test: $(STAMP) lint typecheck pytest nbval
 
+$(BROWSER_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,browser]'
+	touch $(BROWSER_STAMP)
+
+# The notebooks in JupyterLab + headless Chromium (Debian's `chromium`; JOBKIT_CHROMIUM to
+# use another). Skips with the reason when no browser is found, fails under CI=true.
+test-browser: $(BROWSER_STAMP)
+	$(BIN)/pytest -q -p no:cacheprovider browser_tests
+
 lint: $(STAMP)
-	$(BIN)/ruff check jobkit tests $(wildcard benchmarks)
+	$(BIN)/ruff check jobkit tests browser_tests $(wildcard benchmarks)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy jobkit
@@ -44,9 +55,9 @@ bench-quick: $(STAMP)
 # Refresh the lock of tested versions (constraints.txt) from a clean resolve.
 lock:
 	rm -rf .lockvenv && $(PYTHON) -m venv .lockvenv
-	.lockvenv/bin/pip install --quiet -e '.[dev]'
+	.lockvenv/bin/pip install --quiet -e '.[dev,browser]'
 	.lockvenv/bin/pip freeze --exclude-editable | grep -v '^jobkit' > constraints.txt
 	rm -rf .lockvenv
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache demo_clips.png
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache demo_clips.png browser-screenshots

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -23,13 +24,40 @@ def status_badge(status: Any) -> str:
             f'border-radius:3px;font-size:90%">{html.escape(s)}</span>')
 
 
-def _table(title: str, rows: list[tuple[str, Any]], raw: set[str] | None = None) -> str:
+def _table(title: str, rows: list[tuple[str, Any]], raw: set[str] | None = None, *,
+           across: bool = False) -> str:
+    """A titled key/value table: one row per key, or (``across``) keys side by side."""
     raw = raw or set()
+
+    def cell(k: str, v: Any) -> str:
+        return v if k in raw else html.escape(str(v))
+
+    caption = f"<caption style='text-align:left'><b>{html.escape(title)}</b></caption>"
+    if across:
+        head = "".join(f"<th style='text-align:left;padding-right:1em'>{html.escape(k)}</th>"
+                       for k, _ in rows)
+        body = "".join(f"<td style='text-align:left;padding-right:1em'>{cell(k, v)}</td>"
+                       for k, v in rows)
+        return f"<table>{caption}<tr>{head}</tr><tr>{body}</tr></table>"
     body = "".join(
         f"<tr><th style='text-align:left;padding-right:1em'>{html.escape(k)}</th>"
-        f"<td style='text-align:left'>{v if k in raw else html.escape(str(v))}</td></tr>"
+        f"<td style='text-align:left'>{cell(k, v)}</td></tr>"
         for k, v in rows)
-    return f"<table><caption style='text-align:left'><b>{html.escape(title)}</b></caption>{body}</table>"
+    return f"<table>{caption}{body}</table>"
+
+
+def counts_html(counts: Any) -> str:
+    """A Series of counts as a one-row table: status names as coloured badges, other
+    labels (queue depth's ``eligible``/``scheduled``) as plain headers."""
+    labels = [str(k) for k in counts.index]
+    head = "".join(
+        f"<th style='padding:0 8px;text-align:center'>"
+        f"{status_badge(k) if k in STATUS_COLOURS else html.escape(k)}</th>" for k in labels)
+    cells = "".join(f"<td title='{html.escape(k)}' style='text-align:center'>{int(v)}</td>"
+                    for k, v in zip(labels, counts.to_numpy(), strict=True))
+    caption = html.escape(f"{counts.name or 'count'} per {counts.index.name or 'key'}")
+    return (f"<table><caption style='text-align:left'><b>{caption}</b></caption>"
+            f"<tr>{head}</tr><tr>{cells}</tr></table>")
 
 
 def job_html(job: Job) -> str:
@@ -90,7 +118,7 @@ def asset_html(asset: VideoAsset) -> str:
     return _table("VideoAsset", rows)
 
 
-def summary_html(summary: dict[str, Any]) -> str:
+def summary_html(summary: dict[str, Any], *, across: bool = False) -> str:
     if not summary.get("processed"):
         return f"<i>{html.escape(str(summary.get('message')))}</i>"
     from .explain import summarise_result
@@ -104,18 +132,18 @@ def summary_html(summary: dict[str, Any]) -> str:
         rows.append(("result", summarise_result(summary["result"])))
     if summary.get("error"):
         rows.append(("error", summary["error"]))
-    return _table("Step", rows, raw={"status"})
+    return _table("Step", rows, raw={"status"}, across=across)
 
 
-def stats_html(stats: WorkerStats) -> str:
+def stats_html(stats: WorkerStats, *, across: bool = False) -> str:
     d = stats.as_dict()
-    rate = stats.processed / stats.elapsed if stats.elapsed > 0 else 0.0
     colour = {"completed": "completed", "failed": "failed", "retried": "retry", "lost": "lost"}
     rows: list[tuple[str, Any]] = [
         (k, f"<b style='color:{STATUS_COLOURS[colour[k]]}'>{v}</b>" if k in colour and v else v)
         for k, v in d.items() if k != "elapsed_s"]
-    rows.append(("elapsed", f"{d['elapsed_s']:.2f} s ({rate:.1f} jobs/s)"))
-    return _table("Drain", rows, raw=set(colour))
+    rows.append(("elapsed", f"{d['elapsed_s']:.2f} s "
+                            f"({rate_text(stats.processed, stats.elapsed)})"))
+    return _table("Drain", rows, raw=set(colour), across=across)
 
 
 def runner_html(runner: Runner) -> str:
@@ -218,11 +246,28 @@ def _in_notebook() -> bool:
     return shell is not None and shell.__class__.__name__ == "ZMQInteractiveShell"
 
 
-class ProgressBar:
-    """A tqdm bar whose total grows when retries bring back jobs already counted."""
+#: The drain bar shows its own rate in the same words and by the same formula as the Drain
+#: table (jobs done / seconds since the drain began), not tqdm's smoothed rate, which
+#: disagreed 3-4x with the table on small drains.
+BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"
 
-    def __init__(self, bar: Any) -> None:
+
+def rate_text(done: int, seconds: float) -> str:
+    return f"{done / seconds if seconds > 0 else 0.0:.1f} jobs/s"
+
+
+class ProgressBar:
+    """A tqdm bar whose total grows when retries bring back jobs already counted.
+
+    In a notebook the bar is a widget shown with a display id, and :meth:`close`
+    updates that display, so the saved notebook's text version of the bar is its final
+    state (``100%``), not the ``0%`` it had when it was first shown.
+    """
+
+    def __init__(self, bar: Any, handle: Any = None) -> None:
         self.bar = bar
+        self.handle = handle
+        self.started = time.perf_counter()
 
     def update(self, n: int = 1) -> None:
         bar = self.bar
@@ -231,10 +276,19 @@ class ProgressBar:
             container = getattr(bar, "container", None)  # the notebook widget's own max
             if container is not None:
                 container.children[1].max = bar.total
+        bar.set_postfix_str(rate_text(bar.n + n, time.perf_counter() - self.started),
+                            refresh=False)
         bar.update(n)
+
+    def finish(self, stats: WorkerStats) -> None:
+        """Show the drain's own figures (the Drain table's rate) and close."""
+        self.bar.set_postfix_str(rate_text(stats.processed, stats.elapsed), refresh=False)
+        self.close()
 
     def close(self) -> None:
         self.bar.close()
+        if self.handle is not None:
+            self.handle.update(self.bar.container)
 
     def __repr__(self) -> str:
         return f"<ProgressBar {self.bar.n}/{self.bar.total}>"
@@ -288,12 +342,21 @@ def progress_bar(total: int, enabled: bool | None) -> ProgressBar | None:
 
     ``enabled=None`` means "only in a notebook"; ``False`` is silent.
     """
+    notebook = _in_notebook()
     if enabled is None:
-        enabled = _in_notebook()
+        enabled = notebook
     if not enabled:
         return None
+    options: dict[str, Any] = {"total": total, "unit": "job", "desc": "drain", "leave": True,
+                               "bar_format": BAR_FORMAT}
     try:
-        from tqdm.auto import tqdm
+        if notebook:
+            from IPython.display import display
+            from tqdm.notebook import tqdm as notebook_tqdm
+
+            bar = notebook_tqdm(display=False, **options)
+            return ProgressBar(bar, display(bar.container, display_id=True))  # type: ignore[no-untyped-call]
+        from tqdm import tqdm
     except ImportError:
         return None
-    return ProgressBar(tqdm(total=total, unit="job", desc="drain", leave=True))
+    return ProgressBar(tqdm(**options))

@@ -22,7 +22,7 @@ require("jobkit.monitoring", 'pandas')
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from sqlalchemy import Select, and_, case, func, select
@@ -34,9 +34,9 @@ from .models import Clip as _Clip
 from .models import VideoAsset as _VideoAsset
 
 __all__ = [
-    "STATUS_DTYPE", "clip_thumbnails", "clips_frame", "jobs_frame", "processing_stats",
-    "queue_depth", "recent_failures", "running_progress", "status_counts", "throughput",
-    "worker_health",
+    "STATUS_DTYPE", "Counts", "clip_thumbnails", "clips_frame", "jobs_frame",
+    "processing_stats", "queue_depth", "recent_failures", "running_progress",
+    "status_counts", "throughput", "videos_with_clips", "worker_health",
 ]
 
 #: The dtype of every ``status`` column: the five states, ordered as the lifecycle.
@@ -49,6 +49,27 @@ _STR_DTYPE = pd.Series(["x"]).dtype
 _ELIGIBLE_VALUES = tuple(s.value for s in ELIGIBLE)
 _clips = _Clip.__table__
 _assets = _VideoAsset.__table__
+
+
+if TYPE_CHECKING:
+    _IntSeries = pd.Series[int]
+else:
+    _IntSeries = pd.Series
+
+
+class Counts(_IntSeries):
+    """A Series of counts that a notebook shows as a small table like jobkit's other views
+    (coloured status headers), not as plain ``Name: jobs, dtype: int64`` text. It is a
+    ``pandas.Series`` in every other way; what you derive from it is a plain Series."""
+
+    @property
+    def _constructor(self) -> type[pd.Series]:  # type: ignore[override]
+        return pd.Series
+
+    def _repr_html_(self) -> str:
+        from .display import counts_html
+
+        return counts_html(self)
 
 
 # ---------------------------------------------------------------------------
@@ -194,7 +215,7 @@ async def status_counts(db: AsyncSession) -> pd.Series:
                              .group_by(jobs_table.c.status))).all()
     found = {str(s): int(n) for s, n in rows}
     index = pd.CategoricalIndex(STATUS_DTYPE.categories, dtype=STATUS_DTYPE, name="status")
-    return pd.Series([found.get(s, 0) for s in index], index=index, dtype="int64", name="jobs")
+    return Counts([found.get(s, 0) for s in index], index=index, dtype="int64", name="jobs")
 
 
 async def queue_counts(db: AsyncSession) -> pd.DataFrame:
@@ -256,7 +277,7 @@ async def queue_depth(db: AsyncSession) -> pd.Series:
                              .group_by(bucket))).all()
     found = {str(k): int(n) for k, n in rows}
     index = pd.Index(["eligible", "scheduled"], name="queue")
-    return pd.Series([found.get(k, 0) for k in index], index=index, dtype="int64", name="jobs")
+    return Counts([found.get(k, 0) for k in index], index=index, dtype="int64", name="jobs")
 
 
 FAILURES_SCHEMA = {
@@ -375,9 +396,14 @@ CLIPS_SCHEMA = {
 }
 
 
-async def clips_frame(db: AsyncSession,
-                      video_asset_id: uuid.UUID | str | None = None) -> pd.DataFrame:
+async def clips_frame(db: AsyncSession, video_asset_id: uuid.UUID | str | None = None, *,
+                      latest_videos: int | None = None) -> pd.DataFrame:
     """Every clip with its video's filename, ordered by video (upload order) then start.
+
+    Args:
+        video_asset_id: only this video's clips.
+        latest_videos: only the clips of the ``latest_videos`` most recently uploaded
+            videos that have clips (a bounded view, e.g. for the dashboard).
 
     Returns:
         Columns ``clip_id, video_asset_id, filename, video_duration_ms, job_id,
@@ -398,6 +424,14 @@ async def clips_frame(db: AsyncSession,
         except ValueError:
             raise ValueError(f"video_asset_id {video_asset_id!r} is not a valid UUID") from None
         stmt = stmt.where(_clips.c.video_asset_id == asset_uuid)
+    if latest_videos is not None:
+        _positive_int("latest_videos", latest_videos)
+        latest = (select(_assets.c.id)
+                  .where(select(_clips.c.id).where(_clips.c.video_asset_id == _assets.c.id)
+                         .exists())
+                  .order_by(_assets.c.created_at.desc(), _assets.c.id.desc())
+                  .limit(latest_videos).scalar_subquery())
+        stmt = stmt.where(_clips.c.video_asset_id.in_(latest))
     rows = (await db.execute(stmt)).mappings().all()
     df = _frame(rows, CLIPS_SCHEMA)
     by_video = df.groupby("video_asset_id", sort=False)
@@ -457,6 +491,12 @@ async def running_progress(db: AsyncSession) -> pd.DataFrame:
     return _frame(rows, PROGRESS_SCHEMA)
 
 
+async def videos_with_clips(db: AsyncSession) -> int:
+    """How many videos have at least one clip."""
+    return int((await db.execute(
+        select(func.count(func.distinct(_clips.c.video_asset_id))))).scalar_one())
+
+
 # ---------------------------------------------------------------------------
 # Workers
 # ---------------------------------------------------------------------------
@@ -464,6 +504,7 @@ WORKERS_SCHEMA = {
     "worker_id": "str", "hostname": "str", "pid": "int", "concurrency": "int", "state": "str",
     "jobs_done": "int", "running_jobs": "int", "started_at": "datetime",
     "last_heartbeat_at": "datetime", "heartbeat_age_s": "float", "healthy": "bool",
+    "verdict": "str",
 }
 
 
@@ -485,10 +526,13 @@ def _dead_after(db: AsyncSession, dead_after: float | None) -> float:
 async def worker_health(db: AsyncSession, dead_after: float | None = None) -> pd.DataFrame:
     """Workers that registered in the ``workers`` table, with a health verdict.
 
-    ``healthy`` is True when a worker's ``state`` is ``running`` and its last heartbeat
-    is younger than ``dead_after`` seconds (default: the settings' ``dead_after``, read
-    from ``db.info['jobkit.settings']`` or the environment). ``running_jobs`` counts
-    the ``processing`` jobs it holds. A database without the table gives an empty frame.
+    ``healthy`` is False only for a worker in trouble: one that should be running but
+    whose last heartbeat is ``dead_after`` seconds old or older (default: the settings'
+    ``dead_after``, read from ``db.info['jobkit.settings']`` or the environment), or one
+    that the reaper marked ``dead``. A worker that stopped cleanly (``stopped``) is
+    healthy: it simply is not running. ``verdict`` says the same in words (``running``,
+    ``stopped``, ``no heartbeat for 75 s``, ``dead``). ``running_jobs`` counts the
+    ``processing`` jobs it holds. A database without the table gives an empty frame.
     """
     limit = _dead_after(db, dead_after)
     if not await _has_table(db, workers_table.name):
@@ -507,5 +551,14 @@ async def worker_health(db: AsyncSession, dead_after: float | None = None) -> pd
     for r in rows:
         age = (now - r["last_heartbeat_at"]).total_seconds()
         r["heartbeat_age_s"] = age
-        r["healthy"] = r["state"] == "running" and age < limit
+        r["verdict"] = _verdict(r["state"], age, limit)
+        r["healthy"] = r["verdict"] in ("running", "stopped")
     return _frame(rows, WORKERS_SCHEMA)
+
+
+def _verdict(state: str, age: float, limit: float) -> str:
+    if state in ("stopped", "dead"):
+        return state
+    if age >= limit:
+        return f"no heartbeat for {age:.0f} s"
+    return state

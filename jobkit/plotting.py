@@ -27,9 +27,9 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
-from matplotlib.dates import AutoDateLocator, ConciseDateFormatter, date2num
+from matplotlib.dates import AutoDateLocator, date2num, num2date
 from matplotlib.figure import Figure
-from matplotlib.ticker import LogFormatter, MaxNLocator
+from matplotlib.ticker import FuncFormatter, LogFormatter, MaxNLocator
 
 from .display import STATUS_COLOURS
 from .models import ALL_STATUSES
@@ -82,62 +82,102 @@ def _empty_note(ax: Axes, text: str) -> None:
 # Clips
 # ---------------------------------------------------------------------------
 def plot_visual_scores(clips: pd.DataFrame, ax: Axes | None = None, *,
-                       cmap: str = "viridis") -> Figure:
+                       cmap: str = "viridis", x: str = "auto") -> Figure:
     """Each video's clips along its timeline, coloured by ``visual_score``; ★ marks the best.
 
     Args:
         clips: a frame like :func:`jobkit.monitoring.clips_frame`'s (needs ``filename``,
             ``start_ms``, ``end_ms``, ``visual_score``; ``video_asset_id`` when two videos
-            share a filename).
+            share a filename; ``video_duration_ms`` for each video's true length).
         ax: draw here instead of on a new figure.
         cmap: a matplotlib colormap name for the scores (0 → 1).
+        x: ``"seconds"`` (time in video), ``"percent"`` (each video's timeline scaled to
+            its own length, so a 1-hour video does not squeeze short ones into a sliver)
+            or ``"auto"``: percent when the longest video is over 4× the shortest.
 
     Returns:
-        The Figure (one row per video, time in seconds on x, a colorbar for the score).
+        The Figure (one row per video, labelled with its length; a colorbar for the
+        score). A clip too short to see at the plot's scale is drawn at a minimum visible
+        width, and each video's ★ sits on the top edge of its best clip, so the clip's
+        colour stays visible.
     """
     hint = "use `await runner.clips()` or jobkit.monitoring.clips_frame(db)"
     clips = _require(clips, ["filename", "start_ms", "end_ms", "visual_score"],
                      "plot_visual_scores", hint)
+    if x not in ("auto", "seconds", "percent"):
+        raise ValueError(f"x must be 'auto', 'seconds' or 'percent', got {x!r}")
     clips = clips.reset_index(drop=True)
     key = "video_asset_id" if "video_asset_id" in clips.columns else "filename"
     videos = list(dict.fromkeys(clips[key]))
-    ax = _axes(ax, (9.0, max(2.6, 0.55 * len(videos) + 1.6)))
+    ax = _axes(ax, (9.0, max(2.6, 0.5 * len(videos) + 1.6)))
     fig = _figure(ax)
     norm = Normalize(0.0, 1.0)
     mappable = ScalarMappable(norm=norm, cmap=cmap)
     row = {v: i for i, v in enumerate(videos)}
     y = clips[key].map(row).to_numpy(dtype=float)
     start_s = clips["start_ms"].to_numpy(dtype=float) / 1000.0
-    length_s = (clips["end_ms"].to_numpy(dtype=float) / 1000.0) - start_s
+    end_s = clips["end_ms"].to_numpy(dtype=float) / 1000.0
     scores = clips["visual_score"].to_numpy(dtype=float)
     if len(clips):
-        ax.barh(y, length_s, left=start_s, height=0.6, color=mappable.to_rgba(scores),
-                edgecolor="white", linewidth=1.0)
+        by_video = clips.groupby(key, sort=False)
+        video_s = by_video["end_ms"].max().reindex(videos).to_numpy(dtype=float) / 1000.0
+        if "video_duration_ms" in clips.columns:
+            video_s = np.maximum(video_s, by_video["video_duration_ms"].max().reindex(videos)
+                                 .to_numpy(dtype=float) / 1000.0)
+        if x == "auto":
+            x = "percent" if video_s.max() > 4 * max(video_s.min(), 1e-9) else "seconds"
+        if x == "percent":
+            scale = 100.0 / video_s[y.astype(int)]
+            start_s, end_s, ends = start_s * scale, end_s * scale, np.full(len(videos), 100.0)
+        else:
+            ends = video_s
+        span = float(ends.max())
+        left, width = _visible(start_s, end_s, ends[y.astype(int)], span * 0.02)
+        ax.barh(y, width, left=left, height=0.6, color=mappable.to_rgba(scores),
+                edgecolor="white", linewidth=0.5)
         best = clips.groupby(key, sort=False)["visual_score"].idxmax()
         pos = [int(i) for i in best.to_numpy()]  # positions: the index was reset above
-        bx = [start_s[k] + length_s[k] / 2 for k in pos]
-        by = [row[v] for v in best.index]
-        ax.scatter(bx, by, marker="*", s=160, color="white", edgecolor="black",
+        bx = [left[k] + width[k] / 2 for k in pos]
+        by = [row[v] - 0.3 for v in best.index]  # the top edge of the bar (y grows down)
+        ax.scatter(bx, by, marker="*", s=110, color="white", edgecolor="black",
                    linewidth=0.8, zorder=3, label="best clip")
-        for x, yy, k in zip(bx, by, pos, strict=True):
-            ax.annotate(f"{scores[k]:.2f}", (x, yy), xytext=(8, 0),
+        for xx, yy, k in zip(bx, by, pos, strict=True):
+            ax.annotate(f"{scores[k]:.2f}", (xx, yy), xytext=(7, 0),
                         textcoords="offset points", ha="left", va="center", fontsize=8,
                         bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none",
                               "alpha": 0.8})
-        labels = (clips.drop_duplicates(key).set_index(key)["filename"]
-                  .reindex(videos).astype(str).tolist())
-        ax.set_yticks(range(len(videos)), labels)
+        names = (clips.drop_duplicates(key).set_index(key)["filename"]
+                 .reindex(videos).astype(str).tolist())
+        ax.set_yticks(range(len(videos)),
+                      [f"{n} · {_duration(s)}" for n, s in zip(names, video_s, strict=True)])
         ax.set_ylim(len(videos) - 0.4, -0.75)
-        ax.set_xlim(0, float((start_s + length_s).max()) * 1.02)
+        ax.set_xlim(0, span * 1.02)
     else:
         _empty_note(ax, "no clips yet: run some cut_analysis jobs")
         ax.set_yticks([])
     fig.colorbar(mappable, ax=ax, label="visual_score (0–1)", fraction=0.04, pad=0.02)
-    ax.set_xlabel("time in video (s)")
+    ax.set_xlabel("position in video (% of its length)" if x == "percent"
+                  else "time in video (s)")
     ax.set_ylabel("video")
     ax.set_title("Candidate clips by visual_score (★ = best clip of each video)")
     ax.grid(axis="x", alpha=0.3)
     return fig
+
+
+def _visible(start: np.ndarray, end: np.ndarray, video_end: np.ndarray,
+             least: float) -> tuple[np.ndarray, np.ndarray]:
+    """Bars at least ``least`` wide, kept inside their video (a short last clip grows left)."""
+    width = np.maximum(end - start, least)
+    left = np.clip(np.minimum(start, video_end - width), 0.0, None)
+    return left, width
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    if seconds >= 120:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds:.0f} s"
 
 
 # ---------------------------------------------------------------------------
@@ -183,20 +223,41 @@ def plot_throughput(series: pd.DataFrame | pd.Series, ax: Axes | None = None) ->
     if len(data) == 0:
         _empty_note(ax, "no finished jobs yet")
     else:
-        locator = AutoDateLocator()  # type: ignore[no-untyped-call]
+        locator = AutoDateLocator(minticks=3, maxticks=8)  # type: ignore[no-untyped-call]
         ax.xaxis.set_major_locator(locator)
-        ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))  # type: ignore[no-untyped-call]
+        # Whole clock times on every tick, no offset text in the corner ("54.1 54.2 …"
+        # plus "+2026-11-29 05:58" was the ConciseDateFormatter's way for short spans).
+        ax.xaxis.set_major_formatter(FuncFormatter(_clock(step, times)))
+        top = float(bottom.max()) if len(bottom) else 0.0
+        ax.set_ylim(0, max(1.0, top * 1.15))  # headroom: the tallest bar stays off the frame
         pad = width_days / 0.85
         first, last = (float(date2num(t))  # type: ignore[no-untyped-call]
                        for t in (times[0].to_pydatetime(), times[-1].to_pydatetime()))
         ax.set_xlim(first - pad / 2, last + pad * 1.5)
         ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("time (UTC)")
+    ax.set_xlabel("time (UTC)" if len(data) == 0 or times[0].date() != times[-1].date()
+                  else f"time (UTC, {times[0]:%Y-%m-%d})")
     ax.set_ylabel(f"jobs finished per {_describe(step)}")
     ax.set_title("Throughput")
     ax.grid(axis="y", alpha=0.3)
     return fig
+
+
+def _clock(step: pd.Timedelta, times: pd.DatetimeIndex) -> Any:
+    """A tick formatter: ``HH:MM`` (minute bins or more), ``HH:MM:SS``, or with tenths of
+    a second for sub-second bins; the date too when the data spans several days."""
+    many_days = len(times) > 0 and times[0].date() != times[-1].date()
+    seconds = step.total_seconds()
+
+    def fmt(value: float, _pos: Any = None) -> str:
+        when = num2date(value)  # type: ignore[no-untyped-call]
+        text = f"{when:%H:%M}" if seconds >= 60 else f"{when:%H:%M:%S}"
+        if seconds < 1:
+            text += f".{when.microsecond // 100_000}"
+        return f"{when:%m-%d} {text}" if many_days else text
+
+    return fmt
 
 
 def _interval(index: pd.DatetimeIndex) -> pd.Timedelta:
@@ -216,7 +277,7 @@ def _describe(step: pd.Timedelta) -> str:
         if seconds >= size and seconds % size == 0:
             n = int(seconds // size)
             return f"{n} {unit}"
-    return f"{seconds:g} s"
+    return f"{seconds * 1000:g} ms" if seconds < 1 else f"{seconds:g} s"
 
 
 # ---------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import os
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any
@@ -60,13 +60,37 @@ class Runner:
         self.events = EventBus()
         self.last_step: StepSummary | None = None
         self._closed = False
+        self._close_callbacks: list[Callable[[], object]] = []
 
     # -- lifecycle -----------------------------------------------------------------------
     async def close(self) -> None:
-        """Release the database connections."""
+        """Release the database connections (a dashboard on this runner disables itself)."""
         if not self._closed:
             self._closed = True
+            for callback in list(self._close_callbacks):
+                try:
+                    callback()
+                except Exception:  # noqa: BLE001 - closing must not fail because of a view
+                    log.exception("runner close callback %r failed", callback)
+            self._close_callbacks.clear()
             await self.engine.dispose()
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closed
+
+    def on_close(self, callback: Callable[[], object]) -> None:
+        """Call ``callback()`` when this runner closes (at once if it already has)."""
+        if self._closed:
+            callback()
+        else:
+            self._close_callbacks.append(callback)
+
+    def off_close(self, callback: Callable[[], object]) -> None:
+        """Forget a callback given to :meth:`on_close`."""
+        if callback in self._close_callbacks:
+            self._close_callbacks.remove(callback)
 
     async def __aenter__(self) -> Runner:
         return self
@@ -283,10 +307,14 @@ class Runner:
                              queues=checked,
                              on_done=(lambda s: bar.update(1)) if bar else None)
         try:
-            return await worker.run()
-        finally:
+            stats = await worker.run()
+        except BaseException:
             if bar:
                 bar.close()
+            raise
+        if bar:
+            bar.finish(stats)
+        return stats
 
     async def work(self, concurrency: int | None = None, *, handle_signals: bool = False,
                    **kwargs: Any) -> WorkerStats:
@@ -485,12 +513,15 @@ class Runner:
         async with self._reading() as db:
             return await throughput(db, freq=freq, since=since)
 
-    async def clips(self, video_asset_id: uuid.UUID | str | None = None) -> _pd.DataFrame:
-        """Clips with their video's filename (see :func:`jobkit.monitoring.clips_frame`)."""
+    async def clips(self, video_asset_id: uuid.UUID | str | None = None, *,
+                    latest_videos: int | None = None) -> _pd.DataFrame:
+        """Clips with their video's filename (see :func:`jobkit.monitoring.clips_frame`);
+        ``latest_videos=n`` keeps only the clips of the ``n`` latest videos."""
         from .monitoring import clips_frame
 
         async with self._reading() as db:
-            return await clips_frame(db, video_asset_id=video_asset_id)
+            return await clips_frame(db, video_asset_id=video_asset_id,
+                                     latest_videos=latest_videos)
 
     async def running_progress(self) -> _pd.DataFrame:
         """The running jobs with their progress (see :func:`jobkit.monitoring.running_progress`)."""
@@ -525,11 +556,14 @@ class Runner:
             return await explain_job(db, job_id, settings=self.settings, handlers=self.handlers,
                                      face=face)
 
-    def dashboard(self, *, refresh_interval: float = 2.0) -> _Dashboard:
-        """An ipywidgets dashboard: counts, queue depth, last step, clips plot, and buttons."""
+    def dashboard(self, *, refresh_interval: float = 2.0, drain_concurrency: int = 4,
+                  max_videos: int = 8) -> _Dashboard:
+        """An ipywidgets dashboard: counts, queue depth, last step, the clips of the latest
+        ``max_videos`` videos, and buttons (see :class:`jobkit.widgets.Dashboard`)."""
         from .widgets import Dashboard
 
-        return Dashboard(self, refresh_interval=refresh_interval)
+        return Dashboard(self, refresh_interval=refresh_interval,
+                         drain_concurrency=drain_concurrency, max_videos=max_videos)
     # -- end of monitoring & notebook views ------------------------------------------------
 
 

@@ -315,7 +315,7 @@ async def test_v010_database_upgrades_in_place_and_keeps_working(
         ax = fig.axes[0]
         assert len(ax.patches) == len(clips) == 11
         assert [t.get_text() for t in ax.get_yticklabels()] == \
-            ["match.mp4", "interview.mp4", "trailer.mp4"]
+            ["match.mp4 · 60 s", "interview.mp4 · 96 s", "trailer.mp4 · 41 s"]
     finally:
         await runner.close()
 

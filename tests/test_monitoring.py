@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 import sys
 import uuid
@@ -267,7 +268,7 @@ async def test_worker_health_flags_running_stale_and_stopped_workers(
         runner: jobkit.Runner) -> None:
     now = utcnow()
     rows = [("fresh", "running", now), ("stale", "running", now - timedelta(hours=1)),
-            ("gone", "stopped", now)]
+            ("gone", "stopped", now - timedelta(hours=1)), ("reaped", "dead", now)]
     async with runner.sessions() as db:
         for wid, state, beat in rows:
             await db.execute(workers_table.insert().values(
@@ -278,14 +279,21 @@ async def test_worker_health_flags_running_stale_and_stopped_workers(
     async with runner.sessions() as db:
         await queue.claim_jobs(db, 1, worker_id="fresh")
     health = (await runner.worker_health()).set_index("worker_id")
-    assert health["healthy"].to_dict() == {"fresh": True, "stale": False, "gone": False}
+    # A worker that stopped cleanly is not in trouble, however old its last heartbeat.
+    assert health["healthy"].to_dict() == {"fresh": True, "stale": False, "gone": True,
+                                           "reaped": False}
+    verdict = health["verdict"].to_dict()
+    assert verdict["stale"].startswith("no heartbeat for 36") and verdict["stale"].endswith(" s")
+    assert {k: verdict[k] for k in ("fresh", "gone", "reaped")} == {
+        "fresh": "running", "gone": "stopped", "reaped": "dead"}
     assert health.loc["fresh", "running_jobs"] == 1 and health.loc["stale", "running_jobs"] == 0
     assert health.loc["stale", "heartbeat_age_s"] == pytest.approx(3600, abs=60)
     assert health.loc["fresh", "heartbeat_age_s"] < 60
-    assert health["jobs_done"].tolist() == [7, 7, 7]
-    # A stricter threshold makes the fresh one unhealthy too.
-    strict = await runner.worker_health(dead_after=1e-6)
-    assert not strict["healthy"].any()
+    assert health["jobs_done"].tolist() == [7, 7, 7, 7]
+    # A stricter threshold makes the fresh one unhealthy too; the stopped one stays fine.
+    strict = (await runner.worker_health(dead_after=1e-6)).set_index("worker_id")
+    assert strict["healthy"].to_dict() == {"fresh": False, "stale": False, "gone": True,
+                                           "reaped": False}
     with pytest.raises(ValueError, match="dead_after"):
         await runner.worker_health(dead_after=0)
     assert job.id
@@ -297,7 +305,9 @@ async def test_worker_health_of_a_real_drain(runner: jobkit.Runner) -> None:
     stats = await runner.drain(concurrency=2, progress=False)
     health = await runner.worker_health()
     assert len(health) == 1
-    assert health.loc[0, "state"] == "stopped" and not health.loc[0, "healthy"]
+    # It exited cleanly (the drain ended): healthy, with the verdict "stopped".
+    assert health.loc[0, "state"] == "stopped" and health.loc[0, "healthy"]
+    assert health.loc[0, "verdict"] == "stopped"
     assert health.loc[0, "jobs_done"] == stats.processed == 3
 
 
@@ -315,3 +325,48 @@ def test_pandas_is_imported_only_when_monitoring_is() -> None:
     code = ("import sys, jobkit; assert 'pandas' not in sys.modules, 'import jobkit loaded pandas';"
             "import jobkit.monitoring; assert 'pandas' in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+async def test_clips_of_the_latest_videos_only(runner: jobkit.Runner) -> None:
+    assets = []
+    for i in range(5):
+        asset, _ = await runner.upload_video(f"v{i}.mp4", duration_ms=40_000)
+        assets.append(asset)
+    await runner.upload_video("later.mp4", duration_ms=20_000)
+    async with runner.sessions() as db:
+        await db.execute(jobs_table.update().where(
+            jobs_table.c.params["video_asset_id"].as_string() == str(assets[-1].id))
+            .values(status="failed"))  # v4's job will not run: v4 stays without clips
+        await db.commit()
+    await runner.drain(progress=False)
+    latest = await runner.clips(latest_videos=2)
+    # v4 has no clips, so it is skipped: the latest two videos that have clips.
+    assert list(dict.fromkeys(latest["filename"])) == ["v3.mp4", "later.mp4"]
+    assert len(latest) == 3 and latest["is_best"].sum() == 2
+    assert len(await runner.clips(latest_videos=100)) == len(await runner.clips()) == 9
+    async with runner.sessions() as db:
+        assert await monitoring.videos_with_clips(db) == 5
+    with pytest.raises(ValueError, match="latest_videos"):
+        await runner.clips(latest_videos=0)
+
+
+async def test_counts_show_as_small_tables_in_a_notebook(runner: jobkit.Runner) -> None:
+    from IPython.core.formatters import DisplayFormatter
+
+    await runner.enqueue("x", {}, allow_unknown=True)
+    await runner.enqueue("x", {}, delay=3600, allow_unknown=True)
+    counts = await runner.status_counts()
+    data, _ = DisplayFormatter().format(counts)
+    html = data["text/html"]
+    assert "jobs per status" in html and "background:#6c757d" in html  # a pending badge
+    assert re.findall(r"title='(\w+)'[^>]*>(\d+)<", html) == [
+        ("pending", "2"), ("processing", "0"), ("retry", "0"), ("completed", "0"),
+        ("failed", "0")]
+    assert data["text/plain"] == repr(pd.Series(counts))  # the text form is unchanged
+    depth = await runner.queue_depth()
+    assert re.findall(r"title='(\w+)'[^>]*>(\d+)<", depth._repr_html_()) == [
+        ("eligible", "1"), ("scheduled", "1")]
+    assert "jobs per queue" in depth._repr_html_()
+    # Still a pandas Series; what is derived from it is a plain one.
+    assert isinstance(counts, pd.Series) and int(counts.sum()) == 2
+    assert type(counts + 1) is pd.Series and type(counts.loc[["pending"]]) is pd.Series
