@@ -529,10 +529,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     only = {s.strip() for s in args.only.split(",") if s.strip()} or None
     t0 = time.perf_counter()
+    load_before = os.getloadavg()
     rows = asyncio.run(run(args.quick, only, tuple(args.backend or BACKENDS),
                            with_peers=not args.no_peers))
     elapsed = time.perf_counter() - t0
     env = environment()
+    # The machine's load (1, 5, 15 min) before and after: other work on these cores moves
+    # every figure.
+    env["load_average"] = {"before": load_before, "after": os.getloadavg()}
     env["postgresql"] = asyncio.run(pg_version())
     md = table(rows)
     print(md)
