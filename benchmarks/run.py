@@ -169,8 +169,10 @@ def plot(rows: list[Row], path: str) -> None:
         from matplotlib.figure import Figure as FigureClass
     shown = [r for r in rows if (r.ratio is not None and not r.lower_is_better)
              or r.threshold is not None]
-    labels, values, colors, marks = [], [], [], []
+    labels, values, colors, marks, peer_marks = [], [], [], [], []
     for r in shown:
+        pr = r.peer_ratio  # plotted so that > 1 is good, like the bars
+        peer_marks.append(None if pr is None else (1 / pr if r.lower_is_better else pr))
         if r.ratio is not None and not r.lower_is_better:
             v, mark = r.ratio, r.threshold
         else:  # times and latencies: plot target / value, so > 1 is good and the tick is 1
@@ -190,10 +192,15 @@ def plot(rows: list[Row], path: str) -> None:
     for yi, m in zip(y, marks, strict=True):
         if m is not None:
             ax.plot([m, m], [yi - 0.4, yi + 0.4], color="black", linewidth=1.5)
+    for yi, pm in zip(y, peer_marks, strict=True):
+        if pm is not None:
+            ax.plot([min(max(pm, 0.02), 50.0)], [yi], marker="D", color="#264653", markersize=5)
     ax.set_yticks(y, labels, fontsize=7)
-    ax.set_xlabel("throughput: jobkit ÷ same-run bare SQL;  times: target ÷ jobkit\n"
-                  "(log scale, higher is better, black tick = target)")
-    ax.set_title("jobkit vs bare SQL (green: target met, red: missed, grey: no target)")
+    ax.set_xlabel("bars: jobkit ÷ bare SQL (times: target ÷ jobkit);  "
+                  "◆: jobkit ÷ peer (times: peer ÷ jobkit)\n"
+                  "log scale, higher is better, black tick = target")
+    ax.set_title("jobkit vs bare SQL (bars) and vs the peer (◆)\n"
+                 "green: targets met, red: missed, grey: no target")
     ax.grid(axis="x", alpha=0.3)
     fig.savefig(path, dpi=110)
 
