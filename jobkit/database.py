@@ -543,6 +543,18 @@ class LazySession(AsyncSession):
             return self.sync_session.info
         return self.__dict__["_jk_info"]  # type: ignore[no-any-return]
 
+    @property
+    def bind(self) -> Any:
+        # The engine it will be bound to, without making the session (progress tracking
+        # asks for it before every handler).
+        if "sync_session" in self.__dict__:
+            return AsyncSession.bind.fget(self)  # type: ignore[attr-defined]
+        return self._jk_maker.kw.get("bind")
+
+    @bind.setter
+    def bind(self, value: Any) -> None:
+        AsyncSession.bind.fset(self, value)  # type: ignore[attr-defined]
+
     async def close(self) -> None:
         if "sync_session" in self.__dict__:
             await super().close()

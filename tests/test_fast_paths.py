@@ -49,7 +49,7 @@ async def test_a_handler_that_never_uses_db_costs_no_session(runner: jobkit.Runn
     stats = await runner.drain(concurrency=10, progress=False)
     assert stats.completed == 61
     assert len(seen) == 60
-    assert all(is_session and not used and job is not None for is_session, used, job in seen)
+    assert all(is_session and not used and job is not None for is_session, used, job in seen), seen[:3]
     # Claims and batched completions only: far fewer checkouts than jobs.
     assert len(checkouts) < 40, len(checkouts)
     assert (await runner.get_job(reader.id)).result == {"value": 42, "has_settings": True}
