@@ -15,7 +15,6 @@ import collections
 import logging
 import os
 import re
-import time
 import weakref
 from collections.abc import AsyncIterator
 from typing import Any
@@ -45,7 +44,6 @@ from .models import Meta, meta_table
 log = logging.getLogger("jobkit")
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
-PG_PING_AFTER_S = 2.0
 _READ_PREFIXES = ("SELECT", "PRAGMA", "EXPLAIN", "SAVEPOINT", "RELEASE")
 
 
@@ -135,18 +133,8 @@ def _install_light_ping(engine: AsyncEngine) -> None:
     ``pg_terminate_backend`` is replaced, not handed to the caller), but its asyncpg ping
     costs three round trips (BEGIN, ping, ROLLBACK) on every checkout, more than the
     one-statement transactions of the hot path.
-
-    A connection checked in less than :data:`PG_PING_AFTER_S` ago is not pinged: the
-    server's close of it (a restart, ``pg_terminate_backend``) reaches asyncpg as soon as
-    the event loop reads the socket, and ``is_closed()`` says so without a round trip; the
-    ping is for what a socket cannot tell (a connection silently dropped while idle).
     """
     sync_engine = engine.sync_engine
-
-    @event.listens_for(sync_engine, "checkin")
-    def _checkin(dbapi_conn: Any, record: Any) -> None:
-        if record is not None:
-            record.info["jk_checked_in"] = time.monotonic()
 
     @event.listens_for(sync_engine, "checkout")
     def _checkout(dbapi_conn: Any, record: Any, proxy: Any) -> None:
@@ -156,7 +144,7 @@ def _install_light_ping(engine: AsyncEngine) -> None:
                 dbapi_conn.ping()
             elif raw.is_closed():  # the server's close already reached us: no round trip
                 raise ConnectionError("closed by the server")
-            elif time.monotonic() - record.info.get("jk_checked_in", -1e9) > PG_PING_AFTER_S:
+            else:
                 await_only(raw.fetchrow(";"))
         except Exception as exc:  # the pool replaces the connection and tries again
             raise DisconnectionError(f"stale pooled connection: {exc}") from exc
