@@ -46,16 +46,22 @@ nbval: $(STAMP)
 notebooks: $(STAMP)
 	$(BIN)/jupyter nbconvert --to notebook --execute --inplace notebooks/*.ipynb
 
-bench: $(STAMP)
+# The benchmark's peers (pgqueuer, huey) and profiler: the `bench` extra, only for these.
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP) pyproject.toml constraints.txt
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.run
 
-bench-quick: $(STAMP)
+bench-quick: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.run --quick
 
 # Refresh the lock of tested versions (constraints.txt) from a clean resolve.
 lock:
 	rm -rf .lockvenv && $(PYTHON) -m venv .lockvenv
-	.lockvenv/bin/pip install --quiet -e '.[dev,browser]'
+	.lockvenv/bin/pip install --quiet -e '.[dev,browser,bench]'
 	.lockvenv/bin/pip freeze --exclude-editable | grep -v '^jobkit' > constraints.txt
 	rm -rf .lockvenv
 

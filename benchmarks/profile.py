@@ -1,8 +1,9 @@
 """Profile jobkit's hot path with pyinstrument: ``python -m benchmarks.profile BACKEND SCENARIO``.
 
-Scenarios: ``drain1`` (no-op jobs, concurrency 1), ``drain100`` (concurrency 100),
-``write`` (a handler writing through its session), ``enqueue`` (single enqueues),
-``enqueue_many``. Writes an HTML and a text profile to ``benchmarks/results/``.
+Scenarios: ``drain1`` / ``drain10`` / ``drain100`` (no-op jobs at concurrency 1 / 10 /
+100), ``write`` (a handler writing through its session, concurrency 1), ``write10``
+(concurrency 10), ``cut`` (cut_analysis, 0.5 s each, concurrency 100), ``enqueue``
+(single enqueues), ``enqueue_many``. Writes an HTML and a text profile to ``benchmarks/results/``.
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ async def main(backend: str, scenario: str, n: int, tag: str) -> None:
     await dbs.start()
     try:
         url = await dbs.fresh(backend)
-        job_type = "bench_write" if scenario == "write" else "bench_noop"
-        if scenario.startswith("drain") or scenario == "write":
+        job_type = "bench_write" if scenario.startswith("write") else "bench_noop"
+        if scenario.startswith(("drain", "write")):
             await scenarios.seed_jobs(url, n, job_type)
-        r = await scenarios.open_runner(url)
+        elif scenario == "cut":
+            await scenarios._seed_assets(url, n, bare_jobs=False)
+        r = await scenarios.open_runner(url, cut_analysis_seconds=0.5)
         profiler = Profiler(interval=0.0005, async_mode="disabled")
         t0 = time.perf_counter()
         profiler.start()
@@ -41,7 +44,8 @@ async def main(backend: str, scenario: str, n: int, tag: str) -> None:
             elif scenario == "enqueue_many":
                 await r.enqueue_many([("bench_noop", {"i": i}) for i in range(n)])
             else:
-                conc = {"drain1": 1, "drain100": 100, "write": 1}[scenario]
+                conc = {"drain1": 1, "drain10": 10, "drain100": 100, "write": 1, "write10": 10,
+                        "cut": 100}[scenario]
                 await r.worker(concurrency=conc, burst=True).run()
         finally:
             profiler.stop()
@@ -61,7 +65,8 @@ async def main(backend: str, scenario: str, n: int, tag: str) -> None:
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
     p.add_argument("backend", choices=["sqlite", "postgresql"])
-    p.add_argument("scenario", choices=["drain1", "drain100", "write", "enqueue", "enqueue_many"])
+    p.add_argument("scenario", choices=["drain1", "drain10", "drain100", "write", "write10",
+                                        "cut", "enqueue", "enqueue_many"])
     p.add_argument("-n", type=int, default=2000)
     p.add_argument("--tag", default="before")
     a: Any = p.parse_args()

@@ -1,9 +1,10 @@
-"""``python -m benchmarks.run [--quick]``: every scenario, jobkit vs bare SQL, both backends.
+"""``python -m benchmarks.run [--quick]``: every scenario, jobkit vs bare SQL and vs the
+peers (pgqueuer on PostgreSQL, huey's SqliteHuey on SQLite), both backends.
 
 Prints a Markdown table (median and min–max of the repeats, ratio to the same-run
-baseline, the issue's target and whether it is met), writes ``results/latest.json``
-and ``results/latest.png``. A run whose jobs were not all done exactly once raises
-instead of reporting.
+baseline and to the same-run peer, the issues' targets and whether they are met), writes
+``results/latest.json`` and ``results/latest.png``. A run whose jobs were not all done
+exactly once (jobkit's, the baseline's or a peer's) raises instead of reporting.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import handlers as _handlers  # noqa: F401 - registers the benchmark handlers
+from . import peers
 from . import scenarios as sc
 from .common import BACKENDS, Databases, Series
 
@@ -52,6 +54,8 @@ class Row:
     threshold: float | None = None  # on the ratio (throughput) or on the value (latency, time)
     lower_is_better: bool = False
     note: str = ""
+    peer: str | None = None  # key of the peer's figure in ``baselines``
+    peer_threshold: float | None = None  # on jobkit ÷ peer (a time: at most; else at least)
 
     def base(self, key: str) -> Series:
         return self.baselines.setdefault(key, Series())
@@ -66,7 +70,28 @@ class Row:
         return j / b
 
     @property
+    def peer_ratio(self) -> float | None:
+        if self.peer is None or self.peer not in self.baselines:
+            return None
+        p, j = self.baselines[self.peer].median, self.jobkit.median
+        if not p or not j:
+            return None
+        return j / p
+
+    @property
     def met(self) -> bool | None:
+        own = self._met_own()
+        if self.peer_threshold is None:
+            return own
+        r = self.peer_ratio
+        if r is None:
+            return own
+        vs_peer = r <= self.peer_threshold if self.lower_is_better else r >= self.peer_threshold
+        if self.peer_threshold == 1.0 and self.lower_is_better:
+            vs_peer = r < 1.0  # "below the peer's"
+        return vs_peer if own is None else (own and vs_peer)
+
+    def _met_own(self) -> bool | None:
         if self.threshold is None:
             return None
         if self.ratio_to is not None:
@@ -83,14 +108,16 @@ class Row:
                 "baselines": {k: {"values": v.values, "median": v.median}
                               for k, v in self.baselines.items()},
                 "ratio_to": self.ratio_to, "ratio": self.ratio, "target": self.target,
-                "threshold": self.threshold, "met": self.met, "note": self.note}
+                "threshold": self.threshold, "met": self.met, "note": self.note,
+                "peer": self.peer, "peer_ratio": self.peer_ratio,
+                "peer_threshold": self.peer_threshold}
 
 
 def row_from_dict(d: dict[str, Any]) -> Row:
     return Row(d["backend"], d["scenario"], d["unit"], Series(list(d["jobkit"])),
                {k: Series(list(v["values"])) for k, v in d["baselines"].items()},
                d["ratio_to"], d["target"], d["threshold"],
-               d["unit"] in ("ms", "s", "MB"), d["note"])
+               d["unit"] in ("ms", "s", "MB"), d["note"], d.get("peer"), d.get("peer_threshold"))
 
 
 def fmt(s: Series, unit: str) -> str:
@@ -109,21 +136,29 @@ def fmt(s: Series, unit: str) -> str:
 BASE_NAMES = {"one": "bare, one at a time", "batched": "bare, batched 100",
               "multi": "bare multi-row insert", "ideal": "ideal", "bare": "bare SQL",
               "empty": "same, empty table", "decode": "bare PyAV decode",
-              "decode+scale": "bare PyAV decode + scale", "pyav": "2 bare PyAV loops"}
+              "decode+scale": "bare PyAV decode + scale", "pyav": "2 bare PyAV loops",
+              "pgqueuer": "pgqueuer", "huey": "SqliteHuey"}
+
+
+def peer_of(backend: str) -> str:
+    return "pgqueuer" if backend == "postgresql" else "huey"
 
 
 def table(rows: list[Row]) -> str:
-    out = ["| backend | scenario | jobkit | baseline(s) | ratio | target | met |",
-           "|---|---|---|---|---|---|---|"]
+    out = ["| backend | scenario | jobkit | baseline(s) and peer | jobkit ÷ bare | jobkit ÷ peer "
+           "| target | met |",
+           "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         bases = "; ".join(f"{BASE_NAMES.get(k, k)}: {fmt(v, r.unit)}"
                           for k, v in r.baselines.items())
         ratio = f"{r.ratio:.2f}× of {BASE_NAMES.get(r.ratio_to or '', r.ratio_to)}" \
             if r.ratio is not None else ""
+        vs_peer = f"{r.peer_ratio:.2f}× of {BASE_NAMES.get(r.peer or '', r.peer)}" \
+            if r.peer_ratio is not None else ""
         met = {True: "met", False: "**missed**", None: ""}[r.met]
         note = f" — {r.note}" if r.note else ""
         out.append(f"| {r.backend} | {r.scenario} | {fmt(r.jobkit, r.unit)} | {bases} | "
-                   f"{ratio} | {r.target}{note} | {met} |")
+                   f"{ratio} | {vs_peer} | {r.target}{note} | {met} |")
     return "\n".join(out)
 
 
@@ -134,8 +169,10 @@ def plot(rows: list[Row], path: str) -> None:
         from matplotlib.figure import Figure as FigureClass
     shown = [r for r in rows if (r.ratio is not None and not r.lower_is_better)
              or r.threshold is not None]
-    labels, values, colors, marks = [], [], [], []
+    labels, values, colors, marks, peer_marks = [], [], [], [], []
     for r in shown:
+        pr = r.peer_ratio  # plotted so that > 1 is good, like the bars
+        peer_marks.append(None if pr is None else (1 / pr if r.lower_is_better else pr))
         if r.ratio is not None and not r.lower_is_better:
             v, mark = r.ratio, r.threshold
         else:  # times and latencies: plot target / value, so > 1 is good and the tick is 1
@@ -155,20 +192,34 @@ def plot(rows: list[Row], path: str) -> None:
     for yi, m in zip(y, marks, strict=True):
         if m is not None:
             ax.plot([m, m], [yi - 0.4, yi + 0.4], color="black", linewidth=1.5)
+    for yi, pm in zip(y, peer_marks, strict=True):
+        if pm is not None:
+            ax.plot([min(max(pm, 0.02), 50.0)], [yi], marker="D", color="#264653", markersize=5)
     ax.set_yticks(y, labels, fontsize=7)
-    ax.set_xlabel("throughput: jobkit ÷ same-run bare SQL;  times: target ÷ jobkit\n"
-                  "(log scale, higher is better, black tick = target)")
-    ax.set_title("jobkit vs bare SQL (green: target met, red: missed, grey: no target)")
+    ax.set_xlabel("bars: jobkit ÷ bare SQL (times: target ÷ jobkit);  "
+                  "◆: jobkit ÷ peer (times: peer ÷ jobkit)\n"
+                  "log scale, higher is better, black tick = target")
+    ax.set_title("jobkit vs bare SQL (bars) and vs the peer (◆)\n"
+                 "green: targets met, red: missed, grey: no target")
     ax.grid(axis="x", alpha=0.3)
     fig.savefig(path, dpi=110)
 
 
-async def run(quick: bool, only: set[str] | None, backends: tuple[str, ...]) -> list[Row]:
+async def run(quick: bool, only: set[str] | None, backends: tuple[str, ...],
+              with_peers: bool = True) -> list[Row]:
     cfg = QUICK if quick else FULL
     reps = int(cfg["repeats"])  # type: ignore[call-overload]
     dbs = Databases()
     await dbs.start()
     rows: list[Row] = []
+    have = peers.available() if with_peers else {"pgqueuer": False, "huey": False}
+    if with_peers and not all(have.values()):
+        print("peers missing (install them with pip install -e '.[bench]'): "
+              f"{sorted(k for k, v in have.items() if not v)}", file=sys.stderr)
+    if have["pgqueuer"] and dbs.pg_ok:
+        await peers.pg_create_db()
+    else:
+        have["pgqueuer"] = False
 
     def want(name: str) -> bool:
         return only is None or name in only
@@ -184,17 +235,30 @@ async def run(quick: bool, only: set[str] | None, backends: tuple[str, ...]) -> 
             async def fresh() -> str:
                 return await dbs.fresh(be)  # noqa: B023 - used in this iteration only
 
+            peer = peer_of(be)
+            has_peer = have[peer]
+
             if want("enqueue"):
                 n, m = cfg["enqueue"], cfg["enqueue_many"]
                 r1 = Row(be, f"enqueue ×{n:,} (one per transaction)", "jobs/s", ratio_to="one",
                          target="≥ 0.60× bare insert+commit", threshold=0.60)
                 r2 = Row(be, f"enqueue_many ×{m:,}", "jobs/s", ratio_to="multi",
                          target="≥ 0.50× bare multi-row insert", threshold=0.50)
+                if has_peer:
+                    r1.peer, r1.peer_threshold = peer, 1.0
+                    r1.target += f"; ≥ 1× {BASE_NAMES[peer]}"
+                    if peer == "pgqueuer":  # huey has no batch enqueue
+                        r2.peer = peer
                 for _ in range(reps):
                     r1.jobkit.add(await sc.jk_enqueue_single(await fresh(), n))
                     r1.base("one").add(await sc.bare_enqueue_single(await fresh(), n))
                     r2.jobkit.add(await sc.jk_enqueue_many(await fresh(), m))
                     r2.base("multi").add(await sc.bare_enqueue_many(await fresh(), m))
+                    if has_peer and peer == "pgqueuer":
+                        r1.base(peer).add(await peers.pg_enqueue_single(n))
+                        r2.base(peer).add(await peers.pg_enqueue_many(m))
+                    elif has_peer:
+                        r1.base(peer).add(peers.huey_enqueue_single(dbs.tmp, n))
                 rows += [r1, r2]
                 say(f"{be} enqueue done")
             if want("drain"):
@@ -210,8 +274,18 @@ async def run(quick: bool, only: set[str] | None, backends: tuple[str, ...]) -> 
                             ratio_to="batched" if c > 1 else "one")
                     if c == 100:
                         r.target, r.threshold = "≥ 0.40× bare batched", 0.40
+                    if has_peer:
+                        r.peer = peer
+                        if c == 10:
+                            r.peer_threshold = 3.0 if peer == "pgqueuer" else 2.5
+                            r.target = f"≥ {r.peer_threshold:g}× {BASE_NAMES[peer]}"
                     for _ in range(reps):
                         r.jobkit.add(await sc.jk_drain(await fresh(), size, c))
+                        if has_peer and peer == "pgqueuer":
+                            r.base(peer).add(await peers.pg_drain(size, c))
+                        elif has_peer:
+                            # In this (main) thread: huey's consumer sets signal handlers.
+                            r.base(peer).add(peers.huey_drain(dbs.tmp, size, c))
                     rows.append(r)
                 say(f"{be} drain done")
             if want("write"):
@@ -265,6 +339,20 @@ async def run(quick: bool, only: set[str] | None, backends: tuple[str, ...]) -> 
                     lat = await sc.bare_latency(await fresh(), n, 0.005)
                     for row, q in ((p50x, 50), (p99x, 99), (p50i, 50), (p99i, 99)):
                         row.base("bare").add(pct(lat, q))
+                    if has_peer:
+                        lat = await peers.latency_xproc(peer, n, 0.005, dbs.tmp)
+                        p50x.base(peer).add(pct(lat, 50))
+                        p99x.base(peer).add(pct(lat, 99))
+                        lat = await (peers.pg_latency_inproc(n, 0.005) if peer == "pgqueuer"
+                                     else peers.huey_latency_inproc(dbs.tmp, n, 0.005))
+                        p50i.base(peer).add(pct(lat, 50))
+                        p99i.base(peer).add(pct(lat, 99))
+                if has_peer:
+                    for row in (p50x, p99x, p50i, p99i):
+                        row.peer = peer
+                    for row in (p50x, p50i):
+                        row.peer_threshold = 1.0
+                        row.target += f"; below {BASE_NAMES[peer]}'s"
                 rows += [p50x, p99x, p50i, p99i]
                 say(f"{be} latency done")
             if want("multi"):
@@ -298,6 +386,8 @@ async def run(quick: bool, only: set[str] | None, backends: tuple[str, ...]) -> 
                 say(f"{be} memory done")
     finally:
         await dbs.close()
+        if have["pgqueuer"]:
+            await peers.pg_drop_db()
     return rows
 
 
@@ -391,6 +481,13 @@ def environment() -> dict[str, Any]:
         "sqlalchemy": sqlalchemy.__version__, "asyncpg": asyncpg.__version__,
         "aiosqlite": aiosqlite.__version__, "cpus": os.cpu_count(),
         "platform": platform.platform()}
+    from importlib.metadata import PackageNotFoundError, version
+
+    for peer in ("pgqueuer", "huey"):
+        try:
+            env[peer] = version(peer)
+        except PackageNotFoundError:
+            env[peer] = None
     try:
         with open("/proc/cpuinfo") as f:
             env["cpu"] = next((line.split(":", 1)[1].strip() for line in f
@@ -424,6 +521,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", default="", help="comma-separated scenarios: enqueue, drain, "
                    "write, cut, latency, multi, scale, memory, video")
     p.add_argument("--backend", choices=BACKENDS, action="append", default=None)
+    p.add_argument("--no-peers", action="store_true",
+                   help="skip pgqueuer and huey (they need the bench extra)")
     p.add_argument("--out", default=os.path.join(RESULTS, "latest"),
                    help="path prefix of the .json and .png written")
     p.add_argument("--replot", metavar="JSON", help="only redraw the PNG of a results file")
@@ -437,9 +536,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     only = {s.strip() for s in args.only.split(",") if s.strip()} or None
     t0 = time.perf_counter()
-    rows = asyncio.run(run(args.quick, only, tuple(args.backend or BACKENDS)))
+    load_before = os.getloadavg()
+    rows = asyncio.run(run(args.quick, only, tuple(args.backend or BACKENDS),
+                           with_peers=not args.no_peers))
     elapsed = time.perf_counter() - t0
     env = environment()
+    # The machine's load (1, 5, 15 min) before and after: other work on these cores moves
+    # every figure.
+    env["load_average"] = {"before": load_before, "after": os.getloadavg()}
     env["postgresql"] = asyncio.run(pg_version())
     md = table(rows)
     print(md)

@@ -447,9 +447,11 @@ async def bare_latency(url: str, n: int, gap: float) -> list[float]:
             while not stop.is_set():
                 value = (await conn.execute_fetchall("PRAGMA data_version"))[0][0]
                 if value != last:
+                    # Read before claiming: a commit after this read changes it again.
+                    # (Re-reading after the claim lost a job committed in between; this
+                    # connection's own commits never change its data_version.)
                     last = value
                     await run_ready()
-                    last = (await conn.execute_fetchall("PRAGMA data_version"))[0][0]
                 await asyncio.sleep(0.001)
 
     EXECUTED.clear()

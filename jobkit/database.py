@@ -10,9 +10,12 @@ lock while it thinks, and a write never has to "upgrade" a read transaction
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import logging
 import os
 import re
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import unquote
@@ -108,6 +111,8 @@ def create_engine(url: str | None = None, *, settings: Settings | None = None,
                                    f"a file in an existing folder ({folder} does not exist)")
         kwargs.setdefault("pool_size", pool_size)
         kwargs.setdefault("max_overflow", max_overflow)
+        if parsed.get_driver_name() == "aiosqlite":
+            kwargs.setdefault("module", _one_trip_aiosqlite())
         engine = create_async_engine(parsed, **kwargs)
         _install_sqlite_hooks(engine)
     else:
@@ -163,15 +168,46 @@ def _install_sqlite_hooks(engine: AsyncEngine) -> None:
     def _on_begin(conn: Connection) -> None:
         conn.info["jk_sqlite_begun"] = False
 
+    gate = _GATES[sync_engine] = _WriteGate()
+
     @event.listens_for(sync_engine, "before_cursor_execute")
     def _before(conn: Connection, cursor: Any, statement: str, params: Any,
                 context: Any, executemany: bool) -> None:
-        if conn.info.get("jk_sqlite_begun", True) or not conn.in_transaction():
-            return
         if statement.lstrip()[:9].upper().startswith(_READ_PREFIXES):
             return  # reads before the first write run outside a transaction
+        # A write: take this process's turn at SQLite's write lock first (see _WriteGate).
+        gate.acquire(conn.connection.dbapi_connection)
+        if conn.info.get("jk_sqlite_begun", True) or not conn.in_transaction():
+            return
         conn.info["jk_sqlite_begun"] = True
         cursor.execute("BEGIN IMMEDIATE")
+
+    @event.listens_for(sync_engine, "after_cursor_execute")
+    def _after(conn: Connection, cursor: Any, statement: str, params: Any,
+               context: Any, executemany: bool) -> None:
+        # A lone write statement (no transaction open around it) has released SQLite's lock.
+        dbapi_conn = conn.connection.dbapi_connection
+        if gate.holds(dbapi_conn) and _sqlite_idle(dbapi_conn):
+            gate.release(dbapi_conn)
+
+    @event.listens_for(sync_engine, "handle_error")
+    def _on_error(ctx: Any) -> None:
+        try:
+            raw = ctx.connection.connection.dbapi_connection if ctx.connection else None
+        except Exception:  # noqa: BLE001 - closed or invalidated: the pool events release it
+            return
+        if raw is not None and gate.holds(raw) and _sqlite_idle(raw):
+            gate.release(raw)
+
+    # Every other way a connection's transaction ends releases its turn too: an invalidated
+    # (cancelled mid-statement) or closed connection, and, as a safety net, the check-in.
+    def _release_conn(dbapi_conn: Any, *_: Any) -> None:
+        if dbapi_conn is not None:
+            gate.release(dbapi_conn)
+
+    for name in ("invalidate", "soft_invalidate", "close", "close_detached", "detach",
+                 "checkin"):
+        event.listen(sync_engine.pool, name, _release_conn)
 
     def _end(conn: Connection) -> None:
         info = connection_info(conn)
@@ -188,14 +224,206 @@ def _install_sqlite_hooks(engine: AsyncEngine) -> None:
     do_commit, do_rollback = dialect.do_commit, dialect.do_rollback
 
     def _commit(dbapi_conn: Any) -> None:
-        if not _sqlite_idle(dbapi_conn):
-            do_commit(dbapi_conn)
+        try:
+            if not _sqlite_idle(dbapi_conn):
+                do_commit(dbapi_conn)
+        finally:
+            if _sqlite_idle(dbapi_conn):  # a failed COMMIT may leave the transaction open
+                gate.release(dbapi_conn)
 
     def _rollback(dbapi_conn: Any) -> None:
-        if not _sqlite_idle(dbapi_conn):
-            do_rollback(dbapi_conn)
+        try:
+            if not _sqlite_idle(dbapi_conn):
+                do_rollback(dbapi_conn)
+        finally:
+            gate.release(dbapi_conn)
 
     dialect.do_commit, dialect.do_rollback = _commit, _rollback
+
+
+class _WriteGate:
+    """This process's queue for SQLite's single write lock, one per engine.
+
+    SQLite lets one connection write at a time; the others wait in its busy handler,
+    which *sleeps* between tries (1, 2, 5, 10 … 100 ms). With many jobs of one worker
+    finishing at once, those sleeps, not the writes, made up most of the time. So the
+    engine's connections take turns on an ``asyncio.Lock`` (FIFO, handed over the moment
+    the holder's transaction ends) before ``BEGIN IMMEDIATE`` or a lone write statement;
+    SQLite's own lock and busy timeout still arbitrate between processes.
+
+    The turn is released when the connection's transaction ends: commit, rollback, a lone
+    statement's end, an error that left no transaction, and, for a connection invalidated
+    by a cancellation, closed or checked in, by the pool events. A waiter cancelled while
+    queued never holds it. A holder that keeps its transaction open for longer than the
+    busy timeout does not block the others forever: they go on to SQLite's busy handler.
+    """
+
+    def __init__(self) -> None:
+        self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = \
+            weakref.WeakKeyDictionary()
+        self._held: dict[int, asyncio.Lock] = {}  # id(DBAPI connection) → the lock it holds
+
+    @staticmethod
+    def _key(conn: Any) -> int:
+        # The DBAPI connection itself, whether given as is or through the pool's proxy
+        # (SQLAlchemy passes the proxy to do_commit / do_rollback).
+        return id(getattr(conn, "dbapi_connection", None) or conn)
+
+    def holds(self, dbapi_conn: Any) -> bool:
+        return self._key(dbapi_conn) in self._held
+
+    @property
+    def holders(self) -> int:
+        """Connections holding their turn now (0 or 1 while the gate works)."""
+        return len(self._held)
+
+    def acquire(self, dbapi_conn: Any) -> None:
+        """Wait (inside SQLAlchemy's greenlet) for this connection's turn to write."""
+        key = self._key(dbapi_conn)
+        if key in self._held:
+            return  # already its turn (a transaction's second write)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no event loop (not reached through the asyncio API): SQLite decides
+        lock = self._locks.get(loop)
+        if lock is None:
+            lock = self._locks[loop] = asyncio.Lock()
+        if lock.locked():
+            try:
+                await_only(_acquire_within(lock, SQLITE_BUSY_TIMEOUT_MS / 1000))
+            except TimeoutError:
+                return  # held too long by another connection: leave it to SQLite
+        else:
+            await_only(lock.acquire())  # free: returns at once
+        self._held[key] = lock
+
+    def release(self, dbapi_conn: Any) -> None:
+        lock = self._held.pop(self._key(dbapi_conn), None)
+        if lock is not None and lock.locked():
+            lock.release()
+
+
+async def _acquire_within(lock: asyncio.Lock, seconds: float) -> None:
+    # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation that
+    # arrives as the lock is handed over (and return holding it).
+    async with asyncio.timeout(seconds):
+        await lock.acquire()
+
+
+_GATES: weakref.WeakKeyDictionary[Any, _WriteGate] = weakref.WeakKeyDictionary()
+
+
+def write_gate(engine: AsyncEngine) -> _WriteGate | None:
+    """The SQLite engine's :class:`_WriteGate` (None on PostgreSQL)."""
+    return _GATES.get(engine.sync_engine)
+
+
+def _one_trip_aiosqlite() -> Any:
+    """SQLAlchemy's aiosqlite DBAPI adapter, with cursors that cost ONE trip to aiosqlite's
+    thread per statement.
+
+    The stock adapter makes up to four (create a cursor, execute, fetch the rows, close
+    the cursor), each a hand-off between the event loop and aiosqlite's thread that costs
+    more than a small statement itself on a busy machine. Here the four run as one call in
+    that thread (aiosqlite's own ``execute_fetchall`` does the same); results are buffered,
+    as the stock cursor buffers them too. Passed to the engine as its DBAPI ``module``.
+    """
+    import sqlite3
+
+    import aiosqlite
+    from sqlalchemy.dialects.sqlite.aiosqlite import (
+        AsyncAdapt_aiosqlite_connection,
+        AsyncAdapt_aiosqlite_cursor,
+        AsyncAdapt_aiosqlite_dbapi,
+    )
+    from sqlalchemy.util import EMPTY_DICT
+
+    def run(conn: sqlite3.Connection, operation: Any, parameters: Any,
+            many: bool) -> tuple[Any, int, Any, list[Any] | None]:
+        cur = conn.cursor()
+        try:
+            if many:
+                cur.executemany(operation, parameters)
+            elif parameters is None:
+                cur.execute(operation)
+            else:
+                cur.execute(operation, parameters)
+            desc = cur.description
+            rows = cur.fetchall() if desc else None
+            return desc, cur.rowcount, cur.lastrowid, rows
+        finally:
+            cur.close()
+
+    class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
+        __slots__ = ("_desc", "_rowcount", "_lastrowid", "_size")
+
+        def __init__(self, adapt_connection: Any) -> None:  # no aiosqlite cursor: no trip
+            self._adapt_connection = adapt_connection
+            self._connection = adapt_connection._connection
+            self._cursor = None  # type: ignore[assignment]
+            self._soft_closed_memoized = EMPTY_DICT
+            self._rows = collections.deque()
+            self._desc: Any = None
+            self._rowcount = -1
+            self._lastrowid: Any = None
+            self._size = 1
+
+        @property
+        def description(self) -> Any:
+            return self._desc
+
+        @property
+        def rowcount(self) -> int:
+            return self._rowcount
+
+        @property
+        def lastrowid(self) -> Any:
+            return self._lastrowid
+
+        @property
+        def arraysize(self) -> int:
+            return self._size
+
+        @arraysize.setter
+        def arraysize(self, value: int) -> None:
+            self._size = value
+
+        async def _run(self, operation: Any, parameters: Any, many: bool) -> None:
+            async with self._adapt_connection._execute_mutex:
+                aio = self._connection
+                self._desc, self._rowcount, self._lastrowid, rows = await aio._execute(
+                    run, aio._conn, operation, parameters, many)
+            self._rows = collections.deque(rows or ())
+
+        async def _execute_async(self, operation: Any, parameters: Any) -> Any:
+            await self._run(operation, parameters, False)
+
+        async def _executemany_async(self, operation: Any, seq_of_parameters: Any) -> Any:
+            await self._run(operation, seq_of_parameters, True)
+
+        async def _async_soft_close(self) -> None:
+            return  # nothing open: the rows are already here
+
+        def close(self) -> None:
+            self._rows.clear()
+
+        def nextset(self) -> None:
+            return None
+
+        def setinputsizes(self, *inputsizes: Any) -> None:
+            return None
+
+    class OneTripConnection(AsyncAdapt_aiosqlite_connection):
+        __slots__ = ()
+        _cursor_cls = OneTripCursor
+
+    class OneTripDBAPI(AsyncAdapt_aiosqlite_dbapi):
+        def connect(self, *arg: Any, **kw: Any) -> Any:
+            stock = super().connect(*arg, **kw)
+            return OneTripConnection(self, stock._connection)
+
+    return OneTripDBAPI(aiosqlite, sqlite3)
 
 
 def connection_info(conn: Connection) -> dict[Any, Any] | None:
@@ -254,6 +482,8 @@ def _install_write_tracking(engine: AsyncEngine) -> None:
 
 def session_wrote(session: AsyncSession) -> bool:
     """Whether ``session`` has unflushed changes or ran a write in its transaction."""
+    if not session_used(session):
+        return False
     sync = session.sync_session
     if sync.new or sync.dirty or sync.deleted:
         return True
@@ -267,6 +497,64 @@ def session_wrote(session: AsyncSession) -> bool:
         if connection.info.get("jk_wrote"):
             return True
     return False
+
+
+class LazySession(AsyncSession):
+    """An :class:`AsyncSession` whose ORM ``Session`` is made the first time it is used.
+
+    A worker hands one to every job's handler as ``db``. Most handlers of a queue never
+    touch the database (or not on every path); for them, creating and closing a session
+    was the largest per-job cost left. It is an ``AsyncSession`` for every purpose
+    (``isinstance``, every method): any use but ``info`` builds the real session first,
+    with the sessionmaker's settings, and ``info`` set before that is carried over.
+    """
+
+    def __init__(self, maker: async_sessionmaker[AsyncSession]) -> None:  # noqa: D107
+        # AsyncSession.__init__ runs later, in _materialise (see __getattr__).
+        self.__dict__["_jk_maker"] = maker
+        self.__dict__["_jk_info"] = {}
+
+    def _materialise(self) -> None:
+        AsyncSession.__init__(self, **self._jk_maker.kw)
+        self.sync_session.info.update(self.__dict__.pop("_jk_info"))
+
+    def __getattr__(self, name: str) -> Any:
+        # Reached only for an attribute not set yet: until the first use, all of them.
+        if name.startswith("_jk") or "sync_session" in self.__dict__:
+            raise AttributeError(name)
+        self._materialise()
+        return getattr(self, name)
+
+    @property
+    def info(self) -> dict[Any, Any]:  # type: ignore[override]
+        if "sync_session" in self.__dict__:
+            return self.sync_session.info
+        return self.__dict__["_jk_info"]  # type: ignore[no-any-return]
+
+    @property
+    def bind(self) -> Any:
+        # The engine it will be bound to, without making the session (progress tracking
+        # asks for it before every handler).
+        if "sync_session" in self.__dict__:
+            return AsyncSession.bind.fget(self)  # type: ignore[attr-defined]
+        return self._jk_maker.kw.get("bind")
+
+    @bind.setter
+    def bind(self, value: Any) -> None:
+        AsyncSession.bind.fset(self, value)  # type: ignore[attr-defined]
+
+    async def close(self) -> None:
+        if "sync_session" in self.__dict__:
+            await super().close()
+
+    async def __aexit__(self, type_: Any, value: Any, traceback: Any) -> None:
+        if "sync_session" in self.__dict__:
+            await super().__aexit__(type_, value, traceback)
+
+
+def session_used(session: AsyncSession) -> bool:
+    """False for a :class:`LazySession` nobody has used yet (no session, no connection)."""
+    return "sync_session" in session.__dict__
 
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from . import progress, queue
 from .config import Settings
-from .database import session_wrote
+from .database import session_used, session_wrote
 from .dispatcher import DISPATCH_TABLE, Handler, dispatch_job
 from .errors import InvalidParams, JobCancelled, JobkitError, PermanentError, Retry, UnknownJobType
 from .events import EventBus
@@ -228,7 +228,8 @@ async def run_job(job: Job, db: AsyncSession, ctx: _Run) -> dict[str, Any]:
 
     if error is None:
         if ctx.batcher is not None and not session_wrote(db):
-            if db.in_transaction():
+            # (An unused LazySession has no transaction: asking would create the session.)
+            if session_used(db) and db.in_transaction():
                 await db.rollback()  # nothing to keep; frees the connection
             ok = await ctx.batcher.complete(job, result)
         else:

@@ -160,6 +160,13 @@ class Runner:
         ids) that must complete first.
         """
         check_job(job_type, params, table=self.handlers, allow_unknown=allow_unknown)
+        if dedupe_key is None and not after:  # the fast path: one statement, no ORM session
+            row = queue_mod.build_job_row(
+                job_type, params, priority=priority, run_at=run_at, delay=delay,
+                max_retries=max_retries, timeout=timeout,
+                default_max_retries=self.settings.max_job_retries,
+                queue=self._queue_for(job_type, queue))
+            return await queue_mod.insert_job(self.engine, row)
         async with self.sessions() as db:
             return await queue_mod.enqueue(
                 db, job_type, params, priority=priority, run_at=run_at, delay=delay,

@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from . import queue
 from .config import Settings
-from .database import describe_error, make_sessionmaker, redact_url
+from .database import LazySession, describe_error, make_sessionmaker, redact_url
 from .dependencies import fail_blocked_by_failure
 from .dispatcher import DISPATCH_TABLE, Handler, handler_options
 from .errors import JobkitError
@@ -352,7 +352,8 @@ class Worker:
         if self.events:
             await _emit(self._ctx, "claimed", job, status="processing")
         try:
-            async with self.sessions() as db:
+            # The handler's session is made only if the handler uses it (LazySession).
+            async with LazySession(self.sessions) as db:
                 summary = await run_job(job, db, self._ctx)
         except asyncio.CancelledError:
             reason = self._cancel_reason.get(job.id, "shutdown")
