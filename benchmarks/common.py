@@ -81,7 +81,7 @@ class Databases:
                 await conn.execute(text(BENCH_ROWS_DDL))
                 if backend == "postgresql":
                     await conn.execute(text(
-                        "TRUNCATE jobs, clips, video_assets, workers, bench_rows"))
+                        "TRUNCATE jobs, clips, video_assets, workers, bench_rows CASCADE"))
         finally:
             await engine.dispose()
         if backend == "postgresql":

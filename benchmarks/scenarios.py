@@ -529,7 +529,7 @@ async def fill_finished(url: str, n: int) -> None:
             await conn.execute("BEGIN IMMEDIATE")
             await conn.execute(
                 "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < ?) "
-                "INSERT INTO jobs SELECT lower(hex(randomblob(16))), 'bench_noop', 'completed', "
+                "INSERT INTO jobs (" + bare.COLS + ") SELECT lower(hex(randomblob(16))), 'bench_noop', 'completed', "
                 "'{}', 'null', NULL, 1, 4, 0, NULL, NULL, 0, "
                 "strftime('%Y-%m-%d %H:%M:%f000', 'now', '-' || (i % 86400) || ' seconds'), "
                 "strftime('%Y-%m-%d %H:%M:%f000', 'now', '-' || (i % 86400) || ' seconds'), "
@@ -543,7 +543,7 @@ async def fill_finished(url: str, n: int) -> None:
         conn = await asyncpg.connect(plain_dsn(url))
         try:
             await conn.execute(
-                "INSERT INTO jobs SELECT gen_random_uuid(), 'bench_noop', 'completed', '{}', "
+                "INSERT INTO jobs (" + bare.COLS + ") SELECT gen_random_uuid(), 'bench_noop', 'completed', '{}', "
                 "'null', NULL, 1, 4, 0, NULL, NULL, false, now() - (i % 86400) * interval '1 s', "
                 "now() - (i % 86400) * interval '1 s', now(), now(), now(), NULL, NULL "
                 "FROM generate_series(1, $1) AS i", n)
