@@ -595,11 +595,11 @@ async def seed_more(url: str, n: int) -> None:
 
 
 async def status_counts(db: Any) -> dict[str, int]:
-    """``jobkit.ops.status_counts`` when it exists, else the same query."""
+    """``jobkit.stats.status_counts`` when it exists, else the same query."""
     try:
-        from jobkit import ops
+        from jobkit import stats
 
-        return await ops.status_counts(db)  # type: ignore[no-any-return]
+        return await stats.status_counts(db)  # type: ignore[no-any-return]
     except ImportError:
         rows = (await db.execute(select(jobs_table.c.status, func.count())
                                  .group_by(jobs_table.c.status))).all()
@@ -608,9 +608,9 @@ async def status_counts(db: Any) -> dict[str, int]:
 
 async def queue_depth(db: Any) -> dict[str, int]:
     try:
-        from jobkit import ops
+        from jobkit import stats
 
-        return await ops.queue_depth(db)  # type: ignore[no-any-return]
+        return await stats.queue_depth(db)  # type: ignore[no-any-return]
     except ImportError:
         n = (await db.execute(select(func.count()).select_from(jobs_table).where(
             jobs_table.c.status.in_(queue.ELIGIBLE_VALUES),

@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from .jsonutil import dumps
+from .urls import check_alert_url, safe_url
 
 if TYPE_CHECKING:
     from .events import EventBus
@@ -62,22 +63,6 @@ def build_alert(event: str, payload: dict[str, Any]) -> dict[str, Any]:
         "host": socket.gethostname(),
         "time": datetime.now(UTC).isoformat(),
     }
-
-
-def safe_url(url: str) -> str:
-    """Scheme, host and port only: a webhook's path, query and credentials are secrets."""
-    parts = urllib.parse.urlsplit(url)
-    host = parts.hostname or "?"
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}/…"
-
-
-def check_alert_url(url: str) -> None:
-    """Raise ValueError unless ``url`` is an http(s) URL with a host (the message hides secrets)."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("the alert URL must be an http:// or https:// URL with a host, "
-                         f"got {parts.scheme or '(no scheme)'}://{parts.hostname or '(no host)'}")
 
 
 def _post_urllib(url: str, body: bytes, timeout: float) -> int:

@@ -42,10 +42,10 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
         f"jobkit.api needs the 'api' extra ({exc.name} is missing): "
         "pip install -e '.[api]' (from the jobkit checkout)") from exc
 
-from . import ops
+from . import ops, stats
 from .alerts import AlertHook, enable_alerts
 from .config import Settings
-from .database import describe_error, redact_url
+from .database import describe_error
 from .dispatcher import Handler
 from .errors import InvalidParams, InvalidTransition, JobNotFound, UnknownJobType
 from .execute import DB_ERRORS
@@ -53,6 +53,7 @@ from .jsonutil import loads_strict
 from .models import JobStatus
 from .runner import Runner
 from .runner import open as open_runner
+from .urls import redact_url
 from .worker import Worker
 
 log = logging.getLogger("jobkit")
@@ -75,7 +76,7 @@ VIDEO_EXTENSIONS = frozenset({
 # ---------------------------------------------------------------------------
 def check_filename(name: str) -> str:
     """A video's display name: a plain file name, never a path."""
-    from .queue import check_filename as check
+    from .checks import check_filename as check
 
     return check(name)
 
@@ -389,7 +390,7 @@ def create_app(settings: Settings | None = None, *, runner: Runner | None = None
                                                description="only this queue")] = None,
     ) -> dict[str, Any]:
         async with get_runner().sessions() as db:
-            jobs = await ops.list_jobs(db, status=status, job_type=job_type, limit=limit,
+            jobs = await stats.list_jobs(db, status=status, job_type=job_type, limit=limit,
                                        queue_name=queue)
         return {"jobs": [ops.job_dict(j) for j in jobs], "count": len(jobs)}
 
@@ -457,7 +458,7 @@ def create_app(settings: Settings | None = None, *, runner: Runner | None = None
 
 
 def _version() -> str:
-    from . import __version__
+    from .version import __version__
 
     return __version__
 
@@ -763,8 +764,8 @@ async def _health(state: ApiState, runner: Runner) -> HealthOut:
     try:
         async with asyncio.timeout(5):
             async with runner.sessions() as db:
-                q = await ops.queue_depth(db)
-                alive = await ops.workers_alive(db, s.dead_after)
+                q = await stats.queue_depth(db)
+                alive = await stats.workers_alive(db, s.dead_after)
                 await db.commit()
         depth, scheduled = q["eligible"], q["scheduled"]
     except _HEALTH_ERRORS as exc:
@@ -802,11 +803,11 @@ def _label(value: str) -> str:
 
 async def _metrics(state: ApiState, runner: Runner) -> str:
     async with runner.sessions() as db:
-        counts = await ops.status_counts(db)
-        per_queue = await ops.queue_status_counts(db)
-        depth = await ops.queue_depth(db)
-        alive = await ops.workers_alive(db, state.settings.dead_after)
-        hist = await ops.processing_histogram(db)
+        counts = await stats.status_counts(db)
+        per_queue = await stats.queue_status_counts(db)
+        depth = await stats.queue_depth(db)
+        alive = await stats.workers_alive(db, state.settings.dead_after)
+        hist = await stats.processing_histogram(db)
         await db.commit()
     out: list[str] = []
 

@@ -162,7 +162,7 @@ def _when(value: datetime | None) -> str:
 
 
 def _short_error(error: str | None, width: int = 60) -> str:
-    from .execute import last_line
+    from .errors import last_line
 
     line = last_line(error) or ""
     return line if len(line) <= width else line[:width - 1] + "…"
@@ -234,8 +234,8 @@ async def cmd_demo(args: argparse.Namespace) -> int:
 
 
 async def cmd_init(args: argparse.Namespace) -> int:
-    from .database import redact_url
     from .schema import read_state
+    from .urls import redact_url
 
     runner = await _open(args, create=True)
     try:
@@ -251,8 +251,8 @@ async def cmd_init(args: argparse.Namespace) -> int:
 
 
 async def cmd_migrate(args: argparse.Namespace) -> int:
-    from .database import redact_url
     from .schema import describe_change, upgrade
+    from .urls import redact_url
 
     settings = _settings(args)
     if args.sql:
@@ -296,9 +296,9 @@ async def _sql_start(settings: Settings) -> str:
     finally:
         await engine.dispose()
     if state.status == "newer":
-        from . import __version__
-        from .database import redact_url
         from .errors import SchemaTooNew
+        from .urls import redact_url
+        from .version import __version__
 
         raise SchemaTooNew(redact_url(url), str(state.revision), state.head, __version__)
     if state.revision is None:
@@ -339,7 +339,7 @@ def _sqlite_missing(url: str) -> str | None:
 
 
 async def cmd_upload(args: argparse.Namespace) -> int:
-    from .queue import check_filename
+    from .checks import check_filename
 
     name, stored_path, size = _video_file(args.file)
     try:
@@ -442,8 +442,9 @@ async def cmd_step(args: argparse.Namespace) -> int:
 
 
 async def cmd_drain(args: argparse.Namespace) -> int:
+    from . import stats as jobstats
+
     _import_modules(args.imports)
-    from . import ops
 
     runner = await _open(args)
     hook = await _alerts_on(runner)
@@ -453,7 +454,7 @@ async def cmd_drain(args: argparse.Namespace) -> int:
         stats = await runner.drain(concurrency=args.concurrency, progress=False,
                                    handle_signals=True, queues=args.queues)
         async with runner.sessions() as db:
-            left = await ops.queue_depth(db, queues=args.queues)
+            left = await jobstats.queue_depth(db, queues=args.queues)
             await db.commit()
     finally:
         await _alerts_off(hook)
@@ -473,9 +474,9 @@ async def cmd_drain(args: argparse.Namespace) -> int:
 
 
 async def cmd_status(args: argparse.Namespace) -> int:
-    from . import ops
-    from .database import redact_url
+    from . import stats as jobstats
     from .schema import read_state
+    from .urls import redact_url
 
     runner = await _open(args, check_schema=False)
     s = runner.settings
@@ -485,13 +486,13 @@ async def cmd_status(args: argparse.Namespace) -> int:
             return _schema_status(args, redact_url(runner.engine.url), state,
                                   runner.engine.dialect.name)
         async with runner.sessions() as db:
-            counts = await ops.status_counts(db)
-            per_queue = await ops.queue_status_counts(db)
-            depth = await ops.queue_depth(db)
-            workers = await ops.workers(db, s.dead_after)
-            alive = await ops.workers_alive(db, s.dead_after)
-            states = await ops.worker_states(db)
-            hist = await ops.processing_histogram(db)
+            counts = await jobstats.status_counts(db)
+            per_queue = await jobstats.queue_status_counts(db)
+            depth = await jobstats.queue_depth(db)
+            workers = await jobstats.workers(db, s.dead_after)
+            alive = await jobstats.workers_alive(db, s.dead_after)
+            states = await jobstats.worker_states(db)
+            hist = await jobstats.processing_histogram(db)
             await db.commit()
         url = redact_url(runner.engine.url)
     finally:
@@ -572,11 +573,12 @@ def _schema_status(args: argparse.Namespace, url: str, state: SchemaState,
 
 async def cmd_jobs(args: argparse.Namespace) -> int:
     from . import ops
+    from . import stats as jobstats
 
     runner = await _open(args)
     try:
         async with runner.sessions() as db:
-            jobs = await ops.list_jobs(db, status=args.status, job_type=args.job_type,
+            jobs = await jobstats.list_jobs(db, status=args.status, job_type=args.job_type,
                                        limit=args.limit, queue_name=args.queue)
             await db.commit()
     finally:
@@ -675,8 +677,7 @@ async def _eligible_unknown(runner: Runner, known: list[str]) -> dict[str, int]:
     """Eligible jobs per type that no handler of this process can run."""
     from sqlalchemy import func, select
 
-    from .models import jobs_table, utcnow
-    from .queue import ELIGIBLE_VALUES
+    from .models import ELIGIBLE_VALUES, jobs_table, utcnow
 
     async with runner.sessions() as db:
         rows = (await db.execute(
@@ -700,11 +701,12 @@ async def cmd_explain(args: argparse.Namespace) -> int:
 
 async def cmd_failed(args: argparse.Namespace) -> int:
     from . import ops
+    from . import stats as jobstats
 
     runner = await _open(args)
     try:
         async with runner.sessions() as db:
-            jobs = await ops.recent_failures(db, args.limit)
+            jobs = await jobstats.recent_failures(db, args.limit)
             await db.commit()
     finally:
         await runner.close()
@@ -718,6 +720,7 @@ async def cmd_failed(args: argparse.Namespace) -> int:
 
 async def cmd_retry(args: argparse.Namespace) -> int:
     from . import ops
+    from . import stats as jobstats
     from .errors import InvalidTransition
 
     if bool(args.job_id) == bool(args.all_failed):
@@ -729,7 +732,7 @@ async def cmd_retry(args: argparse.Namespace) -> int:
             _out(args, ops.job_dict(job), f"job {job.id} ({job.job_type}) {job.status}")
             return EXIT_OK
         async with runner.sessions() as db:
-            ids, skipped = await ops.failed_job_ids(
+            ids, skipped = await jobstats.failed_job_ids(
                 db, include_cancelled=args.include_cancelled, job_type=args.job_type)
         retried = []
         for jid in ids:
@@ -761,17 +764,18 @@ async def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 async def cmd_prune(args: argparse.Namespace) -> int:
-    from . import ops
+    from . import durations
+    from . import queue as jobqueue
     from .errors import InvalidTransition
 
     try:
-        statuses = ops.check_prunable([s.strip() for s in args.status.split(",") if s.strip()])
+        statuses = jobqueue.check_prunable([s.strip() for s in args.status.split(",") if s.strip()])
     except InvalidTransition as exc:
         raise UsageError(f"--status: {exc}") from None
     runner = await _open(args)
     try:
         async with runner.sessions() as db:
-            n = await ops.prune(db, args.older_than, statuses, batch_size=args.batch_size,
+            n = await jobqueue.prune(db, args.older_than, statuses, batch_size=args.batch_size,
                                 dry_run=args.dry_run)
     finally:
         await runner.close()
@@ -780,7 +784,7 @@ async def cmd_prune(args: argparse.Namespace) -> int:
                 "statuses": list(statuses),
                 "older_than_s": args.older_than.total_seconds()},
          f"{verb} {n} {'/'.join(statuses)} job(s) finished more than "
-         f"{ops.human_duration(args.older_than)} ago")
+         f"{durations.human_duration(args.older_than)} ago")
     return EXIT_OK
 
 

@@ -49,7 +49,7 @@ def _int_type(minimum: int, unit: str = "", maximum: int = INT32_MAX) -> Callabl
 
 
 def _float_type(strict_positive: bool, maximum: float | None = None) -> Callable[[str], float]:
-    from .queue import MAX_SECONDS
+    from .checks import MAX_SECONDS
 
     top = MAX_SECONDS if maximum is None else maximum
 
@@ -83,7 +83,7 @@ def _datetime_type(text: str) -> datetime:
 
 
 def _duration_type(text: str) -> Any:
-    from .ops import parse_duration
+    from .durations import parse_duration
 
     try:
         return parse_duration(text)
@@ -105,8 +105,8 @@ def _json_object(text: str) -> dict[str, Any]:
 
 
 def _queue_name(text: str) -> str:
+    from .checks import check_queue
     from .errors import InvalidTransition
-    from .queue import check_queue
 
     try:
         return check_queue(text)
@@ -153,7 +153,7 @@ def build_parser(commands: Mapping[str, Command], description: str | None = None
     parser = _Parser(prog="jobkit", description=description,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     _log_options(parser, top=True)
-    from . import __version__
+    from .version import __version__
 
     parser.add_argument("--version", action="version", version=f"jobkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)

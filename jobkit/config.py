@@ -14,10 +14,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from .errors import ConfigError, DatabaseURLError
-
-DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./jobkit.db"
-SUPPORTED_SCHEMES = ("sqlite+aiosqlite", "postgresql+asyncpg")
+from .errors import ConfigError
+from .urls import (
+    DEFAULT_DATABASE_URL,
+    SUPPORTED_SCHEMES,
+    check_alert_url,
+    check_url,
+    redact_url,
+    safe_url,
+)
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -56,7 +61,7 @@ class Settings:
     video_max_seconds: float = 4 * 3600.0
 
     def __post_init__(self) -> None:
-        _check_url("database_url", self.database_url)
+        check_url(_env_name("database_url"), self.database_url)
         for name in ("worker_poll_interval", "retry_backoff_base", "retry_backoff_max",
                      "cut_analysis_seconds", "shutdown_grace_seconds", "progress_interval"):
             _non_negative(name, getattr(self, name))
@@ -78,8 +83,6 @@ class Settings:
         if self.concurrency < 1:
             raise ConfigError(_env_name("concurrency"), self.concurrency, "a whole number >= 1")
         if self.alert_url is not None:
-            from .alerts import check_alert_url, safe_url
-
             try:
                 check_alert_url(self.alert_url)
             except ValueError:
@@ -144,12 +147,8 @@ class Settings:
 
 def _shown(name: str, value: Any) -> str:
     if name == "database_url":
-        from .database import redact_url
-
         return repr(redact_url(value))
     if name == "alert_url" and value:
-        from .alerts import safe_url
-
         return repr(safe_url(value))
     return repr(value)
 
@@ -213,21 +212,6 @@ def _non_negative(name: str, value: float) -> None:
 def _positive(name: str, value: float) -> None:
     if not (value > 0):
         raise ConfigError(_env_name(name), value, "a number of seconds > 0")
-
-
-def _check_url(name: str, url: str) -> None:
-    scheme = url.split("://", 1)[0] if "://" in url else ""
-    if scheme not in SUPPORTED_SCHEMES:
-        if scheme == "sqlite":
-            hint = "use sqlite+aiosqlite:///path/to/file.db"
-        elif scheme.startswith("postgres"):
-            hint = "use postgresql+asyncpg://user@host:5432/dbname"
-        else:
-            hint = "e.g. sqlite+aiosqlite:///./jobkit.db or postgresql+asyncpg://user@host/db"
-        from .database import redact_url
-
-        raise DatabaseURLError(_env_name(name), redact_url(url),
-                               f"a URL starting with {' or '.join(SUPPORTED_SCHEMES)}; {hint}")
 
 
 _SEED_NAMES = {

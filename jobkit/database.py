@@ -14,14 +14,12 @@ import asyncio
 import collections
 import logging
 import os
-import re
 import weakref
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import unquote
 
 from sqlalchemy import event, select, text
-from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import (
     ArgumentError,
     DisconnectionError,
@@ -36,10 +34,11 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.util import await_only
 
-from .config import Settings, _check_url
+from .config import Settings
 from .errors import DatabaseURLError, JobkitError
 from .jsonutil import dumps
 from .models import Meta, meta_table
+from .urls import check_url, redact_url
 
 log = logging.getLogger("jobkit")
 
@@ -47,44 +46,12 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 _READ_PREFIXES = ("SELECT", "PRAGMA", "EXPLAIN", "SAVEPOINT", "RELEASE")
 
 
-#: Query parameters whose value is a secret (drivers accept a password there too).
-_SECRET_PARAM = re.compile(r"pass(word|wd|phrase)?$|pwd$|secret|token|credential|api_?key|"
-                           r"^auth", re.IGNORECASE)
-_SECRET_IN_QUERY = re.compile(r"([?&;])([^=&;#]+)=([^&;#]*)")
-_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*://)([^/?#]*)@")
-
-
-def redact_url(url: str | URL) -> str:
-    """The URL as text with every secret replaced by ``***``: the password of the user
-    part and query parameters such as ``?password=``, ``sslpassword=`` or ``token=`` (a
-    driver takes the password from either place). Works on malformed URLs too."""
-    text_url = url.render_as_string(hide_password=False) if isinstance(url, URL) else str(url)
-
-    def userinfo(m: re.Match[str]) -> str:
-        user, sep, _ = m.group(2).partition(":")
-        return f"{m.group(1)}{user}{':***' if sep else ''}@"
-
-    def query(m: re.Match[str]) -> str:
-        key = m.group(2)
-        secret = _SECRET_PARAM.search(unquote(key)) is not None
-        return f"{m.group(1)}{key}={'***' if secret else m.group(3)}"
-
-    text_url = _USERINFO.sub(userinfo, text_url, count=1)
-    head, sep, rest = text_url.partition("?")
-    return head + sep + _SECRET_IN_QUERY.sub(query, "?" + rest)[1:] if sep else text_url
-
-
-def backend_of(url: str) -> str:
-    """``'sqlite'`` or ``'postgresql'``."""
-    return "sqlite" if url.startswith("sqlite") else "postgresql"
-
-
 def create_engine(url: str | None = None, *, settings: Settings | None = None,
                   pool_size: int = 10, max_overflow: int = 40, **kwargs: Any) -> AsyncEngine:
     """An async engine for ``url`` (default: the settings' database URL), ready for workers."""
     settings = settings or Settings.from_env()
     url = url or settings.database_url
-    _check_url("database_url", url)
+    check_url("JOBKIT_DATABASE_URL", url)
     try:
         parsed = make_url(url)
     except ArgumentError:

@@ -9,7 +9,7 @@ import tempfile
 import time
 from typing import Any
 
-from . import ops
+from . import stats as jobstats
 from .runner import open as open_runner
 
 VIDEOS = [("intro.mp4", 15_000), ("match_highlights.mp4", 60_000),
@@ -50,7 +50,7 @@ async def run_demo(url: str | None = None, *, concurrency: int = 5,
     runner = await open_runner(url)
     try:
         say = (lambda *a: None) if quiet else print
-        from .database import redact_url
+        from .urls import redact_url
 
         say(f"jobkit demo on {redact_url(url)}" + (
             "\n  (a temporary database, removed at the end; pass --database-url to keep one)"
@@ -77,7 +77,7 @@ async def run_demo(url: str | None = None, *, concurrency: int = 5,
         elapsed = time.perf_counter() - started
         say(f"\ndrained {stats.processed} jobs in {elapsed:.2f} s with concurrency {concurrency}")
         async with runner.sessions() as db:
-            counts = await ops.status_counts(db)
+            counts = await jobstats.status_counts(db)
         say("\njobs per status:")
         for status, n in counts.items():
             say(f"  {status:<11} {n}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
 from collections.abc import Awaitable, Callable, Mapping
@@ -11,6 +10,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from .checks import check_max_running
 from .errors import HandlerExistsError, InvalidHandler, UnknownJobType
 from .handlers.cut_analysis import run_cut_analysis
 from .models import Job
@@ -43,15 +43,6 @@ def handler_options(table: Mapping[str, Handler], name: str) -> HandlerOptions:
     return found if isinstance(found, HandlerOptions) else HandlerOptions()
 
 
-def check_max_running(value: Any, what: str = "max_running") -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1_000_000:
-        raise ValueError(f"{what} must be a whole number >= 1 (or None for no limit), "
-                         f"got {value!r}")
-    return value
-
-
 def register_handler(name: str, fn: Handler, *, replace: bool = False,
                      table: dict[str, Handler] | None = None, queue: str | None = None,
                      max_running: int | None = None) -> Handler:
@@ -75,7 +66,7 @@ def register_handler(name: str, fn: Handler, *, replace: bool = False,
             f"`def`; "
             "run blocking code inside it with `await jobkit.run_blocking(fn, *args)`")
     if queue is not None:
-        from .queue import check_queue
+        from .checks import check_queue
 
         check_queue(queue)
     check_max_running(max_running)
@@ -104,8 +95,8 @@ def check_job(job_type: Any, params: Any = None, *, table: dict[str, Handler] | 
     (:class:`UnknownJobType`, unless ``allow_unknown``) and params that the handler's own
     ``check_params`` (e.g. ``cut_analysis`` needs a ``video_asset_id``) or JSON refuse
     (:class:`InvalidParams`)."""
+    from .checks import check_name
     from .jsonutil import check_params
-    from .queue import check_name
 
     table = DISPATCH_TABLE if table is None else table
     check_name("job_type", job_type)
@@ -135,11 +126,6 @@ def handler(name: str | None = None, *, replace: bool = False, queue: str | None
     return decorate
 
 
-def unregister_handler(name: str) -> None:
-    """Remove a handler (jobs of that type will then fail as unknown)."""
-    DISPATCH_TABLE.pop(name, None)
-
-
 async def dispatch_job(job: Job, db: AsyncSession,
                        table: dict[str, Handler] | None = None) -> Any:
     """Run ``job``'s handler. Raises :class:`UnknownJobType` (a ``KeyError``) if none."""
@@ -149,12 +135,3 @@ async def dispatch_job(job: Job, db: AsyncSession,
     except KeyError:
         raise UnknownJobType(job.job_type, table) from None
     return await fn(job, db)
-
-
-async def run_blocking(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-    """Run a blocking function in a thread so the worker's event loop keeps serving.
-
-    A handler that blocks the loop stops heartbeats and timeouts for every job of its
-    worker; wrap CPU-bound or blocking I/O calls with this.
-    """
-    return await asyncio.to_thread(functools.partial(fn, *args, **kwargs))

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import html
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
+
+from .errors import last_line
 
 if TYPE_CHECKING:
     from .models import Job, VideoAsset
@@ -22,6 +25,24 @@ def status_badge(status: Any) -> str:
     colour = STATUS_COLOURS.get(s, "#6c757d")
     return (f'<span style="background:{colour};color:white;padding:1px 6px;'
             f'border-radius:3px;font-size:90%">{html.escape(s)}</span>')
+
+
+def summarise_result(result: Any) -> str:
+    """A short phrase for a job's result (clips for ``cut_analysis``, keys otherwise)."""
+    if isinstance(result, Mapping) and "clips_created" in result:
+        n = result["clips_created"]
+        text = f"{n} clip{'s' if n != 1 else ''} created"
+        if isinstance(result.get("duration"), int | float):
+            text += f" from a {result['duration'] / 1000:g} s video"
+        scores = [float(v["visual_score"]) for v in result.get("variants") or []
+                  if isinstance(v, Mapping) and isinstance(v.get("visual_score"), int | float)]
+        if scores:
+            text += f" (best visual_score {max(scores):.2f})"
+        return text
+    if result is None:
+        return "no result (None)"
+    text = repr(result)
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def _table(title: str, rows: list[tuple[str, Any]], raw: set[str] | None = None, *,
@@ -77,11 +98,9 @@ def job_html(job: Job) -> str:
         rows.append(("progress", progress_html(job.progress, job.progress_message,
                                                str(job.status))))
     if job.result is not None:
-        from .explain import summarise_result
-
         rows.append(("result", summarise_result(job.result)))
     if job.error:
-        rows.append(("error", _last(job.error)))
+        rows.append(("error", last_line(job.error)))
     return _table("Job", rows, raw={"status", "progress"})
 
 
@@ -121,8 +140,6 @@ def asset_html(asset: VideoAsset) -> str:
 def summary_html(summary: dict[str, Any], *, across: bool = False) -> str:
     if not summary.get("processed"):
         return f"<i>{html.escape(str(summary.get('message')))}</i>"
-    from .explain import summarise_result
-
     rows: list[tuple[str, Any]] = [
         ("job_id", summary["job_id"]), ("job_type", summary["job_type"]),
         ("status", status_badge(summary["status"])),
@@ -147,7 +164,7 @@ def stats_html(stats: WorkerStats, *, across: bool = False) -> str:
 
 
 def runner_html(runner: Runner) -> str:
-    from .database import redact_url
+    from .urls import redact_url
 
     return _table("jobkit Runner", [
         ("database", redact_url(runner.engine.url)), ("backend", runner.backend),
@@ -231,10 +248,6 @@ def _short(value: Any, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def _last(error: str | None) -> str | None:
-    from .execute import last_line
-
-    return last_line(error)
 
 
 def _in_notebook() -> bool:
@@ -311,7 +324,7 @@ class JobProgressBar:
         if job.progress_message and what == "processing":
             what = job.progress_message
         elif job.error and what in ("failed", "retry"):
-            what = f"{what}: {_last(job.error)}"
+            what = f"{what}: {last_line(job.error)}"
         bar.set_description_str(f"{self.label} {what[:80]}", refresh=False)
         bar.refresh()
 

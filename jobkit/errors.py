@@ -5,6 +5,7 @@ Every message says what was wrong and what to do about it.
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Iterable
 
 
@@ -131,3 +132,28 @@ class SchemaTooNew(SchemaError):
             f"the database {database} has jobkit schema revision {current}, newer than this "
             f"jobkit {version} knows (its newest is {head}): upgrade jobkit on this host; "
             "nothing was written")
+
+
+# ---------------------------------------------------------------------------
+# The stored error text
+# ---------------------------------------------------------------------------
+def error_text(exc: BaseException) -> str:
+    """The stored error: a traceback whose LAST line is always ``Type: first line``.
+
+    Monitoring, logs and summaries show that last line, so a multi-line message keeps
+    its type and its first line there.
+    """
+    lines = str(exc).strip().splitlines()
+    summary = f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip()
+    if isinstance(exc, JobkitError | KeyError):
+        return summary if len(lines) <= 1 else f"{type(exc).__name__}: {exc}\n{summary}"
+    text = "".join(traceback.format_exception(exc)).rstrip()
+    return text if text.endswith(summary) else f"{text}\n{summary}"
+
+
+def last_line(error: str | None) -> str | None:
+    """The last line of a stored error (the exception line of a traceback)."""
+    if not error:
+        return error
+    lines = [line for line in error.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else error

@@ -14,10 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 import time
-import traceback
 import types
 import uuid
 from collections.abc import Coroutine, Generator
@@ -31,7 +28,15 @@ from . import progress, queue
 from .config import Settings
 from .database import session_used, session_wrote
 from .dispatcher import DISPATCH_TABLE, Handler, dispatch_job
-from .errors import InvalidParams, JobCancelled, JobkitError, PermanentError, Retry, UnknownJobType
+from .errors import (
+    InvalidParams,
+    JobCancelled,
+    PermanentError,
+    Retry,
+    UnknownJobType,
+    error_text,
+    last_line,
+)
 from .events import EventBus
 from .models import Job, JobStatus
 
@@ -47,33 +52,6 @@ try:  # asyncpg raises its own errors for a dropped connection outside SQLAlchem
     DB_ERRORS += (asyncpg.PostgresError, asyncpg.InterfaceError)
 except ImportError:  # pragma: no cover
     pass
-
-
-def default_worker_id() -> str:
-    """``host:pid``: the id used by one-off steps of this process."""
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _error_text(exc: BaseException) -> str:
-    """The stored error: a traceback whose LAST line is always ``Type: first line``.
-
-    Monitoring, logs and summaries show that last line, so a multi-line message keeps
-    its type and its first line there.
-    """
-    lines = str(exc).strip().splitlines()
-    summary = f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip()
-    if isinstance(exc, JobkitError | KeyError):
-        return summary if len(lines) <= 1 else f"{type(exc).__name__}: {exc}\n{summary}"
-    text = "".join(traceback.format_exception(exc)).rstrip()
-    return text if text.endswith(summary) else f"{text}\n{summary}"
-
-
-def last_line(error: str | None) -> str | None:
-    """The last line of a stored error (the exception line of a traceback)."""
-    if not error:
-        return error
-    lines = [line for line in error.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else error
 
 
 class CompletionBatcher:
@@ -132,7 +110,7 @@ class CompletionBatcher:
 
 
 @dataclass
-class _Run:
+class RunContext:
     """What a worker needs to run one job."""
 
     worker_id: str
@@ -184,7 +162,7 @@ def _watch_blocking(coro: Coroutine[Any, Any, T], job: Job) -> Generator[Any, An
         steps.close()  # type: ignore[attr-defined]
 
 
-async def run_job(job: Job, db: AsyncSession, ctx: _Run) -> dict[str, Any]:
+async def run_job(job: Job, db: AsyncSession, ctx: RunContext) -> dict[str, Any]:
     """Run one claimed job with ``db`` and record its outcome; returns its summary dict."""
     log.info("Processing job %s (type: %s)", job.id, job.job_type)
     db.info["jobkit.settings"] = ctx.settings
@@ -207,20 +185,20 @@ async def run_job(job: Job, db: AsyncSession, ctx: _Run) -> dict[str, Any]:
         if deadline.expired():
             error = f"TimeoutError: job timed out after {timeout:g} s"
         else:
-            error = _error_text(exc)
+            error = error_text(exc)
     except Retry as exc:
         error, retry_delay = f"Retry: {exc.reason}", exc.delay
     except _PERMANENT as exc:
-        error, permanent = _error_text(exc), True
+        error, permanent = error_text(exc), True
     except Exception as exc:  # noqa: BLE001 - any handler error is a failed attempt
-        error = _error_text(exc)
+        error = error_text(exc)
     # CancelledError (shutdown, lost lease, cancel request) propagates to the caller.
     ctx.finishing.add(job.id)  # from here on, a lease the heartbeat misses is our own finish
 
     def elapsed_ms() -> int:
-        """The attempt's duration as ``show`` and ``explain`` report it (ops.attempt_ms):
+        """The attempt's duration as ``show`` and ``explain`` report it (durations.attempt_ms):
         claim to stored outcome; the local clock only if nothing was stored."""
-        from .ops import attempt_ms
+        from .durations import attempt_ms
 
         recorded = job.updated_at if job.updated_at is not claimed_mark else None
         ms = attempt_ms(job.started_at, job.finished_at or recorded)
@@ -241,9 +219,9 @@ async def run_job(job: Job, db: AsyncSession, ctx: _Run) -> dict[str, Any]:
         ms = elapsed_ms()
         if ok:
             log.info("Job %s completed successfully in %sms", job.id, ms)
-            await _emit(ctx, "completed", job, status="completed", result=result)
-            return _summary(job, "completed", result, ms, None)
-        return await _lost(ctx, job, ms)
+            await emit(ctx, "completed", job, status="completed", result=result)
+            return summary_of(job, "completed", result, ms, None)
+        return await lost_result(ctx, job, ms)
 
     await db.rollback()  # drop the handler's writes before recording the failure
     status = await queue.fail_job(
@@ -253,34 +231,34 @@ async def run_job(job: Job, db: AsyncSession, ctx: _Run) -> dict[str, Any]:
     ms = elapsed_ms()
     short = last_line(error)
     if status is None:
-        return await _lost(ctx, job, ms)
+        return await lost_result(ctx, job, ms)
     if status is JobStatus.RETRY:
         log.warning("Job %s failed: %s (attempt %s/%s; it will be retried)", job.id, short,
                     job.attempts, job.max_attempts)
     else:
         log.error("Job %s failed: %s", job.id, short)
     if status is JobStatus.RETRY:
-        await _emit(ctx, "retried", job, status="retry", error=short)
+        await emit(ctx, "retried", job, status="retry", error=short)
     else:
-        await _emit(ctx, "failed", job, status="failed", error=short, full_error=error)
-    return _summary(job, status.value, None, ms, short)
+        await emit(ctx, "failed", job, status="failed", error=short, full_error=error)
+    return summary_of(job, status.value, None, ms, short)
 
 
-async def _lost(ctx: _Run, job: Job, ms: int) -> dict[str, Any]:
+async def lost_result(ctx: RunContext, job: Job, ms: int) -> dict[str, Any]:
     msg = "lease lost: another worker took over this job; this attempt's writes were rolled back"
     log.warning("Job %s: %s", job.id, msg)
-    await _emit(ctx, "lost", job, status="lost", error=msg)
-    return _summary(job, "lost", None, ms, msg)
+    await emit(ctx, "lost", job, status="lost", error=msg)
+    return summary_of(job, "lost", None, ms, msg)
 
 
-async def _emit(ctx: _Run, event: str, job: Job, **extra: Any) -> None:
+async def emit(ctx: RunContext, event: str, job: Job, **extra: Any) -> None:
     if ctx.events:
         payload = {"job_id": str(job.id), "job_type": job.job_type, "attempt": job.attempts,
                    "max_attempts": job.max_attempts, "worker_id": ctx.worker_id, **extra}
         await ctx.events.emit(event, payload)
 
 
-def _summary(job: Job, status: str, result: Any, ms: int, error: str | None) -> dict[str, Any]:
+def summary_of(job: Job, status: str, result: Any, ms: int, error: str | None) -> dict[str, Any]:
     return {"processed": True, "job_id": str(job.id), "job_type": job.job_type,
             "status": status, "result": result, "processing_time_ms": ms, "error": error}
 
@@ -301,14 +279,14 @@ async def process_single_job(db: AsyncSession, *, settings: Settings | None = No
     """
     found = db.info.get("jobkit.settings")
     settings = settings or (found if isinstance(found, Settings) else Settings.from_env())
-    wid = worker_id or default_worker_id()
+    wid = worker_id or queue.default_worker_id()
     jobs = await queue.claim_jobs(db, 1, worker_id=wid, lease_seconds=settings.lease_seconds,
                                   job_types=job_types, queues=queues)
     if not jobs:
         return dict(NO_JOBS)
-    ctx = _Run(wid, settings, DISPATCH_TABLE if handlers is None else handlers, events)
+    ctx = RunContext(wid, settings, DISPATCH_TABLE if handlers is None else handlers, events)
     if ctx.events:
-        await _emit(ctx, "claimed", jobs[0], status="processing")
+        await emit(ctx, "claimed", jobs[0], status="processing")
     try:
         return await run_job(jobs[0], db, ctx)
     except asyncio.CancelledError:

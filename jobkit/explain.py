@@ -13,10 +13,12 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .config import Settings
-from .errors import JobNotFound
+from .display import status_badge, summarise_result
+from .errors import JobNotFound, last_line
 from .models import (
+    CANCELLED,
     DEFAULT_QUEUE,
-    ELIGIBLE,
+    ELIGIBLE_VALUES,
     JobStatus,
     dependencies_table,
     jobs_table,
@@ -42,7 +44,6 @@ CASES = (
     "completed",        # done, with a result
 )
 
-_ELIGIBLE_VALUES = tuple(s.value for s in ELIGIBLE)
 
 
 @dataclass(frozen=True)
@@ -83,8 +84,6 @@ class Explanation:
         return f"<Explanation {self.job_id} {self.case}: {self.summary}>"
 
     def _repr_html_(self) -> str:
-        from .display import status_badge
-
         items = "".join(f"<li>{html.escape(d)}</li>" for d in self.details)
         return (f"<div><div>{status_badge(self.status)} <b>{html.escape(self.job_type)}</b> "
                 f"<code>{html.escape(self.job_id)}</code></div>"
@@ -141,28 +140,6 @@ def _when(t: datetime) -> str:
     return t.astimezone().strftime("%Y-%m-%d %H:%M:%S %Z").strip()
 
 
-def _last_line(error: str | None) -> str | None:
-    from .execute import last_line
-
-    return last_line(error)
-
-
-def summarise_result(result: Any) -> str:
-    """A short phrase for a job's result (clips for ``cut_analysis``, keys otherwise)."""
-    if isinstance(result, Mapping) and "clips_created" in result:
-        n = result["clips_created"]
-        text = f"{n} clip{'s' if n != 1 else ''} created"
-        if isinstance(result.get("duration"), int | float):
-            text += f" from a {result['duration'] / 1000:g} s video"
-        scores = [float(v["visual_score"]) for v in result.get("variants") or []
-                  if isinstance(v, Mapping) and isinstance(v.get("visual_score"), int | float)]
-        if scores:
-            text += f" (best visual_score {max(scores):.2f})"
-        return text
-    if result is None:
-        return "no result (None)"
-    text = repr(result)
-    return text if len(text) <= 120 else text[:117] + "..."
 
 
 async def _now(db: AsyncSession) -> datetime:
@@ -206,7 +183,7 @@ async def explain_job(db: AsyncSession, job_id: uuid.UUID | str, *,
         "job_id": str(jid), "job_type": row["job_type"], "status": status.value,
         "queue": row["queue"],
         "attempts": int(row["attempts"]), "max_attempts": int(row["max_attempts"]),
-        "run_at": row["run_at"], "last_error": _last_line(row["error"]),
+        "run_at": row["run_at"], "last_error": last_line(row["error"]),
         "progress": row["progress"], "progress_message": row["progress_message"],
         "facts": {"now": now, "created_at": row["created_at"], "started_at": row["started_at"],
                   "finished_at": row["finished_at"], "priority": row["priority"]},
@@ -215,15 +192,15 @@ async def explain_job(db: AsyncSession, job_id: uuid.UUID | str, *,
     attempts, max_attempts = base["attempts"], base["max_attempts"]
     details: list[str] = []
     if handlers is not None and row["job_type"] not in handlers and status.value in (
-            *_ELIGIBLE_VALUES, JobStatus.PROCESSING.value):
+            *ELIGIBLE_VALUES, JobStatus.PROCESSING.value):
         details.append(hint["unknown"].format(type=row["job_type"]))
 
-    if status.value in _ELIGIBLE_VALUES:
+    if status.value in ELIGIBLE_VALUES:
         return await _explain_waiting(db, row, base, name, now, settings, details, face)
     if status is JobStatus.PROCESSING:
         return await _explain_processing(db, row, base, name, now, settings, details, face)
     if status is JobStatus.COMPLETED:
-        from .ops import attempt_ms
+        from .durations import attempt_ms
 
         took = attempt_ms(row["started_at"], row["finished_at"])
         summary_result = summarise_result(row["result"])
@@ -236,7 +213,7 @@ async def explain_job(db: AsyncSession, job_id: uuid.UUID | str, *,
                            result_summary=summary_result, **base)
     # failed
     error = base["last_error"] or "(no error recorded)"
-    if row["error"] == "cancelled":
+    if row["error"] == CANCELLED:
         when = f" at {_when(row['finished_at'])}" if row["finished_at"] else ""
         summary = f"{name} was cancelled{when}; it will not run."
         details.append(f"It had used {attempts} of {max_attempts} attempts. Run it again with "
@@ -316,7 +293,7 @@ async def _explain_waiting(db: AsyncSession, row: Mapping[Any, Any], base: dict[
                                eligible_in_s=0.0, **base)
     c = jobs_table.c
     ahead_q = select(func.count()).select_from(jobs_table).where(
-        c.status.in_(_ELIGIBLE_VALUES), c.run_at <= _claim_clock(db), c.id != row["id"],
+        c.status.in_(ELIGIBLE_VALUES), c.run_at <= _claim_clock(db), c.id != row["id"],
         c.queue == row["queue"],
         or_(c.priority > row["priority"],
             and_(c.priority == row["priority"],

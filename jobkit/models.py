@@ -60,6 +60,10 @@ ELIGIBLE: frozenset[JobStatus] = frozenset({JobStatus.PENDING, JobStatus.RETRY})
 ACTIVE: frozenset[JobStatus] = frozenset({JobStatus.PENDING, JobStatus.RETRY, JobStatus.PROCESSING})
 #: Finished for good.
 TERMINAL: frozenset[JobStatus] = frozenset({JobStatus.COMPLETED, JobStatus.FAILED})
+#: The waiting statuses as stored text, in a fixed order (for ``status IN (...)`` filters).
+ELIGIBLE_VALUES: tuple[str, ...] = (JobStatus.PENDING.value, JobStatus.RETRY.value)
+#: Not a status: the error of a ``failed`` job that was cancelled (``jobs --status cancelled``).
+CANCELLED = "cancelled"
 
 
 def utcnow() -> datetime:

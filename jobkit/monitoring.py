@@ -15,6 +15,7 @@ imported here and nowhere else in jobkit's core.
 
 from __future__ import annotations
 
+from .errors import last_line
 from .extras import require
 
 require("jobkit.monitoring", 'pandas')
@@ -146,10 +147,6 @@ def _positive_int(name: str, value: int | None) -> None:
         raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
 
 
-def _last_line(error: str | None) -> str | None:
-    from .execute import last_line
-
-    return last_line(error)
 
 
 # ---------------------------------------------------------------------------
@@ -202,7 +199,7 @@ async def jobs_frame(db: AsyncSession, status: str | JobStatus | Iterable[str | 
     rows = [dict(r) for r in (await db.execute(stmt)).mappings()]
     rows.reverse()
     for r in rows:
-        r["error"] = _last_line(r["error"])
+        r["error"] = last_line(r["error"])
     df = _frame(rows, JOBS_SCHEMA)
     df.insert(10, "wait_ms", _ms(df["started_at"], df["created_at"]))
     df.insert(11, "run_ms", _ms(df["finished_at"], df["started_at"]))
@@ -295,7 +292,7 @@ async def recent_failures(db: AsyncSession, limit: int = 10) -> pd.DataFrame:
         .order_by(jobs_table.c.finished_at.desc(), jobs_table.c.id.desc())
         .limit(limit))).mappings()]
     for r in rows:
-        r["error"] = _last_line(r["error"])
+        r["error"] = last_line(r["error"])
     return _frame(rows, FAILURES_SCHEMA)
 
 

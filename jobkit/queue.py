@@ -10,9 +10,9 @@ that is still ``processing``, leased by this worker, on this attempt.
 from __future__ import annotations
 
 import functools
-import math
+import os
 import random
-import re
+import socket
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -25,6 +25,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
+    delete,
     event,
     func,
     select,
@@ -37,11 +38,18 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session, configure_mappers
 from sqlalchemy.sql import ColumnElement
 
+from .checks import (
+    check_name,
+    check_queue,
+    check_seconds,
+)
 from .errors import InvalidParams, InvalidResult, InvalidTransition, JobNotFound
-from .jsonutil import check_json, check_params, dumps, short_repr, text_problem
+from .jsonutil import check_json, check_params, dumps, short_repr
 from .models import (
+    CANCELLED,
     DEFAULT_QUEUE,
-    ELIGIBLE,
+    ELIGIBLE_VALUES,
+    TERMINAL,
     Job,
     JobStatus,
     JSONType,
@@ -53,14 +61,8 @@ from .models import (
     utcnow,
 )
 
-NOTIFY_CHANNEL = "jobkit_jobs"
 _INSERT = jobs_table.insert()
 INT32_MAX = 2**31 - 1
-#: Longest job_type / dedupe_key (the columns are VARCHAR(200)).
-MAX_NAME_LENGTH = 200
-#: Longest delay or timeout: ten years, in seconds.
-MAX_SECONDS = 10 * 365 * 86400
-ELIGIBLE_VALUES = tuple(s.value for s in ELIGIBLE)
 _COLS = tuple(jobs_table.c)
 # The claim's filter as literal text, not bound parameters: only then can SQLite (and
 # PostgreSQL's generic plans) use the partial index ix_jobs_eligible, whose predicate is
@@ -153,6 +155,11 @@ def job_from_row(row: Mapping[Any, Any]) -> Job:
     return job
 
 
+def default_worker_id() -> str:
+    """``host:pid``: the id used by one-off steps of this process."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 def backoff_delay(attempt: int, base: float, cap: float,
                   rng: Callable[[], float] = random.random) -> float:
     """Seconds to wait before attempt ``attempt + 1``: exponential, capped, with equal jitter.
@@ -178,85 +185,6 @@ def _to_uuid(job_id: uuid.UUID | str) -> uuid.UUID:
 # ---------------------------------------------------------------------------
 # Enqueue
 # ---------------------------------------------------------------------------
-def check_name(what: str, value: Any) -> str:
-    """A job_type or dedupe_key: non-empty text of at most 200 characters that every
-    backend can store, or :class:`InvalidTransition`."""
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidTransition(f"{what} must be a non-empty string, got {short_repr(value)}")
-    if len(value) > MAX_NAME_LENGTH:
-        raise InvalidTransition(f"{what} is {len(value)} characters long; at most "
-                                f"{MAX_NAME_LENGTH} are allowed")
-    problem = text_problem(value)
-    if problem is not None:
-        raise InvalidTransition(f"{what} {problem}")
-    return value
-
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def check_filename(name: str) -> str:
-    """A video's display name: a plain file name, never a path (ValueError otherwise)."""
-    if not name or not name.strip():
-        raise ValueError("filename must not be empty")
-    if len(name) > 255:
-        raise ValueError(f"filename is {len(name)} characters long; at most 255 are allowed")
-    if "/" in name or "\\" in name:
-        raise ValueError(f"filename {short_repr(name)} contains a path separator; give a plain "
-                         "file name such as match.mp4")
-    if name.strip() in (".", ".."):
-        raise ValueError(f"filename {name!r} is not a file name")
-    if _CONTROL.search(name):
-        raise ValueError("filename contains control characters (such as NUL)")
-    problem = text_problem(name)
-    if problem is not None:
-        raise ValueError(f"filename {problem}")
-    return name
-
-
-def check_seconds(what: str, value: Any, *, positive: bool) -> float:
-    """A finite number of seconds (> 0 or >= 0) up to ten years, or :class:`InvalidTransition`."""
-    bound = "> 0" if positive else ">= 0"
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidTransition(f"{what} must be a number of seconds {bound}, got "
-                                f"{short_repr(value)}")
-    try:
-        number = float(value)
-    except OverflowError:
-        number = float("inf")
-    if not math.isfinite(number) or not (number > 0 if positive else number >= 0):
-        raise InvalidTransition(f"{what} must be a finite number of seconds {bound}, got "
-                                f"{short_repr(value)}")
-    if number > MAX_SECONDS:
-        raise InvalidTransition(f"{what} must be at most {MAX_SECONDS} seconds (ten years), "
-                                f"got {short_repr(value)}")
-    return number
-
-
-def check_queue(queue: Any) -> str:
-    """A queue name as given, or :class:`InvalidTransition` saying what a name must be."""
-    if not isinstance(queue, str) or not queue.strip() or len(queue) > 100 or queue != queue.strip():
-        raise InvalidTransition(
-            f"queue must be a non-empty name of at most 100 characters without surrounding "
-            f"spaces, got {short_repr(queue)}")
-    problem = text_problem(queue)
-    if problem is not None:
-        raise InvalidTransition(f"queue {problem}")
-    return queue
-
-
-def check_queues(queues: Iterable[str] | str | None) -> list[str] | None:
-    """The queues a worker serves (None: every queue), each checked."""
-    if queues is None:
-        return None
-    if isinstance(queues, str):
-        queues = [queues]
-    names = list(dict.fromkeys(check_queue(q) for q in queues))
-    if not names:
-        raise InvalidTransition("queues must name at least one queue (or be None for all)")
-    return names
-
-
 def build_job_row(job_type: str, params: Any = None, *, priority: int = 0,
                   run_at: datetime | None = None, delay: float | None = None,
                   max_retries: int | None = None, timeout: float | None = None,
@@ -585,7 +513,7 @@ async def limited_types(db: AsyncSession) -> dict[str, int]:
 
 async def set_limit(db: AsyncSession, job_type: str, max_running: int | None) -> None:
     """Let at most ``max_running`` jobs of ``job_type`` run at once (None: no limit). Commits."""
-    from .dispatcher import check_max_running
+    from .checks import check_max_running
 
     if not isinstance(job_type, str) or not job_type.strip():
         raise InvalidTransition(f"job_type must be a non-empty string, got {job_type!r}")
@@ -684,7 +612,6 @@ async def claim_jobs(db: AsyncSession, n: int = 1, *, worker_id: str,
 async def dequeue_job(db: AsyncSession, *, worker_id: str | None = None,
                       lease_seconds: float = 60.0) -> Job | None:
     """Claim the oldest eligible job (the original contract): marks it ``processing`` and commits."""
-    from .execute import default_worker_id
 
     jobs = await claim_jobs(db, 1, worker_id=worker_id or default_worker_id(),
                             lease_seconds=lease_seconds)
@@ -748,7 +675,7 @@ _COMPLETE_MANY_SQLITE = text("""
 async def complete_job(db: AsyncSession, job: Job, result: Any, *, worker_id: str) -> bool:
     """Mark ``job`` completed with ``result`` if this worker still holds it. Does not commit.
 
-    On success ``job.finished_at`` is set to the stored time (see :func:`ops.attempt_ms`).
+    On success ``job.finished_at`` is set to the stored time (see :func:`jobkit.durations.attempt_ms`).
     """
     dialect = db.get_bind().dialect.name
     params: dict[str, Any] = {"job_id": job.id, "attempt": job.attempts,
@@ -815,7 +742,7 @@ async def fail_job(db: AsyncSession, job: Job, error: str, *, worker_id: str,
         .returning(jobs_table.c.updated_at))).scalar_one_or_none()
     if ended is None:
         return None
-    job.updated_at = ended  # the attempt's end (see ops.attempt_ms)
+    job.updated_at = ended  # the attempt's end (see durations.attempt_ms)
     if status is JobStatus.FAILED:
         job.finished_at = ended
         await fail_dependants(db, [job.id])
@@ -915,7 +842,7 @@ async def cancel_job(db: AsyncSession, job_id: uuid.UUID | str) -> Job:
     row = (await db.execute(
         update(jobs_table)
         .where(jobs_table.c.id == jid, jobs_table.c.status.in_(ELIGIBLE_VALUES))
-        .values(status=JobStatus.FAILED, error="cancelled", finished_at=now, updated_at=now)
+        .values(status=JobStatus.FAILED, error=CANCELLED, finished_at=now, updated_at=now)
         .returning(*_COLS))).mappings().first()
     if row is not None:
         await fail_dependants(db, [jid])
@@ -964,3 +891,58 @@ def check_result(result: Any) -> Any:
         raise
     except InvalidParams as exc:
         raise InvalidResult(exc.path, exc.problem) from None
+
+
+# ---------------------------------------------------------------------------
+# Prune: delete finished jobs
+# ---------------------------------------------------------------------------
+def check_prunable(statuses: Sequence[str]) -> tuple[str, ...]:
+    """The statuses ``prune`` may delete: finished ones only."""
+    out = []
+    for s in statuses:
+        try:
+            status = JobStatus(s)
+        except ValueError:
+            raise InvalidTransition(
+                f"unknown status {s!r}; choose from {', '.join(x.value for x in TERMINAL)}"
+            ) from None
+        if status not in TERMINAL:
+            raise InvalidTransition(
+                f"prune deletes finished jobs only (completed, failed); {s!r} jobs are "
+                "unfinished and are never deleted")
+        out.append(status.value)
+    if not out:
+        raise InvalidTransition("give at least one status to prune (completed, failed)")
+    return tuple(dict.fromkeys(out))
+
+
+async def prune(db: AsyncSession, older_than: timedelta,
+                statuses: Sequence[str] = ("completed", "failed"), *, batch_size: int = 1000,
+                dry_run: bool = False) -> int:
+    """Delete jobs that finished more than ``older_than`` ago, ``batch_size`` rows per
+    transaction. Never touches unfinished jobs. Returns how many were (or would be) deleted.
+
+    Clips stay: they belong to their video asset, not to the job that made them.
+    """
+    wanted = check_prunable(statuses)
+    if batch_size < 1:
+        raise InvalidTransition(f"batch_size must be >= 1, got {batch_size}")
+    cutoff = _now(db) - older_than
+    # The status test is repeated outside the subquery: a job retried between the two
+    # is re-checked on its new row version and left alone.
+    finished = and_(jobs_table.c.status.in_(wanted), jobs_table.c.finished_at.is_not(None),
+                    jobs_table.c.finished_at < cutoff)
+    if dry_run:
+        n = (await db.execute(select(func.count()).select_from(jobs_table).where(finished))
+             ).scalar()
+        await db.commit()
+        return int(n or 0)
+    total = 0
+    while True:
+        batch = select(jobs_table.c.id).where(finished).limit(batch_size).scalar_subquery()
+        res = await db.execute(delete(jobs_table).where(jobs_table.c.id.in_(batch), finished))
+        await db.commit()
+        deleted = int(res.rowcount or 0)  # type: ignore[attr-defined]
+        total += deleted
+        if deleted < batch_size:
+            return total

@@ -14,15 +14,17 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from . import ops
+from . import checks
 from . import queue as queue_mod
 from .config import Settings
-from .database import create_engine, describe_error, init_schema, make_sessionmaker, redact_url
+from .database import create_engine, describe_error, init_schema, make_sessionmaker
 from .dispatcher import DISPATCH_TABLE, Handler, check_job, handler_options, register_handler
 from .errors import DatabaseURLError, InvalidParams, InvalidTransition, JobkitError, JobNotFound
 from .events import Callback, EventBus
 from .jsonutil import short_repr
 from .models import Clip, Job, VideoAsset, new_id, utcnow
+from .stats import queue_depth
+from .urls import redact_url
 from .worker import Worker, WorkerStats, process_single_job
 
 log = logging.getLogger("jobkit")
@@ -232,7 +234,7 @@ class Runner:
         if not isinstance(filename, str):
             raise InvalidTransition(f"filename must be a string, got {short_repr(filename)}")
         try:
-            queue_mod.check_filename(filename)
+            checks.check_filename(filename)
         except ValueError as exc:
             raise InvalidTransition(str(exc)) from None
         if duration_ms is None:
@@ -262,7 +264,7 @@ class Runner:
         """A video file's :class:`jobkit.video.VideoInfo` (duration, size, frame rate), read in
         a thread; :class:`jobkit.video.VideoError` when it is not a video within the
         ``video_max_*`` limits."""
-        from .dispatcher import run_blocking
+        from .blocking import run_blocking
 
         s = self.settings
         return await run_blocking(_probe_upload, os.fspath(path), s.video_max_width,
@@ -279,7 +281,7 @@ class Runner:
         async with self.sessions() as db:
             summary = StepSummary(await process_single_job(
                 db, settings=self.settings, handlers=self.handlers, events=self.events,
-                job_types=job_types, queues=queue_mod.check_queues(queues)))
+                job_types=job_types, queues=checks.check_queues(queues)))
         self.last_step = summary
         return summary
 
@@ -306,9 +308,9 @@ class Runner:
         """
         from .display import progress_bar
 
-        checked = queue_mod.check_queues(queues)
+        checked = checks.check_queues(queues)
         async with self.sessions() as db:
-            total = (await ops.queue_depth(db, queues=checked))["eligible"]
+            total = (await queue_depth(db, queues=checked))["eligible"]
         bar = progress_bar(total, progress)
         worker = self.worker(concurrency=concurrency, burst=True, handle_signals=handle_signals,
                              queues=checked,

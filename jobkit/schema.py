@@ -188,8 +188,8 @@ async def read_state(engine: AsyncEngine) -> SchemaState:
 
 
 def _too_new(engine_url: Any, state: SchemaState) -> SchemaTooNew:
-    from . import __version__
-    from .database import redact_url
+    from .urls import redact_url
+    from .version import __version__
 
     return SchemaTooNew(redact_url(engine_url), str(state.revision), state.head, __version__)
 
@@ -287,7 +287,7 @@ def describe_change(before: SchemaState, after: SchemaState) -> str | None:
 
 
 def _shown(engine: AsyncEngine) -> str:
-    from .database import redact_url
+    from .urls import redact_url
 
     return redact_url(engine.url)
 

@@ -124,11 +124,11 @@ class SyncRunner:
 
     def status_counts(self) -> dict[str, int]:
         """Jobs per status, every status present, in lifecycle order (no pandas needed)."""
-        from . import ops
+        from . import stats
 
         async def counts() -> dict[str, int]:
             async with self.runner.sessions() as db:
-                found = await ops.status_counts(db)
+                found = await stats.status_counts(db)
                 await db.commit()
                 return found
 

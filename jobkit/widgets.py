@@ -114,7 +114,7 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
         except RuntimeError:
             self._loop = None
 
-        from .database import redact_url
+        from .urls import redact_url
 
         self.title = widgets.HTML(
             f"<b>jobkit</b> <code>{html.escape(redact_url(runner.engine.url))}</code>")

@@ -25,8 +25,9 @@ from sqlalchemy import func, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from . import queue
+from .checks import check_queues
 from .config import Settings
-from .database import LazySession, describe_error, make_sessionmaker, redact_url
+from .database import LazySession, describe_error, make_sessionmaker
 from .dependencies import fail_blocked_by_failure
 from .dispatcher import DISPATCH_TABLE, Handler, handler_options
 from .errors import JobkitError
@@ -35,16 +36,15 @@ from .execute import (
     DB_ERRORS,
     NO_JOBS,
     CompletionBatcher,
-    _emit,
-    _lost,
-    _Run,
-    _summary,
-    default_worker_id,
-    last_line,
+    RunContext,
+    emit,
+    lost_result,
     process_single_job,
     run_job,
+    summary_of,
 )
 from .models import Job, utcnow, workers_table
+from .urls import redact_url
 
 log = logging.getLogger("jobkit")
 
@@ -160,7 +160,7 @@ class Worker:
         self.on_done = on_done
         self.job_types = job_types
         self.claim_unknown = claim_unknown
-        self.queues = queue.check_queues(queues)
+        self.queues = check_queues(queues)
         self.schedules = (not burst) if schedules is None else schedules
         self._limited: dict[str, int] = {}
         self._by_type = False  # set once a job of a type without a handler was seen
@@ -175,7 +175,7 @@ class Worker:
         self._immediate = asyncio.Event()
         self._db_backoff = 0.0
         self._batcher = CompletionBatcher(self.sessions, self.id)
-        self._ctx = _Run(self.id, self.settings, self.handlers, events, self._batcher)
+        self._ctx = RunContext(self.id, self.settings, self.handlers, events, self._batcher)
         self._signals_seen = 0
         self._want_slot = False
         self._reported_done = 0
@@ -350,7 +350,7 @@ class Worker:
 
     async def _run_one(self, job: Job) -> dict[str, Any]:
         if self.events:
-            await _emit(self._ctx, "claimed", job, status="processing")
+            await emit(self._ctx, "claimed", job, status="processing")
         try:
             # The handler's session is made only if the handler uses it (LazySession).
             async with LazySession(self.sessions) as db:
@@ -366,10 +366,10 @@ class Worker:
         except DB_ERRORS as exc:
             log.error("Job %s: could not record its outcome (%s); its lease will recover it",
                       job.id, describe_error(exc))
-            summary = _summary(job, "unknown", None, 0, f"database error: {describe_error(exc)}")
+            summary = summary_of(job, "unknown", None, 0, f"database error: {describe_error(exc)}")
         except Exception as exc:  # noqa: BLE001 - never let one job kill the worker
             log.exception("Job %s: unexpected worker error", job.id)
-            summary = _summary(job, "unknown", None, 0, describe_error(exc))
+            summary = summary_of(job, "unknown", None, 0, describe_error(exc))
         self.stats.count(summary["status"])
         if summary["status"] == "retry":
             self._wake.set()  # it may be eligible again at once (backoff 0)
@@ -386,9 +386,9 @@ class Worker:
             await db.commit()
         log.warning("Job %s failed: %s", job.id, "cancelled")
         if status is None:
-            return await _lost(self._ctx, job, 0)
-        await _emit(self._ctx, "failed", job, status="failed", error="cancelled")
-        return _summary(job, "failed", None, 0, "cancelled")
+            return await lost_result(self._ctx, job, 0)
+        await emit(self._ctx, "failed", job, status="failed", error="cancelled")
+        return summary_of(job, "failed", None, 0, "cancelled")
 
     # -- heartbeat, leases, recovery ----------------------------------------------------
     async def _heartbeat_loop(self) -> None:
@@ -616,5 +616,5 @@ async def worker_loop(db: AsyncSession, *, settings: Settings | None = None,
     return await worker.run()
 
 
-__all__ = ["DB_ERRORS", "NO_JOBS", "Worker", "WorkerStats", "default_worker_id", "last_line",
-           "process_single_job", "run_job", "worker_loop"]
+__all__ = ["DB_ERRORS", "NO_JOBS", "Worker", "WorkerStats", "process_single_job", "run_job",
+           "worker_loop"]

@@ -22,7 +22,7 @@ from helpers import count_clips, count_jobs
 from sqlalchemy import update
 
 import jobkit
-from jobkit import ops
+from jobkit import durations, queue
 from jobkit.models import JobStatus, jobs_table, utcnow
 from jobkit.video import make_test_video
 
@@ -276,19 +276,19 @@ async def test_prune_never_touches_unfinished_jobs(runner: jobkit.Runner) -> Non
         # Even an unfinished job with a finish time in the past stays.
         await db.execute(update(jobs_table).values(finished_at=utcnow() - timedelta(days=9)))
         await db.commit()
-        assert await ops.prune(db, timedelta(days=1)) == 0
+        assert await queue.prune(db, timedelta(days=1)) == 0
         with pytest.raises(jobkit.InvalidTransition, match="never deleted"):
-            await ops.prune(db, timedelta(days=1), ["completed", "processing"])
+            await queue.prune(db, timedelta(days=1), ["completed", "processing"])
     assert (await runner.get_job(waiting.id)).status is JobStatus.PENDING
 
 
 def test_parse_duration() -> None:
-    assert ops.parse_duration("1d12h") == timedelta(days=1, hours=12)
-    assert ops.parse_duration("90s") == timedelta(seconds=90)
-    assert ops.parse_duration("2w") == timedelta(weeks=2)
+    assert durations.parse_duration("1d12h") == timedelta(days=1, hours=12)
+    assert durations.parse_duration("90s") == timedelta(seconds=90)
+    assert durations.parse_duration("2w") == timedelta(weeks=2)
     for bad in ("", "3x", "d", "1d 2", "-5s", "inf", "90", "30"):
         with pytest.raises(ValueError):
-            ops.parse_duration(bad)
+            durations.parse_duration(bad)
 
 
 # ------------------------------------------------------------------------------------

@@ -263,7 +263,7 @@ async def test_fenced_completion_rejects_a_worker_whose_claim_was_taken_over(
         await session.execute(update(jobs_table).where(jobs_table.c.id == job.id).values(
             locked_by="new-worker", attempts=2))
         await session.commit()
-    ctx = jobkit.worker._Run("old-worker", runner.settings, runner.handlers)
+    ctx = jobkit.execute.RunContext("old-worker", runner.settings, runner.handlers)
     async with runner.sessions() as session:
         summary = await run_job(claimed, session, ctx)
     assert summary["status"] == "lost"

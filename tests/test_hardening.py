@@ -32,9 +32,9 @@ from test_worker import wait_until
 import jobkit
 from jobkit import cli, ops
 from jobkit.api import create_app
-from jobkit.database import redact_url
 from jobkit.errors import InvalidParams, InvalidTransition, UnknownJobType
 from jobkit.models import VideoAsset, jobs_table, utcnow, workers_table
+from jobkit.urls import redact_url
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = ROOT / "tests"

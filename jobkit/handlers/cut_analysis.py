@@ -114,7 +114,7 @@ async def _analyse_file(job: Job, db: AsyncSession, asset_id: uuid.UUID,
         from .. import video
     except ImportError as exc:  # pragma: no cover - depends on the installation
         raise PermanentError(str(exc)) from None
-    from ..dispatcher import run_blocking
+    from ..blocking import run_blocking
 
     s = settings_of(db)
     limits = video.Limits(s.video_max_width, s.video_max_height, s.video_max_seconds)
