@@ -2,7 +2,7 @@
 failed job (cascading), and reviving them when it is retried.
 
 A dependant needs no bookkeeping while it waits: the claim skips a job while one it
-depends on is unfinished (see :func:`jobkit.queue.claim_predicates`). Only failures
+depends on is unfinished (see ``DEPS_DONE`` in :mod:`jobkit.backends`). Only failures
 change dependants, in the transaction of the failure.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from . import queue
+from .backends import backend_of
 from .errors import InvalidTransition
 from .models import ELIGIBLE, Job, JobStatus, dependencies_table, jobs_table
 
@@ -92,7 +92,7 @@ async def fail_dependants(db: AsyncSession, failed: Iterable[uuid.UUID]) -> list
                 seen.add(job_id)
                 by_dep.setdefault(dep, []).append(job_id)
         frontier = []
-        now = queue._now(db)
+        now = backend_of(db).now()
         for dep, ids in by_dep.items():
             res = await db.execute(
                 update(jobs_table)
@@ -112,7 +112,7 @@ async def revive_dependants(db: AsyncSession, job_id: uuid.UUID) -> list[uuid.UU
     revived: list[uuid.UUID] = []
     d = dependencies_table.c
     while frontier:
-        now = queue._now(db)
+        now = backend_of(db).now()
         res = await db.execute(
             update(jobs_table)
             .where(jobs_table.c.id.in_(select(d.job_id).where(d.depends_on.in_(frontier))),

@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from . import progress, queue
 from .config import Settings
-from .database import session_used, session_wrote
+from .database import attach_settings, session_used, session_wrote, settings_of
 from .dispatcher import DISPATCH_TABLE, Handler, dispatch_job
 from .errors import (
     InvalidParams,
@@ -165,8 +165,8 @@ def _watch_blocking(coro: Coroutine[Any, Any, T], job: Job) -> Generator[Any, An
 async def run_job(job: Job, db: AsyncSession, ctx: RunContext) -> dict[str, Any]:
     """Run one claimed job with ``db`` and record its outcome; returns its summary dict."""
     log.info("Processing job %s (type: %s)", job.id, job.job_type)
-    db.info["jobkit.settings"] = ctx.settings
-    db.info["jobkit.job"] = job
+    attach_settings(db, ctx.settings)
+    db.info["jobkit.job"] = job  # not write-only: a handler may read it (tests do)
     started = time.perf_counter()
     claimed_mark = job.updated_at  # replaced by the stored time once the outcome is recorded
     timeout = job.timeout if job.timeout is not None else ctx.settings.job_timeout
@@ -277,8 +277,7 @@ async def process_single_job(db: AsyncSession, *, settings: Settings | None = No
     queues). If the caller is cancelled
     (Ctrl-C) while the job runs, the job is released without burning an attempt.
     """
-    found = db.info.get("jobkit.settings")
-    settings = settings or (found if isinstance(found, Settings) else Settings.from_env())
+    settings = settings or settings_of(db)
     wid = worker_id or queue.default_worker_id()
     jobs = await queue.claim_jobs(db, 1, worker_id=wid, lease_seconds=settings.lease_seconds,
                                   job_types=job_types, queues=queues)

@@ -9,10 +9,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from .backends import backend_of
 from .config import Settings
+from .database import settings_of
 from .display import status_badge, summarise_result
 from .errors import JobNotFound, last_line
 from .models import (
@@ -20,10 +22,10 @@ from .models import (
     DEFAULT_QUEUE,
     ELIGIBLE_VALUES,
     JobStatus,
+    ahead_in_claim_order,
     dependencies_table,
     jobs_table,
     limits_table,
-    utcnow,
     workers_table,
 )
 
@@ -142,17 +144,6 @@ def _when(t: datetime) -> str:
 
 
 
-async def _now(db: AsyncSession) -> datetime:
-    if db.get_bind().dialect.name == "postgresql":
-        value = (await db.execute(select(func.clock_timestamp()))).scalar_one()
-        return value if isinstance(value, datetime) else utcnow()
-    return utcnow()
-
-
-def _claim_clock(db: AsyncSession) -> Any:
-    return func.now() if db.get_bind().dialect.name == "postgresql" else utcnow()
-
-
 async def explain_job(db: AsyncSession, job_id: uuid.UUID | str, *,
                       settings: Settings | None = None,
                       handlers: Mapping[str, Any] | None = None,
@@ -175,9 +166,8 @@ async def explain_job(db: AsyncSession, job_id: uuid.UUID | str, *,
     if row is None:
         raise JobNotFound(job_id)
     if settings is None:
-        found = db.info.get("jobkit.settings")
-        settings = found if isinstance(found, Settings) else Settings.from_env()
-    now = await _now(db)
+        settings = settings_of(db)
+    now = await backend_of(db).clock(db)
     status = JobStatus(row["status"])
     base: dict[str, Any] = {
         "job_id": str(jid), "job_type": row["job_type"], "status": status.value,
@@ -293,12 +283,8 @@ async def _explain_waiting(db: AsyncSession, row: Mapping[Any, Any], base: dict[
                                eligible_in_s=0.0, **base)
     c = jobs_table.c
     ahead_q = select(func.count()).select_from(jobs_table).where(
-        c.status.in_(ELIGIBLE_VALUES), c.run_at <= _claim_clock(db), c.id != row["id"],
-        c.queue == row["queue"],
-        or_(c.priority > row["priority"],
-            and_(c.priority == row["priority"],
-                 or_(c.created_at < row["created_at"],
-                     and_(c.created_at == row["created_at"], c.id < row["id"])))))
+        c.status.in_(ELIGIBLE_VALUES), c.run_at <= backend_of(db).now(), c.id != row["id"],
+        c.queue == row["queue"], ahead_in_claim_order(c, row))
     ahead = int((await db.execute(ahead_q)).scalar() or 0)
     if ahead == 0:
         summary = f"{name} is next in line: the next claim will take it."

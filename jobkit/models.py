@@ -10,6 +10,7 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Any, cast
@@ -28,11 +29,14 @@ from sqlalchemy import (
     Table,
     Text,
     Uuid,
+    and_,
+    or_,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql import ColumnElement
 from sqlalchemy.types import TypeDecorator
 
 #: The queue of a job enqueued without one.
@@ -101,7 +105,11 @@ def new_id() -> uuid.UUID:
 
 
 class UTCDateTime(TypeDecorator[datetime]):
-    """Timezone-aware UTC datetimes on every backend (SQLite stores naive UTC)."""
+    """Timezone-aware UTC datetimes on every backend.
+
+    Values are converted to UTC before binding. SQLite stores naive UTC text: its
+    ``DATETIME`` type writes the UTC fields and drops the offset; loaded values get UTC back.
+    """
 
     impl = DateTime(timezone=True)
     cache_ok = True
@@ -111,10 +119,7 @@ class UTCDateTime(TypeDecorator[datetime]):
             return None
         if value.tzinfo is None:
             raise ValueError(f"naive datetime {value!r}: pass a timezone-aware datetime (UTC)")
-        value = value.astimezone(UTC)
-        if dialect.name == "sqlite":
-            return value.replace(tzinfo=None)
-        return value
+        return value.astimezone(UTC)
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
@@ -140,6 +145,40 @@ class StatusType(TypeDecorator[JobStatus]):
 JSONType = JSON().with_variant(JSONB(), "postgresql")
 
 _ELIGIBLE_SQL = "status IN ('pending', 'retry')"
+
+#: The claim order, as (column, descending): highest priority first, then the oldest, then
+#: the id (time-ordered, so a stable tie-breaker). The claim's indexes, both backends' claim
+#: statements, the re-sort of a claim's jobs and ``explain``'s count of the jobs ahead all
+#: follow it.
+CLAIM_ORDER: tuple[tuple[str, bool], ...] = (("priority", True), ("created_at", False),
+                                             ("id", False))
+#: :data:`CLAIM_ORDER` as an ``ORDER BY`` list: ``priority DESC, created_at, id``.
+CLAIM_ORDER_SQL = ", ".join(f"{name} DESC" if desc else name for name, desc in CLAIM_ORDER)
+
+
+def claim_sort_key(job: Any) -> tuple[Any, ...]:
+    """Sorts jobs (or rows with these attributes) in :data:`CLAIM_ORDER`.
+
+    Only ``priority`` (an int) is descending, so negating it sorts it that way.
+    """
+    return tuple(-getattr(job, name) if desc else getattr(job, name)
+                 for name, desc in CLAIM_ORDER)
+
+
+def ahead_in_claim_order(columns: Any, row: Mapping[str, Any]) -> ColumnElement[bool]:
+    """SQL: the job of these ``columns`` comes before ``row`` in :data:`CLAIM_ORDER`."""
+    ahead: ColumnElement[bool] | None = None
+    for name, desc in reversed(CLAIM_ORDER):
+        col, value = columns[name], row[name]
+        before = col > value if desc else col < value
+        ahead = before if ahead is None else or_(before, and_(col == value, ahead))
+    assert ahead is not None
+    return ahead
+
+
+def _claim_index(**columns: Any) -> list[Any]:
+    """:data:`CLAIM_ORDER` as index columns (``columns``: the descending ones, by name)."""
+    return [columns[name].desc() if desc else name for name, desc in CLAIM_ORDER]
 _ACTIVE_SQL = "status IN ('pending', 'retry', 'processing')"
 
 
@@ -181,10 +220,10 @@ class Job(Base):
 
     __table_args__ = (
         # The claim's index: only waiting jobs, in claim order.
-        Index("ix_jobs_eligible", priority.desc(), "created_at", "id",
+        Index("ix_jobs_eligible", *_claim_index(priority=priority),
               sqlite_where=text(_ELIGIBLE_SQL), postgresql_where=text(_ELIGIBLE_SQL)),
         # The claim of a worker serving one queue: that queue's waiting jobs, in claim order.
-        Index("ix_jobs_eligible_queue", "queue", priority.desc(), "created_at", "id",
+        Index("ix_jobs_eligible_queue", "queue", *_claim_index(priority=priority),
               sqlite_where=text(_ELIGIBLE_SQL), postgresql_where=text(_ELIGIBLE_SQL)),
         # Running jobs of a type (the max_running limit counts them).
         Index("ix_jobs_processing_type", "job_type",

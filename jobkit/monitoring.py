@@ -29,7 +29,8 @@ import pandas as pd
 from sqlalchemy import Select, and_, case, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .config import Settings
+from .backends import backend_of
+from .database import settings_of
 from .models import ALL_STATUSES, ELIGIBLE, JobStatus, jobs_table, utcnow, workers_table
 from .models import Clip as _Clip
 from .models import VideoAsset as _VideoAsset
@@ -102,18 +103,6 @@ def _frame(records: Sequence[Mapping[Any, Any]], schema: Mapping[str, str]) -> p
 
 def _ms(later: pd.Series, earlier: pd.Series) -> pd.Series:
     return ((later - earlier).dt.total_seconds() * 1000.0).astype("float64")
-
-
-def _now_expr(db: AsyncSession) -> Any:
-    """The clock the queue claims with: PostgreSQL's own, else this process's."""
-    return func.now() if db.get_bind().dialect.name == "postgresql" else utcnow()
-
-
-async def _db_now(db: AsyncSession) -> datetime:
-    if db.get_bind().dialect.name == "postgresql":
-        value = (await db.execute(select(func.clock_timestamp()))).scalar_one()
-        return pd.Timestamp(value).tz_convert("UTC").to_pydatetime()
-    return utcnow()
 
 
 # ---------------------------------------------------------------------------
@@ -267,7 +256,7 @@ async def queue_depth(db: AsyncSession) -> pd.Series:
     A job waits when it is ``pending`` or ``retry``; it is eligible once its ``run_at``
     has passed (by the clock the queue claims with).
     """
-    now = _now_expr(db)
+    now = backend_of(db).now()
     bucket = case((jobs_table.c.run_at <= now, "eligible"), else_="scheduled")
     rows = (await db.execute(select(bucket, func.count())
                              .where(jobs_table.c.status.in_(_ELIGIBLE_VALUES))
@@ -482,7 +471,7 @@ async def running_progress(db: AsyncSession) -> pd.DataFrame:
                jobs_table.c.progress, jobs_table.c.progress_message, jobs_table.c.progress_at)
         .where(jobs_table.c.status == JobStatus.PROCESSING.value)
         .order_by(jobs_table.c.started_at, jobs_table.c.id))).mappings()]
-    now = await _db_now(db)
+    now = await backend_of(db).clock(db)
     for r in rows:
         r["running_s"] = (now - r["started_at"]).total_seconds() if r["started_at"] else None
     return _frame(rows, PROGRESS_SCHEMA)
@@ -515,9 +504,7 @@ def _dead_after(db: AsyncSession, dead_after: float | None) -> float:
         if not dead_after > 0:
             raise ValueError(f"dead_after must be a number of seconds > 0, got {dead_after!r}")
         return float(dead_after)
-    found = db.info.get("jobkit.settings")
-    settings = found if isinstance(found, Settings) else Settings.from_env()
-    return settings.dead_after
+    return settings_of(db).dead_after
 
 
 async def worker_health(db: AsyncSession, dead_after: float | None = None) -> pd.DataFrame:
@@ -544,7 +531,7 @@ async def worker_health(db: AsyncSession, dead_after: float | None = None) -> pd
                w.last_heartbeat_at)
         .outerjoin(running, and_(running.c.locked_by == w.id))
         .order_by(w.started_at, w.id))).mappings()]
-    now = await _db_now(db)
+    now = await backend_of(db).clock(db)
     for r in rows:
         age = (now - r["last_heartbeat_at"]).total_seconds()
         r["heartbeat_age_s"] = age

@@ -32,6 +32,7 @@ from typing import Any
 from sqlalchemy import and_, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from .backends import backend_of
 from .models import jobs_table, utcnow
 
 log = logging.getLogger("jobkit")
@@ -202,7 +203,7 @@ class ProgressTracker:
         await asyncio.wait(running)  # raises nothing of the writes; a new cancel propagates
 
     def _may_wait_for_handler(self) -> bool:
-        if self.engine.dialect.name != "sqlite" or self.session is None:
+        if not backend_of(self.engine).SINGLE_WRITER or self.session is None:
             return False
         from .database import session_wrote
 

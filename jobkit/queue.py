@@ -2,49 +2,44 @@
 
 Every transition is one statement. The claim is an ``UPDATE … WHERE id IN
 (SELECT … FOR UPDATE SKIP LOCKED) RETURNING``: atomic on PostgreSQL thanks to
-the row locks, and on SQLite because the statement runs inside ``BEGIN
-IMMEDIATE`` (one writer at a time). Finishing is *fenced*: it only touches a row
+the row locks, and on SQLite because one statement holds the write lock (one
+writer at a time); its text, like every other backend difference, is in
+:mod:`jobkit.backends`. Finishing is *fenced*: it only touches a row
 that is still ``processing``, leased by this worker, on this attempt.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import random
 import socket
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 from sqlalchemy import (
-    Integer,
-    Interval,
-    Uuid,
     and_,
-    bindparam,
     case,
     delete,
     event,
     func,
     select,
-    text,
     update,
 )
-from sqlalchemy.dialects import postgresql as pg_dialect
-from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session, configure_mappers
 from sqlalchemy.sql import ColumnElement
 
+from .backends import ClaimShape, backend_of
+from .backends.common import JOB_COLUMNS
 from .checks import (
     check_name,
     check_queue,
     check_seconds,
 )
 from .errors import InvalidParams, InvalidResult, InvalidTransition, JobNotFound
-from .jsonutil import check_json, check_params, dumps, short_repr
+from .jsonutil import check_json, check_params, short_repr
 from .models import (
     CANCELLED,
     DEFAULT_QUEUE,
@@ -52,8 +47,7 @@ from .models import (
     TERMINAL,
     Job,
     JobStatus,
-    JSONType,
-    UTCDateTime,
+    claim_sort_key,
     dependencies_table,
     jobs_table,
     limits_table,
@@ -63,11 +57,7 @@ from .models import (
 
 _INSERT = jobs_table.insert()
 INT32_MAX = 2**31 - 1
-_COLS = tuple(jobs_table.c)
-# The claim's filter as literal text, not bound parameters: only then can SQLite (and
-# PostgreSQL's generic plans) use the partial index ix_jobs_eligible, whose predicate is
-# this same expression. With ``IN (?, ?)`` SQLite sorted every waiting job on every claim.
-_ELIGIBLE_WHERE = text("jobs.status IN ('pending', 'retry')")
+_COLS = JOB_COLUMNS
 
 # ---------------------------------------------------------------------------
 # In-process wake-ups: enqueue wakes the workers of this process at commit.
@@ -113,30 +103,14 @@ def _mark_enqueued(db: AsyncSession) -> None:
 # ---------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------
-def is_postgres(db: AsyncSession) -> bool:
-    return db.get_bind().dialect.name == "postgresql"
-
-
 async def one_statement_transaction(db: AsyncSession) -> None:
     """Let a fresh session's single statement run without an explicit transaction.
 
     One statement is atomic on its own; BEGIN/COMMIT only added round trips (PostgreSQL:
-    autocommit; SQLite: no ``BEGIN IMMEDIATE``, see :func:`database.sqlite_autocommit`).
+    autocommit; SQLite: no ``BEGIN IMMEDIATE``, see :func:`jobkit.backends.sqlite.skip_begin`).
     Call it only when the session's next statement is the whole transaction.
     """
-    if db.in_transaction():
-        return
-    if is_postgres(db):
-        await db.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-    else:
-        from .database import sqlite_autocommit
-
-        sqlite_autocommit((await db.connection()).sync_connection)  # type: ignore[arg-type]
-
-
-def _now(db: AsyncSession) -> Any:
-    """The clock for leases: PostgreSQL's own (skew-proof), else this process's."""
-    return func.now() if is_postgres(db) else utcnow()
+    await backend_of(db).one_statement_transaction(db)
 
 
 _job_mapper = Job.__mapper__
@@ -288,20 +262,11 @@ async def insert_job(engine: AsyncEngine, row: dict[str, Any]) -> Job:
     What :func:`enqueue` does with ``commit=True`` and no ``dedupe_key``, without an ORM
     session around it (its creation, bookkeeping and close cost more than the INSERT):
     the fast path of ``Runner.enqueue``. One statement is atomic on its own; on SQLite it
-    runs without ``BEGIN IMMEDIATE`` (see :func:`database.sqlite_autocommit`), on
+    runs without ``BEGIN IMMEDIATE`` (see :func:`jobkit.backends.sqlite.skip_begin`), on
     PostgreSQL in autocommit.
     """
     async with engine.connect() as conn:
-        if engine.dialect.name == "postgresql":
-            await conn.execution_options(isolation_level="AUTOCOMMIT")
-            await conn.execute(_INSERT, row)
-        else:
-            from .database import sqlite_autocommit
-
-            await conn.begin()
-            sqlite_autocommit(conn.sync_connection)  # type: ignore[arg-type]
-            await conn.execute(_INSERT, row)
-            await conn.commit()  # no COMMIT is sent: nothing is open
+        await backend_of(engine).execute_alone(conn, _INSERT, row)
     wake_local(wake_key(engine))
     return job_from_row(row)
 
@@ -309,9 +274,7 @@ async def insert_job(engine: AsyncEngine, row: dict[str, Any]) -> Job:
 async def _enqueue_deduped(db: AsyncSession, row: dict[str, Any]) -> Job:
     where = and_(jobs_table.c.dedupe_key.is_not(None),
                  jobs_table.c.status.in_(("pending", "retry", "processing")))
-    ins: Any = (pg_dialect.insert(jobs_table) if is_postgres(db)
-                else sqlite_dialect.insert(jobs_table))
-    stmt = ins.values(row).on_conflict_do_nothing(
+    stmt = backend_of(db).insert(jobs_table).values(row).on_conflict_do_nothing(
         index_elements=[jobs_table.c.dedupe_key], index_where=where).returning(jobs_table.c.id)
     existing_q = select(*_COLS).where(jobs_table.c.dedupe_key == row["dedupe_key"], where)
     # Insert, or find the unfinished holder of the key; if that one finished in between,
@@ -325,35 +288,6 @@ async def _enqueue_deduped(db: AsyncSession, row: dict[str, Any]) -> Job:
             job.deduplicated = True
             return job
     raise InvalidTransition(f"dedupe_key {row['dedupe_key']!r} is contended; try again")
-
-
-_INSERT_MANY_PG = text("""
-    INSERT INTO jobs (id, job_type, queue, status, params, result, attempts, max_attempts,
-                      priority, timeout, cancel_requested, run_at, created_at, updated_at)
-    SELECT id, job_type, queue, 'pending', params, 'null'::jsonb, 0, max_attempts, priority,
-           timeout, false, run_at, :now, :now
-    FROM unnest(CAST(:ids AS uuid[]), CAST(:types AS text[]), CAST(:queues AS text[]),
-                CAST(:params AS jsonb[]), CAST(:max_attempts AS integer[]),
-                CAST(:priorities AS integer[]), CAST(:timeouts AS float8[]),
-                CAST(:run_ats AS timestamptz[]))
-         AS v(id, job_type, queue, params, max_attempts, priority, timeout, run_at)
-    """).bindparams(bindparam("now", type_=UTCDateTime))
-
-
-_INSERT_MANY_SQLITE = text("""
-    INSERT INTO jobs (id, job_type, queue, status, params, result, attempts, max_attempts,
-                      priority, timeout, cancel_requested, run_at, created_at, updated_at)
-    SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[7]'),
-           'pending', json_extract(value, '$[2]'), 'null', 0, json_extract(value, '$[3]'),
-           json_extract(value, '$[4]'), json_extract(value, '$[5]'), 0,
-           json_extract(value, '$[6]'), :now, :now
-    FROM json_each(:batch)
-    """).bindparams(bindparam("now", type_=UTCDateTime))
-
-
-def _sqlite_time(value: datetime) -> str:
-    """A datetime as SQLAlchemy stores it in SQLite (naive UTC text), for raw batches."""
-    return value.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
 
 
 async def enqueue_many(db: AsyncSession, jobs: Iterable[Mapping[str, Any] | tuple[Any, ...]],
@@ -406,20 +340,8 @@ async def enqueue_many(db: AsyncSession, jobs: Iterable[Mapping[str, Any] | tupl
         # insert itself). Instead, one statement compiled once and one round trip: PostgreSQL
         # INSERT … SELECT FROM unnest(arrays) (a plain executemany on asyncpg inserts row by
         # row and fires the NOTIFY trigger per job); SQLite INSERT … SELECT FROM json_each.
-        if is_postgres(db):
-            await db.execute(_INSERT_MANY_PG, {
-                "ids": [r["id"] for r in rows], "types": [r["job_type"] for r in rows],
-                "queues": [r["queue"] for r in rows],
-                "params": [dumps(r["params"]) for r in rows],
-                "max_attempts": [r["max_attempts"] for r in rows],
-                "priorities": [r["priority"] for r in rows],
-                "timeouts": [r["timeout"] for r in rows], "run_ats": [r["run_at"] for r in rows],
-                "now": now})
-        else:
-            await db.execute(_INSERT_MANY_SQLITE, {"now": now, "batch": dumps([
-                [r["id"].hex, r["job_type"], dumps(r["params"]), r["max_attempts"],
-                 r["priority"], None if r["timeout"] is None else float(r["timeout"]),
-                 _sqlite_time(r["run_at"]), r["queue"]] for r in rows])})
+        backend = backend_of(db)
+        await db.execute(backend.INSERT_MANY, backend.insert_many_params(rows, now))
         if edges:
             await db.execute(dependencies_table.insert(), edges)
             if failed:
@@ -433,78 +355,6 @@ async def enqueue_many(db: AsyncSession, jobs: Iterable[Mapping[str, Any] | tupl
 # ---------------------------------------------------------------------------
 # Claim
 # ---------------------------------------------------------------------------
-# Claim predicates as literal SQL, the same on both backends. A job waits for its
-# dependencies (``after=``) by this NOT EXISTS, evaluated in the claim itself: it needs no
-# bookkeeping when a dependency completes (nothing can miss an update), and it costs one
-# primary-key probe per candidate the index walk meets. Types with a ``max_running`` limit
-# are left to the limited claim below.
-#
-# On PostgreSQL, ``OFFSET 0`` keeps each NOT EXISTS a per-row probe (a SubPlan) instead of
-# letting the planner turn it into a hash anti-join, whose output it treats as unordered:
-# it then sorted every waiting job on every claim instead of walking the index.
-_DEPS_DONE = ("NOT EXISTS (SELECT 1 FROM job_dependencies d JOIN jobs p ON p.id = d.depends_on"
-              " WHERE d.job_id = jobs.id AND p.status <> 'completed'{offset})")
-_UNLIMITED = ("NOT EXISTS (SELECT 1 FROM job_type_limits l WHERE l.job_type = jobs.job_type"
-              "{offset})")
-
-
-def claim_predicates(dialect: str) -> tuple[str, str]:
-    """(no unfinished dependency, no max_running limit) as SQL for ``dialect``."""
-    offset = " OFFSET 0" if dialect == "postgresql" else ""
-    return _DEPS_DONE.format(offset=offset), _UNLIMITED.format(offset=offset)
-# Room left under a type's limit: its max_running minus its running jobs, at most :n.
-_ROOM = ("COALESCE((SELECT max_running FROM job_type_limits WHERE job_type = :limited)"
-         " - (SELECT count(*) FROM jobs WHERE status = 'processing' AND job_type = :limited),"
-         " :n)")
-_RETURNING = ", ".join(c.name for c in _COLS)
-
-
-@functools.cache
-def _claim_statement(dialect: str, typed: bool, queued: int, limited: bool) -> Any:
-    """The claim, built once per backend and shape (statement building and its cache key
-    cost more than the database's work for a small claim).
-
-    ``queued``: 0 = every queue, 1 = one queue (walks ``ix_jobs_eligible_queue`` in claim
-    order), 2 = several queues (walks ``ix_jobs_eligible`` and skips other queues' jobs).
-    ``limited``: claim one type that has a ``max_running`` limit, no more than its room.
-    """
-    pg = dialect == "postgresql"
-    now = "now()" if pg else ":now"
-    where = [f"status IN ('pending', 'retry') AND run_at <= {now}"]
-    binds: list[Any] = []
-    if typed:
-        where.append("job_type IN :types")
-        binds.append(bindparam("types", expanding=True))
-    if queued == 1:
-        where.append("queue = :queue")
-    elif queued > 1:
-        where.append("queue IN :queues")
-        binds.append(bindparam("queues", expanding=True))
-    deps_done, unlimited = claim_predicates(dialect)
-    where.append("job_type = :limited" if limited else unlimited)
-    where.append(deps_done)
-    limit = f"max(0, min(:n, {_ROOM}))" if limited else ":n"
-    if pg:
-        limit = limit.replace("max(", "GREATEST(").replace("min(", "LEAST(")
-    if pg:
-        source, lock, until = "jobs", " FOR UPDATE SKIP LOCKED", "now() + :lease"
-        binds.append(bindparam("lease", type_=Interval()))
-    else:
-        # INDEXED BY: SQLite's planner otherwise prefers ix_jobs_status_finished and sorts
-        # every waiting job on every claim.
-        index = "ix_jobs_eligible_queue" if queued == 1 else "ix_jobs_eligible"
-        source, lock, until = f"jobs INDEXED BY {index}", "", ":until"
-        binds += [bindparam("now", type_=UTCDateTime), bindparam("until", type_=UTCDateTime)]
-    sql = (f"UPDATE jobs SET status = 'processing', attempts = attempts + 1, "
-           f"locked_by = :worker_id, locked_until = {until}, started_at = {now}, "
-           f"updated_at = {now}, finished_at = NULL, "
-           f"progress = NULL, progress_message = NULL, progress_at = NULL "
-           f"WHERE id IN (SELECT id FROM {source} WHERE {' AND '.join(where)} "
-           f"ORDER BY priority DESC, created_at, id LIMIT {limit}{lock}) "
-           f"RETURNING {_RETURNING}")
-    return text(sql).bindparams(bindparam("n", type_=Integer), *binds).columns(*_COLS)
-
-
 async def limited_types(db: AsyncSession) -> dict[str, int]:
     """Job types with a ``max_running`` limit, and their limits."""
     rows = (await db.execute(select(limits_table.c.job_type, limits_table.c.max_running))).all()
@@ -524,8 +374,7 @@ async def set_limit(db: AsyncSession, job_type: str, max_running: int | None) ->
     if max_running is None:
         await db.execute(limits_table.delete().where(limits_table.c.job_type == job_type))
     else:
-        ins: Any = (pg_dialect.insert(limits_table) if is_postgres(db)
-                    else sqlite_dialect.insert(limits_table))
+        ins = backend_of(db).insert(limits_table)
         await db.execute(ins.values(job_type=job_type, max_running=max_running,
                                     updated_at=utcnow())
                          .on_conflict_do_update(index_elements=[limits_table.c.job_type],
@@ -552,15 +401,8 @@ async def claim_jobs(db: AsyncSession, n: int = 1, *, worker_id: str,
     """
     if n <= 0:
         return []
-    dialect = db.get_bind().dialect.name
-    pg = dialect == "postgresql"
-    params: dict[str, Any] = {"worker_id": worker_id}
-    if pg:
-        params["lease"] = timedelta(seconds=lease_seconds)
-    else:
-        now = utcnow()
-        params["now"] = now
-        params["until"] = now + timedelta(seconds=lease_seconds)
+    backend = backend_of(db)
+    params: dict[str, Any] = {"worker_id": worker_id, **backend.lease_params(lease_seconds)}
     if job_types is not None:
         params["types"] = list(job_types)
     queued = 0 if queues is None else min(2, len(queues))
@@ -578,34 +420,25 @@ async def claim_jobs(db: AsyncSession, n: int = 1, *, worker_id: str,
             break
         if job_types is not None and job_type not in job_types:
             continue
-        if pg:
-            # Two statements, one transaction: the lock first, so that the claim's own
-            # snapshot (taken after it) sees every running job of this type.
-            locked = (await db.execute(
-                select(limits_table.c.max_running)
-                .where(limits_table.c.job_type == job_type)
-                .with_for_update(skip_locked=True))).first()
-            if locked is None:
-                if commit:
-                    await db.commit()
-                continue
-        elif commit:
-            await one_statement_transaction(db)  # one statement: SQLite's write lock
-        rows = (await db.execute(_claim_statement(dialect, job_types is not None, queued, True),
+        if not await backend.begin_limited_claim(db, job_type, commit):
+            if commit:
+                await db.commit()
+            continue
+        rows = (await db.execute(backend.CLAIM[ClaimShape(job_types is not None, queued, True)],
                                  {**params, "n": n - len(jobs), "limited": job_type}
                                  )).mappings().all()
         if commit:
             await db.commit()
         jobs += [job_from_row(r) for r in rows]
     if len(jobs) < n:
-        stmt = _claim_statement(dialect, job_types is not None, queued, False)
+        stmt = backend.CLAIM[ClaimShape(job_types is not None, queued, False)]
         if commit:
-            await one_statement_transaction(db)
+            await backend.one_statement_transaction(db)
         rows = (await db.execute(stmt, {**params, "n": n - len(jobs)})).mappings().all()
         if commit:
             await db.commit()
         jobs += [job_from_row(r) for r in rows]
-    jobs.sort(key=lambda j: (-j.priority, j.created_at, j.id))
+    jobs.sort(key=claim_sort_key)
     return jobs
 
 
@@ -626,63 +459,15 @@ def _fence(job_id: uuid.UUID, attempt: int, worker_id: str) -> ColumnElement[boo
                 jobs_table.c.locked_by == worker_id, jobs_table.c.status == "processing")
 
 
-_COMPLETED_VALUES = {"status": JobStatus.COMPLETED.value, "error": None, "locked_by": None,
-                     "locked_until": None, "progress": 1.0}
-
-
-@functools.cache
-def _complete_statement(dialect: str) -> Any:
-    """One job's fenced completion, built once per backend."""
-    now: Any = func.now() if dialect == "postgresql" else bindparam("now", type_=UTCDateTime)
-    return (update(jobs_table)
-            .where(jobs_table.c.id == bindparam("job_id", type_=Uuid),
-                   jobs_table.c.attempts == bindparam("attempt", type_=Integer),
-                   jobs_table.c.locked_by == bindparam("worker_id"),
-                   jobs_table.c.status == JobStatus.PROCESSING.value)
-            .values(result=bindparam("result", type_=JSONType), finished_at=now,
-                    updated_at=now, **_COMPLETED_VALUES)
-            .returning(jobs_table.c.finished_at))
-
-
-# Many fenced completions in one statement whose text does not depend on the batch size (so it
-# is compiled once): the batch travels as arrays (PostgreSQL) or one JSON array (SQLite), and
-# each result is already JSON text. On SQLite, ``+status`` keeps the planner on the primary key
-# (walking the batch) instead of the status index (rescanning the batch for every running job).
-_COMPLETE_MANY_PG = text("""
-    WITH v (id, att, res) AS (
-        SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:attempts AS integer[]),
-                             CAST(:results AS jsonb[])))
-    UPDATE jobs SET status = 'completed', result = v.res, error = NULL, finished_at = now(),
-           updated_at = now(), locked_by = NULL, locked_until = NULL, progress = 1
-    FROM v
-    WHERE jobs.id = v.id AND jobs.attempts = v.att AND jobs.locked_by = :worker_id
-      AND jobs.status = 'processing'
-    RETURNING jobs.id, jobs.finished_at""").columns(jobs_table.c.id, jobs_table.c.finished_at)
-_COMPLETE_MANY_SQLITE = text("""
-    WITH v (id, att, res) AS (
-        SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),
-               json_extract(value, '$[2]') FROM json_each(:batch))
-    UPDATE jobs SET status = 'completed', result = v.res, error = NULL,
-           finished_at = :now, updated_at = :now, locked_by = NULL, locked_until = NULL,
-           progress = 1
-    FROM v
-    WHERE jobs.id = v.id AND jobs.attempts = v.att
-      AND jobs.locked_by = :worker_id AND +jobs.status = 'processing'
-    RETURNING jobs.id, jobs.finished_at""").bindparams(bindparam("now", type_=UTCDateTime)).columns(
-        jobs_table.c.id, jobs_table.c.finished_at)
-
-
 async def complete_job(db: AsyncSession, job: Job, result: Any, *, worker_id: str) -> bool:
     """Mark ``job`` completed with ``result`` if this worker still holds it. Does not commit.
 
     On success ``job.finished_at`` is set to the stored time (see :func:`jobkit.durations.attempt_ms`).
     """
-    dialect = db.get_bind().dialect.name
-    params: dict[str, Any] = {"job_id": job.id, "attempt": job.attempts,
-                              "worker_id": worker_id, "result": result}
-    if dialect != "postgresql":
-        params["now"] = utcnow()
-    finished = (await db.execute(_complete_statement(dialect), params)).scalar_one_or_none()
+    backend = backend_of(db)
+    params = {"job_id": job.id, "attempt": job.attempts, "worker_id": worker_id,
+              "result": result, **backend.clock_params()}
+    finished = (await db.execute(backend.COMPLETE, params)).scalar_one_or_none()
     if finished is None:
         return False
     job.finished_at = finished
@@ -698,14 +483,8 @@ async def complete_many(db: AsyncSession, items: Sequence[tuple[Job, Any]], *,
     if len(items) == 1:
         job, result = items[0]
         return {job.id} if await complete_job(db, job, result, worker_id=worker_id) else set()
-    if is_postgres(db):
-        res = await db.execute(_COMPLETE_MANY_PG, {
-            "ids": [j.id for j, _ in items], "attempts": [j.attempts for j, _ in items],
-            "results": [dumps(r) for _, r in items], "worker_id": worker_id})
-    else:
-        batch = dumps([[j.id.hex, j.attempts, dumps(r)] for j, r in items])
-        res = await db.execute(_COMPLETE_MANY_SQLITE,
-                               {"batch": batch, "now": utcnow(), "worker_id": worker_id})
+    backend = backend_of(db)
+    res = await db.execute(backend.COMPLETE_MANY, backend.complete_many_params(items, worker_id))
     finished = {row[0]: row[1] for row in res.all()}
     for job, _ in items:
         if job.id in finished:
@@ -727,7 +506,7 @@ async def fail_job(db: AsyncSession, job: Job, error: str, *, worker_id: str,
         status = JobStatus.FAILED
     else:
         status = JobStatus.RETRY
-    now = _now(db)
+    now = backend_of(db).now()
     values: dict[str, Any] = {"status": status, "error": error, "updated_at": now,
                               "locked_by": None, "locked_until": None}
     if status is JobStatus.FAILED:
@@ -754,7 +533,7 @@ async def release_jobs(db: AsyncSession, worker_id: str, job_ids: Iterable[uuid.
     ids = list(job_ids)
     if not ids:
         return 0
-    now = _now(db)
+    now = backend_of(db).now()
     res = await db.execute(
         update(jobs_table)
         .where(jobs_table.c.id.in_(ids), jobs_table.c.locked_by == worker_id,
@@ -772,7 +551,7 @@ async def extend_leases(db: AsyncSession, worker_id: str, job_ids: Iterable[uuid
     ids = list(job_ids)
     if not ids:
         return set(), set()
-    now = _now(db)
+    now = backend_of(db).now()
     rows = (await db.execute(
         update(jobs_table)
         .where(jobs_table.c.id.in_(ids), jobs_table.c.locked_by == worker_id,
@@ -801,7 +580,7 @@ async def reap_expired(db: AsyncSession) -> list[Reaped]:
     """
     from .dependencies import fail_dependants
 
-    now = _now(db)
+    now = backend_of(db).now()
     spent = jobs_table.c.attempts >= jobs_table.c.max_attempts
     rows = (await db.execute(
         update(jobs_table)
@@ -838,7 +617,7 @@ async def cancel_job(db: AsyncSession, job_id: uuid.UUID | str) -> Job:
     from .dependencies import fail_dependants
 
     jid = _to_uuid(job_id)
-    now = _now(db)
+    now = backend_of(db).now()
     row = (await db.execute(
         update(jobs_table)
         .where(jobs_table.c.id == jid, jobs_table.c.status.in_(ELIGIBLE_VALUES))
@@ -865,7 +644,7 @@ async def retry_job(db: AsyncSession, job_id: uuid.UUID | str) -> Job:
     from .dependencies import revive_dependants
 
     jid = _to_uuid(job_id)
-    now = _now(db)
+    now = backend_of(db).now()
     row = (await db.execute(
         update(jobs_table)
         .where(jobs_table.c.id == jid, jobs_table.c.status.in_(("failed", "retry")))
@@ -927,7 +706,7 @@ async def prune(db: AsyncSession, older_than: timedelta,
     wanted = check_prunable(statuses)
     if batch_size < 1:
         raise InvalidTransition(f"batch_size must be >= 1, got {batch_size}")
-    cutoff = _now(db) - older_than
+    cutoff = backend_of(db).now() - older_than
     # The status test is repeated outside the subquery: a job retried between the two
     # is re-checked on its new row version and left alone.
     finished = and_(jobs_table.c.status.in_(wanted), jobs_table.c.finished_at.is_not(None),

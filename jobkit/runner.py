@@ -16,8 +16,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from . import checks
 from . import queue as queue_mod
+from .backends import backend_of
 from .config import Settings
-from .database import create_engine, describe_error, init_schema, make_sessionmaker
+from .database import attach_settings, create_engine, describe_error, init_schema, make_sessionmaker
 from .dispatcher import DISPATCH_TABLE, Handler, check_job, handler_options, register_handler
 from .errors import DatabaseURLError, InvalidParams, InvalidTransition, JobkitError, JobNotFound
 from .events import Callback, EventBus
@@ -103,7 +104,8 @@ class Runner:
 
     @property
     def backend(self) -> str:
-        return self.engine.dialect.name
+        """``"postgresql"`` or ``"sqlite"``."""
+        return backend_of(self.engine).NAME
 
     def __repr__(self) -> str:
         return f"<Runner {redact_url(self.engine.url)} handlers={sorted(self.handlers)}>"
@@ -463,7 +465,7 @@ class Runner:
 
     def _reading(self) -> AsyncSession:
         db = self.sessions()
-        db.info["jobkit.settings"] = self.settings
+        attach_settings(db, self.settings)
         return db
 
     async def jobs(self, status: str | _JobStatus | Iterable[str | _JobStatus] | None = None,

@@ -23,11 +23,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import func, select, update
-from sqlalchemy.dialects import postgresql as pg_dialect
-from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from . import queue
+from .backends import backend_of
 from .errors import InvalidTransition, JobkitError
 from .jsonutil import check_params
 from .models import Job, schedules_table, utcnow
@@ -169,8 +168,7 @@ def due_ticks(cron: str | None, every_seconds: float | None, last_tick: datetime
 
 
 def _insert(db: AsyncSession) -> Any:
-    return (pg_dialect.insert(schedules_table) if queue.is_postgres(db)
-            else sqlite_dialect.insert(schedules_table))
+    return backend_of(db).insert(schedules_table)
 
 
 async def upsert_schedule(db: AsyncSession, name: str, job_type: str,

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
+from .backends import backend_of
 from .errors import JobkitError, SchemaError, SchemaOutdated, SchemaTooNew
 
 if TYPE_CHECKING:
@@ -52,8 +53,6 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 VERSION_LOCATIONS: tuple[str, ...] = (str(MIGRATIONS_DIR / "versions"),)
 #: The revision a jobkit 0.1.0 database is.
 V010_REVISION = "0001"
-#: pg_advisory_xact_lock key of schema changes (jobkit 0.1.0's ``init_schema`` used it too).
-LOCK_KEY = 727274001
 VERSION_TABLE = "alembic_version"
 
 
@@ -176,12 +175,7 @@ async def read_state(engine: AsyncEngine) -> SchemaState:
     async with engine.connect() as conn:
         # One snapshot for all the reads: a process upgrading meanwhile must not show us
         # its jobkit_meta row without its alembic_version table.
-        if conn.dialect.name == "postgresql":
-            await conn.execution_options(isolation_level="REPEATABLE READ")
-        else:
-            from .database import sqlite_begin_snapshot
-
-            await conn.run_sync(sqlite_begin_snapshot)
+        await backend_of(conn).begin_snapshot(conn)
         state = await conn.run_sync(_read_state)
         await conn.rollback()
     return state
@@ -196,12 +190,7 @@ def _too_new(engine_url: Any, state: SchemaState) -> SchemaTooNew:
 
 async def _lock(conn: AsyncConnection) -> None:
     """Take the schema lock for the rest of ``conn``'s transaction."""
-    if conn.dialect.name == "postgresql":
-        await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": LOCK_KEY})
-    else:
-        from .database import sqlite_begin_immediate
-
-        await conn.run_sync(sqlite_begin_immediate)
+    await backend_of(conn).lock_schema(conn)
 
 
 def _upgrade_sync(conn: Connection, target: str) -> tuple[SchemaState, SchemaState]:
@@ -311,7 +300,7 @@ async def ensure_schema(engine: AsyncEngine, settings: Settings | None = None, *
     if state.status == "empty" and not create:
         raise SchemaError(f"{_shown(engine)} has no jobkit tables; create them with "
                           "`jobkit init` (or `jobkit migrate`)")
-    if state.status == "outdated" and engine.dialect.name != "sqlite" \
+    if state.status == "outdated" and not backend_of(engine).MIGRATES_ON_OPEN \
             and not settings.auto_migrate:
         raise SchemaOutdated(_shown(engine), str(state.revision), state.head)
     return (await upgrade(engine))[1]
@@ -365,8 +354,9 @@ def record_version(ctx: MigrationContext, step: MigrationInfo, heads: Collection
 
 def offline_preamble(ctx: MigrationContext, stamp_v010: bool) -> None:
     """The lock (and, for a 0.1.0 database, the stamp) at the top of an offline script."""
-    if ctx.dialect.name == "postgresql":
-        ctx.impl._exec(text(f"SELECT pg_advisory_xact_lock({LOCK_KEY})"))  # noqa: SLF001
+    lock = backend_of(ctx).SCHEMA_LOCK
+    if lock is not None:
+        ctx.impl._exec(lock)  # noqa: SLF001
     if stamp_v010:
         ctx.impl._exec(text(  # noqa: SLF001
             f"CREATE TABLE {VERSION_TABLE} (version_num VARCHAR(32) NOT NULL, "

@@ -19,6 +19,7 @@ from sqlalchemy import Float, and_, case, cast, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from . import queue
+from .backends import backend_of
 from .models import (
     ALL_STATUSES,
     CANCELLED,
@@ -62,7 +63,7 @@ async def queue_status_counts(db: AsyncSession) -> dict[str, dict[str, int]]:
 async def queue_depth(db: AsyncSession, *, queues: Sequence[str] | None = None) -> dict[str, int]:
     """``eligible``: waiting jobs whose ``run_at`` has passed (the queue depth);
     ``scheduled``: waiting jobs due later (delayed, or retries in their backoff)."""
-    now = queue._now(db)
+    now = backend_of(db).now()
     waiting = jobs_table.c.status.in_(ELIGIBLE_VALUES)
     stmt = select(
         func.count().filter(jobs_table.c.run_at <= now),
@@ -96,7 +97,7 @@ class WorkerInfo:
 
 
 def _alive_expr(db: AsyncSession, dead_after: float) -> Any:
-    cutoff = queue._now(db) - timedelta(seconds=dead_after)
+    cutoff = backend_of(db).now() - timedelta(seconds=dead_after)
     return and_(workers_table.c.state == "running", workers_table.c.last_heartbeat_at >= cutoff)
 
 
@@ -162,10 +163,7 @@ async def recent_failures(db: AsyncSession, limit: int = 10) -> list[Job]:
 # ---------------------------------------------------------------------------
 def _duration_seconds(db: AsyncSession) -> Any:
     """``finished_at - started_at`` in seconds, as SQL for this backend."""
-    if queue.is_postgres(db):
-        return func.extract("epoch", jobs_table.c.finished_at - jobs_table.c.started_at)
-    return (func.julianday(jobs_table.c.finished_at)
-            - func.julianday(jobs_table.c.started_at)) * 86400.0
+    return backend_of(db).seconds_between(jobs_table.c.finished_at, jobs_table.c.started_at)
 
 
 @dataclass

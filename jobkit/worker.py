@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func, update
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from . import queue
+from .backends import backend_of
 from .checks import check_queues
 from .config import Settings
 from .database import LazySession, describe_error, make_sessionmaker
@@ -43,7 +44,7 @@ from .execute import (
     run_job,
     summary_of,
 )
-from .models import Job, utcnow, workers_table
+from .models import Job, workers_table
 from .urls import redact_url
 
 log = logging.getLogger("jobkit")
@@ -456,17 +457,14 @@ class Worker:
             log.debug("could not report jobs done (%s); the heartbeat will", describe_error(exc))
 
     async def _beat(self, db: AsyncSession) -> None:
-        now = queue._now(db)
+        now = backend_of(db).now()
         await db.execute(update(workers_table).where(workers_table.c.id == self.id).values(
             last_heartbeat_at=now, jobs_done=self.stats.jobs_done, state="running"))
         self._reported_done = self.stats.jobs_done
         await db.commit()
 
     async def _mark_dead(self, db: AsyncSession) -> None:
-        if queue.is_postgres(db):
-            cutoff: Any = func.now() - timedelta(seconds=self.settings.dead_after)
-        else:
-            cutoff = utcnow() - timedelta(seconds=self.settings.dead_after)
+        cutoff = backend_of(db).now() - timedelta(seconds=self.settings.dead_after)
         res = await db.execute(update(workers_table).where(
             workers_table.c.state == "running",
             workers_table.c.last_heartbeat_at < cutoff).values(state="dead"))
@@ -484,7 +482,7 @@ class Worker:
 
     async def _insert_row(self) -> None:
         async with self.sessions() as db:
-            now = queue._now(db)
+            now = backend_of(db).now()
             await db.execute(workers_table.insert().values(
                 id=self.id, hostname=socket.gethostname(), pid=os.getpid(),
                 concurrency=self.concurrency, queues=self.queues, state="running",
@@ -498,7 +496,7 @@ class Worker:
             async with self.sessions() as db:
                 await db.execute(update(workers_table).where(workers_table.c.id == self.id)
                                  .values(state="stopped", jobs_done=self.stats.jobs_done,
-                                         last_heartbeat_at=queue._now(db)))
+                                         last_heartbeat_at=backend_of(db).now()))
                 await db.commit()
         except DB_ERRORS as exc:
             log.warning("could not mark worker %s stopped: %s", self.id, describe_error(exc))

@@ -14,7 +14,8 @@ from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 import jobkit
-from jobkit.database import session_used, write_gate
+from jobkit.backends.sqlite import write_gate
+from jobkit.database import session_used
 
 
 def count_checkouts(runner: jobkit.Runner) -> list[int]:

@@ -12,7 +12,7 @@ import pytest
 from test_worker import JOBKIT_BIN, start_worker, stop, wait_until, worker_env
 
 import jobkit
-from jobkit import queue
+from jobkit.backends import backend_of
 from jobkit.errors import InvalidTransition
 from jobkit.models import JobStatus
 
@@ -105,7 +105,8 @@ async def test_the_claim_of_one_queue_uses_the_queue_index(runner: jobkit.Runner
         await db.execute(text("ANALYZE jobs" if pg else "ANALYZE"))
         await db.commit()
         until = "now()" if pg else "'9999'"
-        deps_done, unlimited = queue.claim_predicates(runner.backend)
+        backend = backend_of(runner.backend)
+        deps_done, unlimited = backend.DEPS_DONE, backend.UNLIMITED
         where = (f"status IN ('pending', 'retry') AND run_at <= {until} "
                  f"AND {{queue}} AND {unlimited} AND {deps_done} "
                  "ORDER BY priority DESC, created_at, id LIMIT 10")

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import delete, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ..config import Settings
+from ..database import settings_of
 from ..errors import PermanentError
 from ..models import Clip, Job, VideoAsset, new_id
 from ..progress import current_tracker, report_progress
@@ -34,12 +34,6 @@ def visual_score(filename: str, duration_ms: int, index: int) -> float:
 def clip_bounds(duration_ms: int) -> list[tuple[int, int]]:
     """One clip per 20 s; the last one may be shorter."""
     return [(start, min(start + CLIP_MS, duration_ms)) for start in range(0, duration_ms, CLIP_MS)]
-
-
-def settings_of(db: AsyncSession) -> Settings:
-    """The settings of the worker running this job (from the environment otherwise)."""
-    found = db.info.get("jobkit.settings")
-    return found if isinstance(found, Settings) else Settings.from_env()
 
 
 def check_cut_analysis_params(params: dict[str, Any]) -> None:

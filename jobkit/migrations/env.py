@@ -13,9 +13,10 @@ import asyncio
 from typing import Any
 
 from alembic import context
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, make_url
 
 from jobkit import schema
+from jobkit.backends import backend_of
 from jobkit.models import Base
 
 config = context.config
@@ -27,9 +28,9 @@ def _configure(**kwargs: Any) -> None:
 
 
 def run_offline() -> None:
-    url = config.get_main_option("sqlalchemy.url") or ""
-    _configure(dialect_name="sqlite" if url.startswith("sqlite") else "postgresql",
-               literal_binds=True)
+    url = make_url(config.get_main_option("sqlalchemy.url") or "")
+    # The backend's default dialect (no driver is loaded to write SQL).
+    _configure(url=f"{backend_of(url).NAME}://", literal_binds=True)
     with context.begin_transaction():
         schema.offline_preamble(context.get_context(),
                                 bool(config.attributes.get("stamp_v010")))

@@ -1,0 +1,98 @@
+"""The two database backends, side by side: every dialect difference and every literal SQL
+statement lives in :mod:`jobkit.backends.postgres` or :mod:`jobkit.backends.sqlite`, under the
+same names (listed by :class:`Backend`). Everything else asks for the backend of what it holds:
+
+    backend = backend_of(db)          # a session, engine, connection, dialect or name
+    rows = await db.execute(backend.CLAIM[shape], {**params, **backend.lease_params(60)})
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from typing import Any, Protocol
+
+from sqlalchemy import Table, TextualSelect
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import TextClause
+
+from ..models import Job
+from . import postgres, sqlite
+from .common import ClaimShape
+
+__all__ = ["Backend", "ClaimShape", "backend_of", "postgres", "sqlite"]
+
+
+class Backend(Protocol):
+    """What each backend module provides (``jobkit.backends.postgres`` / ``.sqlite``)."""
+
+    #: The SQLAlchemy dialect name: ``"postgresql"`` or ``"sqlite"``.
+    NAME: str
+    #: One connection writes at a time (a write may wait for another transaction).
+    SINGLE_WRITER: bool
+    #: An older schema is upgraded on open without ``JOBKIT_AUTO_MIGRATE``.
+    MIGRATES_ON_OPEN: bool
+    #: Claim predicates (literal SQL): no unfinished dependency / no ``max_running`` limit.
+    DEPS_DONE: str
+    UNLIMITED: str
+    #: The claim, one prebuilt statement per :class:`ClaimShape`.
+    CLAIM: dict[ClaimShape, TextualSelect]
+    #: One job's fenced completion; many in one statement; many jobs inserted in one.
+    COMPLETE: Any
+    COMPLETE_MANY: TextualSelect
+    INSERT_MANY: TextClause
+    #: The schema lock as SQL for an offline script (None: the transaction is the lock).
+    SCHEMA_LOCK: Any
+
+    # The database clock.
+    def now(self) -> Any: ...  # "now" for a statement: an SQL clock or a value
+    def clock_params(self) -> dict[str, Any]: ...  # the bound values statements' clock needs
+    async def clock(self, db: AsyncSession) -> datetime: ...  # the current time, read
+    def seconds_between(self, later: Any, earlier: Any) -> Any: ...  # SQL
+    def insert(self, table: Table) -> Any: ...  # INSERT with on_conflict_do_*()
+
+    # Statements' bound values.
+    def lease_params(self, lease_seconds: float) -> dict[str, Any]: ...
+    def complete_many_params(self, items: Sequence[tuple[Job, Any]],
+                             worker_id: str) -> dict[str, Any]: ...
+    def insert_many_params(self, rows: Sequence[Mapping[str, Any]],
+                           now: datetime) -> dict[str, Any]: ...
+    async def begin_limited_claim(self, db: AsyncSession, job_type: str,
+                                  commit: bool) -> bool: ...
+
+    # Transactions.
+    async def one_statement_transaction(self, db: AsyncSession) -> None: ...
+    async def execute_alone(self, conn: AsyncConnection, statement: Any,
+                            params: Any) -> None: ...
+    async def begin_snapshot(self, conn: AsyncConnection) -> None: ...
+    async def lock_schema(self, conn: AsyncConnection) -> None: ...
+
+    # Engines.
+    def url_problem(self, url: URL) -> str | None: ...
+    def engine_options(self, url: URL, kwargs: dict[str, Any]) -> None: ...
+    def install(self, engine: AsyncEngine, kwargs: Mapping[str, Any]) -> None: ...
+
+    # Wake-ups from other processes.
+    async def watch(self, engine: AsyncEngine, wake: Callable[[], None],
+                    stop: asyncio.Event) -> None: ...
+
+
+_BY_NAME: dict[str, Backend] = {postgres.NAME: postgres, sqlite.NAME: sqlite}
+
+
+def backend_of(bind: Any) -> Backend:
+    """The backend of a session, engine, connection, dialect, migration context, URL, or
+    backend name (``"postgresql"``, ``"sqlite"``)."""
+    if isinstance(bind, AsyncSession | Session):
+        bind = bind.get_bind()
+    elif isinstance(bind, URL):
+        bind = bind.get_backend_name()
+    name = bind if isinstance(bind, str) else getattr(bind, "dialect", bind).name
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise ValueError(f"no jobkit backend for {name!r}; jobkit runs on "
+                         f"{' or '.join(_BY_NAME)}") from None

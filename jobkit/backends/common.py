@@ -1,0 +1,106 @@
+"""What the two backends share: statement shapes that differ only in their clock, and small
+helpers of their connection hooks. Nothing here branches on the backend."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from sqlalchemy import Integer, TextualSelect, Uuid, bindparam, text, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import PendingRollbackError, ResourceClosedError
+
+from ..models import JobStatus, JSONType, jobs_table
+
+#: Statements that only read: they run outside any SQLite transaction (see
+#: :mod:`jobkit.backends.sqlite`) and do not make a transaction count as "wrote".
+READ_PREFIXES = ("SELECT", "PRAGMA", "EXPLAIN", "SAVEPOINT", "RELEASE")
+
+JOB_COLUMNS = tuple(jobs_table.c)
+_RETURNING = ", ".join(c.name for c in JOB_COLUMNS)
+
+
+class ClaimShape(NamedTuple):
+    """Which claim statement: the filters a call needs.
+
+    ``typed``: only some job types. ``queued``: 0 = every queue, 1 = one queue (walks
+    ``ix_jobs_eligible_queue`` in claim order), 2 = several queues (walks
+    ``ix_jobs_eligible`` and skips other queues' jobs). ``limited``: claim one type that
+    has a ``max_running`` limit, no more than its room.
+    """
+
+    typed: bool
+    queued: int
+    limited: bool
+
+
+# Room left under a type's limit: its max_running minus its running jobs, at most :n.
+ROOM = ("COALESCE((SELECT max_running FROM job_type_limits WHERE job_type = :limited)"
+        " - (SELECT count(*) FROM jobs WHERE status = 'processing' AND job_type = :limited),"
+        " :n)")
+
+
+def claim_statements(template: str, *, deps_done: str, unlimited: str, room_limit: str,
+                     binds: tuple[Any, ...], index: tuple[str, str] = ("", "")
+                     ) -> dict[ClaimShape, TextualSelect]:
+    """Every shape of a backend's claim ``template``, built once at import (building a
+    statement and its cache key costs more than the database's work for a small claim).
+
+    ``template`` has ``{filters}``, ``{limit}``, ``{index}`` and ``{columns}`` slots;
+    ``room_limit`` is the limited claim's LIMIT with a ``{room}`` slot; ``index``: the
+    index for every queue / for one queue (SQLite's ``INDEXED BY``).
+    """
+    out = {}
+    for typed in (False, True):
+        for queued in (0, 1, 2):
+            for limited in (False, True):
+                filters = []
+                shape_binds = [bindparam("n", type_=Integer), *binds]
+                if typed:
+                    filters.append("job_type IN :types")
+                    shape_binds.append(bindparam("types", expanding=True))
+                if queued == 1:
+                    filters.append("queue = :queue")
+                elif queued > 1:
+                    filters.append("queue IN :queues")
+                    shape_binds.append(bindparam("queues", expanding=True))
+                filters.append("job_type = :limited" if limited else unlimited)
+                filters.append(deps_done)
+                sql = template.format(
+                    filters="".join(f"\n          AND {f}" for f in filters),
+                    limit=room_limit.format(room=ROOM) if limited else ":n",
+                    index=index[1] if queued == 1 else index[0], columns=_RETURNING)
+                out[ClaimShape(typed, queued, limited)] = (
+                    text(sql).bindparams(*shape_binds).columns(*JOB_COLUMNS))
+    return out
+
+
+_COMPLETED_VALUES = {"status": JobStatus.COMPLETED.value, "error": None, "locked_by": None,
+                     "locked_until": None, "progress": 1.0}
+
+
+def complete_statement(now: Any) -> Any:
+    """One job's fenced completion, stamped with ``now`` (an SQL clock or a bound value)."""
+    return (update(jobs_table)
+            .where(jobs_table.c.id == bindparam("job_id", type_=Uuid),
+                   jobs_table.c.attempts == bindparam("attempt", type_=Integer),
+                   jobs_table.c.locked_by == bindparam("worker_id"),
+                   jobs_table.c.status == JobStatus.PROCESSING.value)
+            .values(result=bindparam("result", type_=JSONType), finished_at=now,
+                    updated_at=now, **_COMPLETED_VALUES)
+            .returning(jobs_table.c.finished_at))
+
+
+def connection_info(conn: Connection) -> dict[Any, Any] | None:
+    """``conn.info``, or None when the connection was invalidated or closed.
+
+    A transaction-end listener runs while SQLAlchemy rolls back a connection that a
+    cancellation (or a dropped server) invalidated. Reading ``conn.info`` there raises
+    ``PendingRollbackError``, which would replace the ``CancelledError`` in flight: the
+    caller's cancellation would turn into an ordinary database error and be retried.
+    """
+    if conn.invalidated or conn.closed:
+        return None
+    try:
+        return conn.info
+    except (PendingRollbackError, ResourceClosedError):
+        return None

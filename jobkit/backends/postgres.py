@@ -1,0 +1,302 @@
+"""PostgreSQL (asyncpg): its clock, its statements, its connection hooks, its wake-ups.
+
+The same names as :mod:`jobkit.backends.sqlite`, so the two read side by side; see
+:class:`jobkit.backends.Backend` for the list.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Interval, Table, bindparam, event, func, select, text
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from sqlalchemy.util import await_only
+
+from ..jsonutil import dumps
+from ..models import CLAIM_ORDER_SQL, Job, UTCDateTime, jobs_table, limits_table, utcnow
+from .common import claim_statements, complete_statement
+
+log = logging.getLogger("jobkit")
+
+NAME = "postgresql"
+#: Several connections write at once (row locks, not one database lock).
+SINGLE_WRITER = False
+#: An older schema is upgraded only with ``JOBKIT_AUTO_MIGRATE=true`` (a shared server:
+#: ``jobkit migrate`` is an operator's decision).
+MIGRATES_ON_OPEN = False
+
+
+# ---------------------------------------------------------------------------
+# The clock: the server's, so leases do not depend on any machine's clock
+# ---------------------------------------------------------------------------
+def now() -> Any:
+    """"Now" on the database clock, for a statement: ``now()`` (the transaction's start)."""
+    return func.now()
+
+
+def clock_params() -> dict[str, Any]:
+    """The bound values a statement's clock needs: none, it reads ``now()`` itself."""
+    return {}
+
+
+async def clock(db: AsyncSession) -> datetime:
+    """The database clock's current time (read from the server)."""
+    value = (await db.execute(select(func.clock_timestamp()))).scalar_one()
+    return value if isinstance(value, datetime) else utcnow()
+
+
+def seconds_between(later: Any, earlier: Any) -> Any:
+    """``later - earlier`` in seconds, as SQL."""
+    return func.extract("epoch", later - earlier)
+
+
+def insert(table: Table) -> Any:
+    """An INSERT with ``on_conflict_do_nothing`` / ``on_conflict_do_update``."""
+    return pg_dialect.insert(table)
+
+
+# ---------------------------------------------------------------------------
+# The claim
+# ---------------------------------------------------------------------------
+# Claim predicates as literal SQL. A job waits for its dependencies (``after=``) by this NOT
+# EXISTS, evaluated in the claim itself: it needs no bookkeeping when a dependency completes
+# (nothing can miss an update), and it costs one primary-key probe per candidate the index
+# walk meets. Types with a ``max_running`` limit are left to the limited claim.
+#
+# ``OFFSET 0`` keeps each NOT EXISTS a per-row probe (a SubPlan) instead of letting the
+# planner turn it into a hash anti-join, whose output it treats as unordered: it then sorted
+# every waiting job on every claim instead of walking the index.
+DEPS_DONE = ("NOT EXISTS (SELECT 1 FROM job_dependencies d JOIN jobs p ON p.id = d.depends_on"
+             " WHERE d.job_id = jobs.id AND p.status <> 'completed' OFFSET 0)")
+UNLIMITED = ("NOT EXISTS (SELECT 1 FROM job_type_limits l WHERE l.job_type = jobs.job_type"
+             " OFFSET 0)")
+
+# Atomic thanks to the row locks: a claim skips the rows another claim has locked. The
+# filter is literal text, not bound parameters: only then can the generic plans use the
+# partial index ix_jobs_eligible, whose predicate is this same expression.
+_CLAIM = f"""
+    UPDATE jobs SET status = 'processing', attempts = attempts + 1, locked_by = :worker_id,
+           locked_until = now() + :lease, started_at = now(), updated_at = now(),
+           finished_at = NULL, progress = NULL, progress_message = NULL, progress_at = NULL
+    WHERE id IN (
+        SELECT id FROM jobs
+        WHERE status IN ('pending', 'retry') AND run_at <= now(){{filters}}
+        ORDER BY {CLAIM_ORDER_SQL}
+        LIMIT {{limit}}
+        FOR UPDATE SKIP LOCKED)
+    RETURNING {{columns}}"""
+#: Every shape of the claim (see :class:`~jobkit.backends.common.ClaimShape`).
+CLAIM = claim_statements(_CLAIM, deps_done=DEPS_DONE, unlimited=UNLIMITED,
+                         room_limit="GREATEST(0, LEAST(:n, {room}))",
+                         binds=(bindparam("lease", type_=Interval()),))
+
+
+def lease_params(lease_seconds: float) -> dict[str, Any]:
+    """The claim's bound values for a lease of ``lease_seconds``."""
+    return {"lease": timedelta(seconds=lease_seconds)}
+
+
+_LOCK_LIMIT = (select(limits_table.c.max_running)
+               .where(limits_table.c.job_type == bindparam("job_type"))
+               .with_for_update(skip_locked=True))
+
+
+async def begin_limited_claim(db: AsyncSession, job_type: str, commit: bool) -> bool:
+    """Prepare the claim of one limited type; False: skip the type this time.
+
+    Two statements, one transaction: the lock of the type's limit row first, so that the
+    claim's own snapshot (taken after it) sees every running job of this type, and two
+    claims cannot both see the same room. False when another claim holds the lock.
+    """
+    return (await db.execute(_LOCK_LIMIT, {"job_type": job_type})).first() is not None
+
+
+# ---------------------------------------------------------------------------
+# Finishing: one job, and many in one statement (fenced)
+# ---------------------------------------------------------------------------
+#: One job's fenced completion (``:job_id``, ``:attempt``, ``:worker_id``, ``:result``).
+COMPLETE = complete_statement(func.now())
+
+# Many fenced completions in one statement whose text does not depend on the batch size (so it
+# is compiled once): the batch travels as arrays, and each result is already JSON text.
+COMPLETE_MANY = text("""
+    WITH v (id, att, res) AS (
+        SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:attempts AS integer[]),
+                             CAST(:results AS jsonb[])))
+    UPDATE jobs SET status = 'completed', result = v.res, error = NULL, finished_at = now(),
+           updated_at = now(), locked_by = NULL, locked_until = NULL, progress = 1
+    FROM v
+    WHERE jobs.id = v.id AND jobs.attempts = v.att AND jobs.locked_by = :worker_id
+      AND jobs.status = 'processing'
+    RETURNING jobs.id, jobs.finished_at""").columns(jobs_table.c.id, jobs_table.c.finished_at)
+
+
+def complete_many_params(items: Sequence[tuple[Job, Any]], worker_id: str) -> dict[str, Any]:
+    """:data:`COMPLETE_MANY`'s bound values for these (job, result) pairs."""
+    return {"ids": [j.id for j, _ in items], "attempts": [j.attempts for j, _ in items],
+            "results": [dumps(r) for _, r in items], "worker_id": worker_id}
+
+
+# ---------------------------------------------------------------------------
+# Enqueue: many jobs in one statement
+# ---------------------------------------------------------------------------
+# INSERT … SELECT FROM unnest(arrays), compiled once: a plain executemany on asyncpg inserts
+# row by row and fires the NOTIFY trigger per job.
+INSERT_MANY = text("""
+    INSERT INTO jobs (id, job_type, queue, status, params, result, attempts, max_attempts,
+                      priority, timeout, cancel_requested, run_at, created_at, updated_at)
+    SELECT id, job_type, queue, 'pending', params, 'null'::jsonb, 0, max_attempts, priority,
+           timeout, false, run_at, :now, :now
+    FROM unnest(CAST(:ids AS uuid[]), CAST(:types AS text[]), CAST(:queues AS text[]),
+                CAST(:params AS jsonb[]), CAST(:max_attempts AS integer[]),
+                CAST(:priorities AS integer[]), CAST(:timeouts AS float8[]),
+                CAST(:run_ats AS timestamptz[]))
+         AS v(id, job_type, queue, params, max_attempts, priority, timeout, run_at)
+    """).bindparams(bindparam("now", type_=UTCDateTime))
+
+
+def insert_many_params(rows: Sequence[Mapping[str, Any]], now: datetime) -> dict[str, Any]:
+    """:data:`INSERT_MANY`'s bound values for these job rows (``queue.build_job_row``)."""
+    return {"ids": [r["id"] for r in rows], "types": [r["job_type"] for r in rows],
+            "queues": [r["queue"] for r in rows],
+            "params": [dumps(r["params"]) for r in rows],
+            "max_attempts": [r["max_attempts"] for r in rows],
+            "priorities": [r["priority"] for r in rows],
+            "timeouts": [r["timeout"] for r in rows], "run_ats": [r["run_at"] for r in rows],
+            "now": now}
+
+
+# ---------------------------------------------------------------------------
+# Transactions of one statement
+# ---------------------------------------------------------------------------
+async def one_statement_transaction(db: AsyncSession) -> None:
+    """Let a fresh session's single statement run without an explicit transaction:
+    autocommit (one statement is atomic on its own; BEGIN/COMMIT only added round trips)."""
+    if db.in_transaction():
+        return
+    await db.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+
+
+async def execute_alone(conn: AsyncConnection, statement: Any, params: Any) -> None:
+    """Run ``statement`` as its own transaction on a fresh pooled connection (autocommit)."""
+    await conn.execution_options(isolation_level="AUTOCOMMIT")
+    await conn.execute(statement, params)
+
+
+# ---------------------------------------------------------------------------
+# Engine: URL checks, options, hooks
+# ---------------------------------------------------------------------------
+def url_problem(url: URL) -> str | None:
+    """What a URL for this backend should be instead, or None when it is fine."""
+    if "sslmode" in url.query:
+        return (f"asyncpg's spelling of the TLS option: ?ssl={url.query['sslmode']} "
+                "instead of ?sslmode=…")
+    return None
+
+
+def engine_options(url: URL, kwargs: dict[str, Any]) -> None:
+    """Fill in this backend's defaults for ``create_async_engine``."""
+    kwargs.setdefault("pool_pre_ping", False)
+
+
+def install(engine: AsyncEngine, kwargs: Mapping[str, Any]) -> None:
+    """Install this backend's hooks on a new engine (made with ``kwargs``)."""
+    if not kwargs["pool_pre_ping"]:
+        _install_light_ping(engine)
+
+
+def _install_light_ping(engine: AsyncEngine) -> None:
+    """Check every pooled connection before use, in one round trip.
+
+    Same guarantee as SQLAlchemy's ``pool_pre_ping`` (a connection dropped by a restart or
+    ``pg_terminate_backend`` is replaced, not handed to the caller), but its asyncpg ping
+    costs three round trips (BEGIN, ping, ROLLBACK) on every checkout, more than the
+    one-statement transactions of the hot path.
+    """
+    sync_engine = engine.sync_engine
+
+    @event.listens_for(sync_engine, "checkout")
+    def _checkout(dbapi_conn: Any, record: Any, proxy: Any) -> None:
+        raw = getattr(dbapi_conn, "_connection", None)
+        try:
+            if raw is None:
+                dbapi_conn.ping()
+            elif raw.is_closed():  # the server's close already reached us: no round trip
+                raise ConnectionError("closed by the server")
+            else:
+                await_only(raw.fetchrow(";"))
+        except Exception as exc:  # the pool replaces the connection and tries again
+            raise DisconnectionError(f"stale pooled connection: {exc}") from exc
+
+
+# ---------------------------------------------------------------------------
+# Schema: one snapshot for reads, one lock for upgrades
+# ---------------------------------------------------------------------------
+#: The advisory lock that serialises schema upgrades (``jobkit migrate``, opening); jobkit
+#: 0.1.0's ``init_schema`` used it too.
+SCHEMA_LOCK_KEY = 727274001
+#: Taking the schema lock, as SQL (also at the top of ``jobkit migrate --sql``'s script).
+SCHEMA_LOCK: Any = text(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK_KEY})")
+
+
+async def begin_snapshot(conn: AsyncConnection) -> None:
+    """Make ``conn``'s next reads all see one snapshot."""
+    await conn.execution_options(isolation_level="REPEATABLE READ")
+
+
+async def lock_schema(conn: AsyncConnection) -> None:
+    """Take the schema lock for the rest of ``conn``'s transaction."""
+    await conn.execute(SCHEMA_LOCK)
+
+
+# ---------------------------------------------------------------------------
+# Wake-ups from other processes: LISTEN/NOTIFY
+# ---------------------------------------------------------------------------
+#: The channel of the ``jobkit_notify_jobs`` trigger (migration 0001): a statement trigger
+#: on ``jobs`` sends the new job ids (at most 20) at commit.
+CHANNEL = "jobkit_jobs"
+
+
+async def watch(engine: AsyncEngine, wake: Callable[[], None], stop: asyncio.Event) -> None:
+    """Call ``wake()`` at every NOTIFY, on a dedicated asyncpg connection that ``LISTEN``\\ s
+    and reconnects when it drops."""
+    import asyncpg
+
+    dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    delay = 0.1
+    while not stop.is_set():
+        conn = None
+        try:
+            conn = await asyncpg.connect(dsn)
+            await conn.add_listener(CHANNEL, lambda *_: wake())
+            wake()  # we may have missed notifications while (re)connecting
+            delay = 0.1
+            while not stop.is_set() and not conn.is_closed():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(1.0):
+                        await stop.wait()
+                if not stop.is_set():
+                    # A cheap liveness check: a dropped connection raises here.
+                    await conn.execute("SELECT 1")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - keep listening through outages
+            log.warning("jobkit LISTEN connection lost (%s); reconnecting in %.1fs",
+                        type(exc).__name__, delay)
+        finally:
+            if conn is not None and not conn.is_closed():
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(conn.close(), 2)
+        if not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await stop.wait()
+            delay = min(delay * 2, 5.0)

@@ -1,0 +1,588 @@
+"""SQLite (aiosqlite, the embedded default): its clock, its statements, its connection hooks,
+its wake-ups.
+
+The same names as :mod:`jobkit.backends.postgres`, so the two read side by side; see
+:class:`jobkit.backends.Backend` for the list.
+
+SQLite is made safe for several worker processes: WAL, a busy timeout, and a
+transaction that takes the write lock (``BEGIN IMMEDIATE``) *before its first
+write*. Reads before that run outside any transaction, so a handler that reads,
+thinks for a while and then writes never holds the database's single write
+lock while it thinks, and a write never has to "upgrade" a read transaction
+(the source of "database is locked" errors that a busy timeout cannot cure).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import os
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Table, bindparam, event, func, text
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.engine import URL, Connection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from sqlalchemy.util import await_only
+
+from ..jsonutil import dumps
+from ..models import CLAIM_ORDER_SQL, Job, UTCDateTime, jobs_table, utcnow
+from .common import READ_PREFIXES, claim_statements, complete_statement, connection_info
+
+log = logging.getLogger("jobkit")
+
+NAME = "sqlite"
+#: One connection writes at a time: a write may wait for another session's transaction.
+SINGLE_WRITER = True
+#: An older schema is upgraded when the database is opened (an embedded file has one owner).
+MIGRATES_ON_OPEN = True
+BUSY_TIMEOUT_MS = 30_000
+WATCH_INTERVAL = 0.005
+
+
+# ---------------------------------------------------------------------------
+# The clock: this process's (SQLite has none worth sharing between processes)
+# ---------------------------------------------------------------------------
+def now() -> Any:
+    """"Now" on the database clock, for a statement: this process's UTC clock."""
+    return utcnow()
+
+
+def clock_params() -> dict[str, Any]:
+    """The bound values a statement's clock needs: ``:now``."""
+    return {"now": utcnow()}
+
+
+async def clock(db: AsyncSession) -> datetime:
+    """The database clock's current time."""
+    return utcnow()
+
+
+def seconds_between(later: Any, earlier: Any) -> Any:
+    """``later - earlier`` in seconds, as SQL."""
+    return (func.julianday(later) - func.julianday(earlier)) * 86400.0
+
+
+def insert(table: Table) -> Any:
+    """An INSERT with ``on_conflict_do_nothing`` / ``on_conflict_do_update``."""
+    return sqlite_dialect.insert(table)
+
+
+# ---------------------------------------------------------------------------
+# The claim
+# ---------------------------------------------------------------------------
+# Claim predicates as literal SQL: see jobkit.backends.postgres (without its OFFSET 0).
+DEPS_DONE = ("NOT EXISTS (SELECT 1 FROM job_dependencies d JOIN jobs p ON p.id = d.depends_on"
+             " WHERE d.job_id = jobs.id AND p.status <> 'completed')")
+UNLIMITED = "NOT EXISTS (SELECT 1 FROM job_type_limits l WHERE l.job_type = jobs.job_type)"
+
+# Atomic because it runs as one statement holding SQLite's write lock (one writer at a
+# time). The filter is literal text, not bound parameters: only then can SQLite use the
+# partial index ix_jobs_eligible, whose predicate is this same expression (with
+# ``IN (?, ?)`` it sorted every waiting job on every claim). INDEXED BY: SQLite's planner
+# otherwise prefers ix_jobs_status_finished and sorts every waiting job on every claim.
+_CLAIM = f"""
+    UPDATE jobs SET status = 'processing', attempts = attempts + 1, locked_by = :worker_id,
+           locked_until = :until, started_at = :now, updated_at = :now,
+           finished_at = NULL, progress = NULL, progress_message = NULL, progress_at = NULL
+    WHERE id IN (
+        SELECT id FROM jobs INDEXED BY {{index}}
+        WHERE status IN ('pending', 'retry') AND run_at <= :now{{filters}}
+        ORDER BY {CLAIM_ORDER_SQL}
+        LIMIT {{limit}})
+    RETURNING {{columns}}"""
+#: Every shape of the claim (see :class:`~jobkit.backends.common.ClaimShape`).
+CLAIM = claim_statements(_CLAIM, deps_done=DEPS_DONE, unlimited=UNLIMITED,
+                         room_limit="max(0, min(:n, {room}))",
+                         binds=(bindparam("now", type_=UTCDateTime),
+                                bindparam("until", type_=UTCDateTime)),
+                         index=("ix_jobs_eligible", "ix_jobs_eligible_queue"))
+
+
+def lease_params(lease_seconds: float) -> dict[str, Any]:
+    """The claim's bound values for a lease of ``lease_seconds``."""
+    now = utcnow()
+    return {"now": now, "until": now + timedelta(seconds=lease_seconds)}
+
+
+async def begin_limited_claim(db: AsyncSession, job_type: str, commit: bool) -> bool:
+    """Prepare the claim of one limited type; False: skip the type this time.
+
+    The claim is one statement, so SQLite's write lock, taken when it starts, covers both
+    counting the type's running jobs and claiming.
+    """
+    if commit:
+        await one_statement_transaction(db)
+    return True
+
+
+# ---------------------------------------------------------------------------
+# Finishing: one job, and many in one statement (fenced)
+# ---------------------------------------------------------------------------
+#: One job's fenced completion (``:job_id``, ``:attempt``, ``:worker_id``, ``:result``,
+#: ``:now``).
+COMPLETE = complete_statement(bindparam("now", type_=UTCDateTime))
+
+# Many fenced completions in one statement whose text does not depend on the batch size (so it
+# is compiled once): the batch travels as one JSON array, and each result is already JSON
+# text. ``+status`` keeps the planner on the primary key (walking the batch) instead of the
+# status index (rescanning the batch for every running job).
+COMPLETE_MANY = text("""
+    WITH v (id, att, res) AS (
+        SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),
+               json_extract(value, '$[2]') FROM json_each(:batch))
+    UPDATE jobs SET status = 'completed', result = v.res, error = NULL,
+           finished_at = :now, updated_at = :now, locked_by = NULL, locked_until = NULL,
+           progress = 1
+    FROM v
+    WHERE jobs.id = v.id AND jobs.attempts = v.att
+      AND jobs.locked_by = :worker_id AND +jobs.status = 'processing'
+    RETURNING jobs.id, jobs.finished_at""").bindparams(bindparam("now", type_=UTCDateTime)).columns(
+        jobs_table.c.id, jobs_table.c.finished_at)
+
+
+def complete_many_params(items: Sequence[tuple[Job, Any]], worker_id: str) -> dict[str, Any]:
+    """:data:`COMPLETE_MANY`'s bound values for these (job, result) pairs."""
+    return {"batch": dumps([[j.id.hex, j.attempts, dumps(r)] for j, r in items]),
+            "now": utcnow(), "worker_id": worker_id}
+
+
+# ---------------------------------------------------------------------------
+# Enqueue: many jobs in one statement
+# ---------------------------------------------------------------------------
+# INSERT … SELECT FROM json_each, compiled once (a ``.values(rows)`` statement is compiled
+# anew every call).
+INSERT_MANY = text("""
+    INSERT INTO jobs (id, job_type, queue, status, params, result, attempts, max_attempts,
+                      priority, timeout, cancel_requested, run_at, created_at, updated_at)
+    SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[7]'),
+           'pending', json_extract(value, '$[2]'), 'null', 0, json_extract(value, '$[3]'),
+           json_extract(value, '$[4]'), json_extract(value, '$[5]'), 0,
+           json_extract(value, '$[6]'), :now, :now
+    FROM json_each(:batch)
+    """).bindparams(bindparam("now", type_=UTCDateTime))
+
+
+def _time(value: datetime) -> str:
+    """A datetime as SQLAlchemy stores it in SQLite (naive UTC text), for raw batches."""
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+
+
+def insert_many_params(rows: Sequence[Mapping[str, Any]], now: datetime) -> dict[str, Any]:
+    """:data:`INSERT_MANY`'s bound values for these job rows (``queue.build_job_row``)."""
+    return {"now": now, "batch": dumps([
+        [r["id"].hex, r["job_type"], dumps(r["params"]), r["max_attempts"],
+         r["priority"], None if r["timeout"] is None else float(r["timeout"]),
+         _time(r["run_at"]), r["queue"]] for r in rows])}
+
+
+# ---------------------------------------------------------------------------
+# Transactions of one statement, and how transactions begin
+# ---------------------------------------------------------------------------
+async def one_statement_transaction(db: AsyncSession) -> None:
+    """Let a fresh session's single statement run without an explicit transaction: no
+    ``BEGIN IMMEDIATE`` (see :func:`skip_begin`)."""
+    if db.in_transaction():
+        return
+    skip_begin((await db.connection()).sync_connection)  # type: ignore[arg-type]
+
+
+async def execute_alone(conn: AsyncConnection, statement: Any, params: Any) -> None:
+    """Run ``statement`` as its own transaction on a fresh pooled connection (no
+    ``BEGIN IMMEDIATE``, see :func:`skip_begin`)."""
+    await conn.begin()
+    skip_begin(conn.sync_connection)  # type: ignore[arg-type]
+    await conn.execute(statement, params)
+    await conn.commit()  # no COMMIT is sent: nothing is open
+
+
+def skip_begin(conn: Connection) -> None:
+    """Run this transaction's statements without ``BEGIN IMMEDIATE``.
+
+    For a transaction of ONE write statement: SQLite runs it atomically on its own and
+    takes the write lock when it starts (so it never has to upgrade a read), which is all
+    ``BEGIN IMMEDIATE`` gives; skipping it saves a round trip to aiosqlite's thread.
+    """
+    conn.info["jk_sqlite_begun"] = True
+
+
+def begin_immediate(conn: Connection) -> None:
+    """Open ``conn``'s transaction with ``BEGIN IMMEDIATE`` now (take the write lock first)."""
+    _begin(conn, "BEGIN IMMEDIATE")
+
+
+def _begin(conn: Connection, begin: str) -> None:
+    conn.exec_driver_sql("SELECT 1")  # SQLAlchemy's autobegin (a read: no BEGIN emitted)
+    conn.info["jk_sqlite_begun"] = True
+    conn.exec_driver_sql(begin)
+
+
+# ---------------------------------------------------------------------------
+# Schema: one snapshot for reads, one lock for upgrades
+# ---------------------------------------------------------------------------
+#: Taking the schema lock, as SQL for an offline script: none (the script's own
+#: transaction takes SQLite's write lock).
+SCHEMA_LOCK: Any = None
+
+
+async def begin_snapshot(conn: AsyncConnection) -> None:
+    """Open a deferred transaction, so ``conn``'s next reads all see one snapshot."""
+    await conn.run_sync(lambda sync: _begin(sync, "BEGIN"))
+
+
+async def lock_schema(conn: AsyncConnection) -> None:
+    """Take the schema lock (SQLite's write lock) for the rest of ``conn``'s transaction."""
+    await conn.run_sync(begin_immediate)
+
+
+# ---------------------------------------------------------------------------
+# Engine: URL checks, options, hooks
+# ---------------------------------------------------------------------------
+def url_problem(url: URL) -> str | None:
+    """What a URL for this backend should be instead, or None when it is fine."""
+    database = url.database or ""
+    if database in ("", ":memory:") or "mode=memory" in str(url):
+        return ("a SQLite *file* (an in-memory database cannot be shared by workers); "
+                "e.g. sqlite+aiosqlite:///./jobkit.db")
+    if database.startswith("file:"):  # a SQLite URI (e.g. ?mode=ro&uri=true)
+        database = database[5:].split("?", 1)[0]
+    folder = os.path.dirname(os.path.abspath(database))
+    if not os.path.isdir(folder):
+        return f"a file in an existing folder ({folder} does not exist)"
+    return None
+
+
+def engine_options(url: URL, kwargs: dict[str, Any]) -> None:
+    """Fill in this backend's defaults for ``create_async_engine``."""
+    if url.get_driver_name() == "aiosqlite":
+        kwargs.setdefault("module", _one_trip_aiosqlite())
+
+
+def install(engine: AsyncEngine, kwargs: Mapping[str, Any]) -> None:
+    """Install this backend's hooks on a new engine (made with ``kwargs``)."""
+    _install_hooks(engine)
+
+
+def _install_hooks(engine: AsyncEngine) -> None:
+    sync_engine = engine.sync_engine
+
+    @event.listens_for(sync_engine, "connect")
+    def _on_connect(dbapi_conn: Any, record: Any) -> None:
+        # Let us issue BEGIN ourselves; the driver's own implicit BEGIN is deferred.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.info["jk_sqlite_begun"] = False
+
+    gate = _GATES[sync_engine] = _WriteGate()
+
+    @event.listens_for(sync_engine, "before_cursor_execute")
+    def _before(conn: Connection, cursor: Any, statement: str, params: Any,
+                context: Any, executemany: bool) -> None:
+        if statement.lstrip()[:9].upper().startswith(READ_PREFIXES):
+            return  # reads before the first write run outside a transaction
+        # A write: take this process's turn at SQLite's write lock first (see _WriteGate).
+        gate.acquire(conn.connection.dbapi_connection)
+        if conn.info.get("jk_sqlite_begun", True) or not conn.in_transaction():
+            return
+        conn.info["jk_sqlite_begun"] = True
+        cursor.execute("BEGIN IMMEDIATE")
+
+    @event.listens_for(sync_engine, "after_cursor_execute")
+    def _after(conn: Connection, cursor: Any, statement: str, params: Any,
+               context: Any, executemany: bool) -> None:
+        # A lone write statement (no transaction open around it) has released SQLite's lock.
+        dbapi_conn = conn.connection.dbapi_connection
+        if gate.holds(dbapi_conn) and _idle(dbapi_conn):
+            gate.release(dbapi_conn)
+
+    @event.listens_for(sync_engine, "handle_error")
+    def _on_error(ctx: Any) -> None:
+        try:
+            raw = ctx.connection.connection.dbapi_connection if ctx.connection else None
+        except Exception:  # noqa: BLE001 - closed or invalidated: the pool events release it
+            return
+        if raw is not None and gate.holds(raw) and _idle(raw):
+            gate.release(raw)
+
+    # Every other way a connection's transaction ends releases its turn too: an invalidated
+    # (cancelled mid-statement) or closed connection, and, as a safety net, the check-in.
+    def _release_conn(dbapi_conn: Any, *_: Any) -> None:
+        if dbapi_conn is not None:
+            gate.release(dbapi_conn)
+
+    for name in ("invalidate", "soft_invalidate", "close", "close_detached", "detach",
+                 "checkin"):
+        event.listen(sync_engine.pool, name, _release_conn)
+
+    def _end(conn: Connection) -> None:
+        info = connection_info(conn)
+        if info is not None:
+            info["jk_sqlite_begun"] = True
+
+    event.listen(sync_engine, "commit", _end)
+    event.listen(sync_engine, "rollback", _end)
+
+    # COMMIT/ROLLBACK when SQLite has no transaction open (a lone autocommit statement, a
+    # read-only session, the pool's reset on check-in) are no-ops, but each still costs a
+    # round trip to aiosqlite's thread; sqlite3 knows the state without one.
+    dialect: Any = sync_engine.dialect
+    do_commit, do_rollback = dialect.do_commit, dialect.do_rollback
+
+    def _commit(dbapi_conn: Any) -> None:
+        try:
+            if not _idle(dbapi_conn):
+                do_commit(dbapi_conn)
+        finally:
+            if _idle(dbapi_conn):  # a failed COMMIT may leave the transaction open
+                gate.release(dbapi_conn)
+
+    def _rollback(dbapi_conn: Any) -> None:
+        try:
+            if not _idle(dbapi_conn):
+                do_rollback(dbapi_conn)
+        finally:
+            gate.release(dbapi_conn)
+
+    dialect.do_commit, dialect.do_rollback = _commit, _rollback
+
+
+class _WriteGate:
+    """This process's queue for SQLite's single write lock, one per engine.
+
+    SQLite lets one connection write at a time; the others wait in its busy handler,
+    which *sleeps* between tries (1, 2, 5, 10 … 100 ms). With many jobs of one worker
+    finishing at once, those sleeps, not the writes, made up most of the time. So the
+    engine's connections take turns on an ``asyncio.Lock`` (FIFO, handed over the moment
+    the holder's transaction ends) before ``BEGIN IMMEDIATE`` or a lone write statement;
+    SQLite's own lock and busy timeout still arbitrate between processes.
+
+    The turn is released when the connection's transaction ends: commit, rollback, a lone
+    statement's end, an error that left no transaction, and, for a connection invalidated
+    by a cancellation, closed or checked in, by the pool events. A waiter cancelled while
+    queued never holds it. A holder that keeps its transaction open for longer than the
+    busy timeout does not block the others forever: they go on to SQLite's busy handler.
+    """
+
+    def __init__(self) -> None:
+        self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = \
+            weakref.WeakKeyDictionary()
+        self._held: dict[int, asyncio.Lock] = {}  # id(DBAPI connection) → the lock it holds
+
+    @staticmethod
+    def _key(conn: Any) -> int:
+        # The DBAPI connection itself, whether given as is or through the pool's proxy
+        # (SQLAlchemy passes the proxy to do_commit / do_rollback).
+        return id(getattr(conn, "dbapi_connection", None) or conn)
+
+    def holds(self, dbapi_conn: Any) -> bool:
+        return self._key(dbapi_conn) in self._held
+
+    @property
+    def holders(self) -> int:
+        """Connections holding their turn now (0 or 1 while the gate works)."""
+        return len(self._held)
+
+    def acquire(self, dbapi_conn: Any) -> None:
+        """Wait (inside SQLAlchemy's greenlet) for this connection's turn to write."""
+        key = self._key(dbapi_conn)
+        if key in self._held:
+            return  # already its turn (a transaction's second write)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no event loop (not reached through the asyncio API): SQLite decides
+        lock = self._locks.get(loop)
+        if lock is None:
+            lock = self._locks[loop] = asyncio.Lock()
+        if lock.locked():
+            try:
+                await_only(_acquire_within(lock, BUSY_TIMEOUT_MS / 1000))
+            except TimeoutError:
+                return  # held too long by another connection: leave it to SQLite
+        else:
+            await_only(lock.acquire())  # free: returns at once
+        self._held[key] = lock
+
+    def release(self, dbapi_conn: Any) -> None:
+        lock = self._held.pop(self._key(dbapi_conn), None)
+        if lock is not None and lock.locked():
+            lock.release()
+
+
+async def _acquire_within(lock: asyncio.Lock, seconds: float) -> None:
+    # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation that
+    # arrives as the lock is handed over (and return holding it).
+    async with asyncio.timeout(seconds):
+        await lock.acquire()
+
+
+_GATES: weakref.WeakKeyDictionary[Any, _WriteGate] = weakref.WeakKeyDictionary()
+
+
+def write_gate(engine: AsyncEngine) -> _WriteGate | None:
+    """The SQLite engine's :class:`_WriteGate` (None on PostgreSQL)."""
+    return _GATES.get(engine.sync_engine)
+
+
+def _one_trip_aiosqlite() -> Any:
+    """SQLAlchemy's aiosqlite DBAPI adapter, with cursors that cost ONE trip to aiosqlite's
+    thread per statement.
+
+    The stock adapter makes up to four (create a cursor, execute, fetch the rows, close
+    the cursor), each a hand-off between the event loop and aiosqlite's thread that costs
+    more than a small statement itself on a busy machine. Here the four run as one call in
+    that thread (aiosqlite's own ``execute_fetchall`` does the same); results are buffered,
+    as the stock cursor buffers them too. Passed to the engine as its DBAPI ``module``.
+    """
+    import sqlite3
+
+    import aiosqlite
+    from sqlalchemy.dialects.sqlite.aiosqlite import (
+        AsyncAdapt_aiosqlite_connection,
+        AsyncAdapt_aiosqlite_cursor,
+        AsyncAdapt_aiosqlite_dbapi,
+    )
+    from sqlalchemy.util import EMPTY_DICT
+
+    def run(conn: sqlite3.Connection, operation: Any, parameters: Any,
+            many: bool) -> tuple[Any, int, Any, list[Any] | None]:
+        cur = conn.cursor()
+        try:
+            if many:
+                cur.executemany(operation, parameters)
+            elif parameters is None:
+                cur.execute(operation)
+            else:
+                cur.execute(operation, parameters)
+            desc = cur.description
+            rows = cur.fetchall() if desc else None
+            return desc, cur.rowcount, cur.lastrowid, rows
+        finally:
+            cur.close()
+
+    class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
+        __slots__ = ("_desc", "_rowcount", "_lastrowid", "_size")
+
+        def __init__(self, adapt_connection: Any) -> None:  # no aiosqlite cursor: no trip
+            self._adapt_connection = adapt_connection
+            self._connection = adapt_connection._connection
+            self._cursor = None  # type: ignore[assignment]
+            self._soft_closed_memoized = EMPTY_DICT
+            self._rows = collections.deque()
+            self._desc: Any = None
+            self._rowcount = -1
+            self._lastrowid: Any = None
+            self._size = 1
+
+        @property
+        def description(self) -> Any:
+            return self._desc
+
+        @property
+        def rowcount(self) -> int:
+            return self._rowcount
+
+        @property
+        def lastrowid(self) -> Any:
+            return self._lastrowid
+
+        @property
+        def arraysize(self) -> int:
+            return self._size
+
+        @arraysize.setter
+        def arraysize(self, value: int) -> None:
+            self._size = value
+
+        async def _run(self, operation: Any, parameters: Any, many: bool) -> None:
+            async with self._adapt_connection._execute_mutex:
+                aio = self._connection
+                self._desc, self._rowcount, self._lastrowid, rows = await aio._execute(
+                    run, aio._conn, operation, parameters, many)
+            self._rows = collections.deque(rows or ())
+
+        async def _execute_async(self, operation: Any, parameters: Any) -> Any:
+            await self._run(operation, parameters, False)
+
+        async def _executemany_async(self, operation: Any, seq_of_parameters: Any) -> Any:
+            await self._run(operation, seq_of_parameters, True)
+
+        async def _async_soft_close(self) -> None:
+            return  # nothing open: the rows are already here
+
+        def close(self) -> None:
+            self._rows.clear()
+
+        def nextset(self) -> None:
+            return None
+
+        def setinputsizes(self, *inputsizes: Any) -> None:
+            return None
+
+    class OneTripConnection(AsyncAdapt_aiosqlite_connection):
+        __slots__ = ()
+        _cursor_cls = OneTripCursor
+
+    class OneTripDBAPI(AsyncAdapt_aiosqlite_dbapi):
+        def connect(self, *arg: Any, **kw: Any) -> Any:
+            stock = super().connect(*arg, **kw)
+            return OneTripConnection(self, stock._connection)
+
+    return OneTripDBAPI(aiosqlite, sqlite3)
+
+
+def _idle(dbapi_conn: Any) -> bool:
+    """True when this aiosqlite connection is surely outside any SQLite transaction."""
+    try:
+        return not dbapi_conn._connection.in_transaction
+    except Exception:  # noqa: BLE001 - closed or unexpected: let the real call decide
+        return False
+
+
+# ---------------------------------------------------------------------------
+# Wake-ups from other processes: PRAGMA data_version
+# ---------------------------------------------------------------------------
+async def watch(engine: AsyncEngine, wake: Callable[[], None], stop: asyncio.Event) -> None:
+    """Call ``wake()`` when another connection commits: ``PRAGMA data_version`` changes
+    then; a dedicated connection reads it every few milliseconds (a microsecond query on a
+    page already in memory)."""
+    import aiosqlite
+
+    path = engine.url.database or ""
+    delay = 0.1
+    while not stop.is_set():
+        try:
+            async with aiosqlite.connect(path, uri=path.startswith("file:")) as conn:
+                last = None
+                while not stop.is_set():
+                    async with conn.execute("PRAGMA data_version") as cur:
+                        row = await cur.fetchone()
+                    value = row[0] if row else None
+                    if last is not None and value != last:
+                        wake()
+                    last = value
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(WATCH_INTERVAL):
+                            await stop.wait()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            log.warning("jobkit SQLite watcher failed (%s); retrying in %.1fs",
+                        type(exc).__name__, delay)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await stop.wait()
+            delay = min(delay * 2, 5.0)
