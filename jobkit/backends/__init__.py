@@ -86,7 +86,7 @@ _BY_NAME: dict[str, Backend] = {postgres.NAME: postgres, sqlite.NAME: sqlite}
 def backend_of(bind: Any) -> Backend:
     """The backend of a session, engine, connection, dialect, migration context, URL, or
     backend name (``"postgresql"``, ``"sqlite"``)."""
-    if isinstance(bind, AsyncSession | Session):
+    if isinstance(bind, (AsyncSession, Session)):
         bind = bind.get_bind()
     elif isinstance(bind, URL):
         bind = bind.get_backend_name()
