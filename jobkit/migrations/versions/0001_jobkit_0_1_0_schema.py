@@ -27,6 +27,12 @@ _TIME = sa.DateTime(timezone=True)
 _ELIGIBLE = "status IN ('pending', 'retry')"
 _ACTIVE = "status IN ('pending', 'retry', 'processing')"
 
+def _on_postgresql() -> bool:
+    """True on PostgreSQL (asyncpg online, the default dialect offline): the NOTIFY trigger
+    is PostgreSQL-only DDL."""
+    return isinstance(op.get_context().dialect, postgresql.base.PGDialect)
+
+
 _PG_NOTIFY = (
     """
     CREATE OR REPLACE FUNCTION jobkit_notify_jobs() RETURNS trigger AS $$
@@ -121,7 +127,7 @@ def upgrade() -> None:
     )
     op.create_index("ix_clips_job_id", "clips", ["job_id"])
     op.create_index("ix_clips_video_asset_id", "clips", ["video_asset_id"])
-    if op.get_context().dialect.name == "postgresql":
+    if _on_postgresql():
         for ddl in _PG_NOTIFY:
             op.execute(ddl)
     # jobkit 0.1.0 reads this row; later revisions keep it equal to their number.
@@ -129,7 +135,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    if op.get_context().dialect.name == "postgresql":
+    if _on_postgresql():
         op.execute("DROP TRIGGER IF EXISTS jobkit_notify_jobs ON jobs")
         op.execute("DROP FUNCTION IF EXISTS jobkit_notify_jobs()")
     for table in ("clips", "workers", "video_assets", "jobs", "jobkit_meta"):
