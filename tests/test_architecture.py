@@ -136,7 +136,6 @@ def test_the_graph_is_read_correctly() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
-@pytest.mark.xfail(reason="until the backends branch lands (lead removes this mark)", strict=False)
 def test_no_import_cycle_at_runtime() -> None:
     graph = import_graph()
     # The package itself re-exports the public names; every other module is below it.
@@ -151,7 +150,6 @@ def test_no_import_cycle_at_runtime() -> None:
 _DIALECT = re.compile(r"dialect\.name|\bis_postgres\b|\bis_sqlite\b")
 
 
-@pytest.mark.xfail(reason="until the backends branch lands (lead removes this mark)", strict=False)
 @pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(
     p.relative_to(PACKAGE)))
 def test_dialect_differences_live_in_the_backends(path: Path) -> None:
