@@ -24,8 +24,10 @@ from .models import (
     JobStatus,
     ahead_in_claim_order,
     dependencies_table,
+    is_worker_alive,
     jobs_table,
     limits_table,
+    worker_alive,
     workers_table,
 )
 
@@ -311,11 +313,8 @@ def _progress(row: Mapping[Any, Any], now: datetime) -> str:
 async def _queue_note(db: AsyncSession, queue_name: str, now: datetime,
                       settings: Settings, face: str = "python") -> str:
     """Which live workers serve the job's queue, in words."""
-    from datetime import timedelta
-
     rows = (await db.execute(select(workers_table.c.queues).where(
-        workers_table.c.state == "running",
-        workers_table.c.last_heartbeat_at > now - timedelta(seconds=settings.dead_after)))).all()
+        worker_alive(backend_of(db).now(), settings.dead_after)))).all()
     live = len(rows)
     serving = sum(1 for (qs,) in rows if qs is None or queue_name in qs)
     where = "" if queue_name == DEFAULT_QUEUE else f" of queue {queue_name!r}"
@@ -377,7 +376,7 @@ async def _explain_processing(db: AsyncSession, row: Mapping[Any, Any], base: di
         age = (now - worker["last_heartbeat_at"]).total_seconds()
         fields.update(worker_state=worker["state"], heartbeat_age_s=age)
         who = f"worker {wid} (host {worker['hostname']}, pid {worker['pid']})"
-        alive = worker["state"] == "running" and age < settings.dead_after
+        alive = is_worker_alive(worker["state"], age, settings.dead_after)
     else:
         age = None
         who = f"{wid}, which is not a registered worker ({HINTS[face]['step']})"

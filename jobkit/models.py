@@ -11,7 +11,7 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import Enum
 from typing import Any, cast
 
@@ -391,3 +391,20 @@ meta_table: Table = cast(Table, Meta.__table__)
 dependencies_table: Table = cast(Table, JobDependency.__table__)
 limits_table: Table = cast(Table, JobTypeLimit.__table__)
 schedules_table: Table = cast(Table, Schedule.__table__)
+
+
+# ---------------------------------------------------------------------------
+# Worker liveness: ONE definition, used by the reaper, status, /health, explain and the
+# notebook's worker_health.
+# ---------------------------------------------------------------------------
+def worker_alive(now: Any, dead_after: float) -> ColumnElement[bool]:
+    """SQL: the worker row is alive — state ``running`` and a heartbeat less than
+    ``dead_after`` seconds before ``now`` (pass the database clock,
+    ``backend_of(db).now()``). The reaper marks dead exactly the running rows that are not."""
+    return and_(workers_table.c.state == "running",
+                workers_table.c.last_heartbeat_at > now - timedelta(seconds=dead_after))
+
+
+def is_worker_alive(state: str, heartbeat_age_s: float, dead_after: float) -> bool:
+    """The same rule in Python, for a row already read (age measured on the database clock)."""
+    return state == "running" and heartbeat_age_s < dead_after

@@ -24,6 +24,7 @@ from sqlalchemy import (
     delete,
     event,
     func,
+    not_,
     select,
     update,
 )
@@ -53,6 +54,8 @@ from .models import (
     limits_table,
     new_id,
     utcnow,
+    worker_alive,
+    workers_table,
 )
 
 _INSERT = jobs_table.insert()
@@ -725,3 +728,47 @@ async def prune(db: AsyncSession, older_than: timedelta,
         total += deleted
         if deleted < batch_size:
             return total
+
+
+# ---------------------------------------------------------------------------
+# The workers table: a worker's row, its heartbeat, and the reaper's verdict
+# ---------------------------------------------------------------------------
+async def register_worker(db: AsyncSession, worker_id: str, *, concurrency: int,
+                          queues: Sequence[str] | None) -> None:
+    """Insert this process's worker row (``running``, heartbeat now on the database clock)."""
+    now = backend_of(db).now()
+    await db.execute(workers_table.insert().values(
+        id=worker_id, hostname=socket.gethostname(), pid=os.getpid(), concurrency=concurrency,
+        queues=None if queues is None else list(queues), state="running", jobs_done=0,
+        started_at=now, last_heartbeat_at=now))
+    await db.commit()
+
+
+async def worker_heartbeat(db: AsyncSession, worker_id: str, jobs_done: int) -> None:
+    """The worker is alive: heartbeat now (database clock) and its count of jobs done."""
+    await db.execute(update(workers_table).where(workers_table.c.id == worker_id).values(
+        last_heartbeat_at=backend_of(db).now(), jobs_done=jobs_done, state="running"))
+    await db.commit()
+
+
+async def report_jobs_done(db: AsyncSession, worker_id: str, jobs_done: int) -> None:
+    await db.execute(update(workers_table).where(workers_table.c.id == worker_id)
+                     .values(jobs_done=jobs_done))
+    await db.commit()
+
+
+async def mark_worker_stopped(db: AsyncSession, worker_id: str, jobs_done: int) -> None:
+    """A clean stop: the row says ``stopped`` (a stopped worker is not a problem)."""
+    await db.execute(update(workers_table).where(workers_table.c.id == worker_id).values(
+        state="stopped", jobs_done=jobs_done, last_heartbeat_at=backend_of(db).now()))
+    await db.commit()
+
+
+async def mark_silent_workers_dead(db: AsyncSession, dead_after: float) -> int:
+    """Mark ``dead`` every running worker that is no longer alive
+    (:func:`jobkit.models.worker_alive`); returns how many."""
+    res = await db.execute(update(workers_table).where(
+        workers_table.c.state == "running",
+        not_(worker_alive(backend_of(db).now(), dead_after))).values(state="dead"))
+    await db.commit()
+    return int(res.rowcount or 0)  # type: ignore[attr-defined]

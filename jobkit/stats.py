@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Float, and_, case, cast, func, select
@@ -27,6 +27,7 @@ from .models import (
     Job,
     JobStatus,
     jobs_table,
+    worker_alive,
     workers_table,
 )
 from .ops import iso
@@ -97,8 +98,7 @@ class WorkerInfo:
 
 
 def _alive_expr(db: AsyncSession, dead_after: float) -> Any:
-    cutoff = backend_of(db).now() - timedelta(seconds=dead_after)
-    return and_(workers_table.c.state == "running", workers_table.c.last_heartbeat_at >= cutoff)
+    return worker_alive(backend_of(db).now(), dead_after)
 
 
 async def workers(db: AsyncSession, dead_after: float, *, limit: int = 20) -> list[WorkerInfo]:

@@ -18,14 +18,11 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from . import queue
-from .backends import backend_of
 from .checks import check_queues
 from .config import Settings
 from .database import LazySession, describe_error, make_sessionmaker
@@ -44,7 +41,7 @@ from .execute import (
     run_job,
     summary_of,
 )
-from .models import Job, workers_table
+from .models import Job
 from .urls import redact_url
 
 log = logging.getLogger("jobkit")
@@ -449,28 +446,20 @@ class Worker:
         self._reported_at = now
         try:
             async with self.sessions() as db:
-                await db.execute(update(workers_table).where(workers_table.c.id == self.id)
-                                 .values(jobs_done=done))
-                await db.commit()
+                await queue.report_jobs_done(db, self.id, done)
             self._reported_done = done
         except DB_ERRORS as exc:
             log.debug("could not report jobs done (%s); the heartbeat will", describe_error(exc))
 
     async def _beat(self, db: AsyncSession) -> None:
-        now = backend_of(db).now()
-        await db.execute(update(workers_table).where(workers_table.c.id == self.id).values(
-            last_heartbeat_at=now, jobs_done=self.stats.jobs_done, state="running"))
-        self._reported_done = self.stats.jobs_done
-        await db.commit()
+        done = self.stats.jobs_done
+        await queue.worker_heartbeat(db, self.id, done)
+        self._reported_done = done
 
     async def _mark_dead(self, db: AsyncSession) -> None:
-        cutoff = backend_of(db).now() - timedelta(seconds=self.settings.dead_after)
-        res = await db.execute(update(workers_table).where(
-            workers_table.c.state == "running",
-            workers_table.c.last_heartbeat_at < cutoff).values(state="dead"))
-        await db.commit()
-        if res.rowcount:  # type: ignore[attr-defined]
-            log.warning("marked %s silent worker(s) dead", res.rowcount)  # type: ignore[attr-defined]
+        n = await queue.mark_silent_workers_dead(db, self.settings.dead_after)
+        if n:
+            log.warning("marked %s silent worker(s) dead", n)
 
     async def _register(self) -> None:
         try:
@@ -482,22 +471,15 @@ class Worker:
 
     async def _insert_row(self) -> None:
         async with self.sessions() as db:
-            now = backend_of(db).now()
-            await db.execute(workers_table.insert().values(
-                id=self.id, hostname=socket.gethostname(), pid=os.getpid(),
-                concurrency=self.concurrency, queues=self.queues, state="running",
-                jobs_done=0, started_at=now, last_heartbeat_at=now))
-            await db.commit()
+            await queue.register_worker(db, self.id, concurrency=self.concurrency,
+                                        queues=self.queues)
         log.info("jobkit worker %s started (concurrency %s) on %s", self.id, self.concurrency,
                  redact_url(self.engine.url))
 
     async def _unregister(self) -> None:
         try:
             async with self.sessions() as db:
-                await db.execute(update(workers_table).where(workers_table.c.id == self.id)
-                                 .values(state="stopped", jobs_done=self.stats.jobs_done,
-                                         last_heartbeat_at=backend_of(db).now()))
-                await db.commit()
+                await queue.mark_worker_stopped(db, self.id, self.stats.jobs_done)
         except DB_ERRORS as exc:
             log.warning("could not mark worker %s stopped: %s", self.id, describe_error(exc))
 
