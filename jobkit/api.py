@@ -3,7 +3,7 @@
 Needs the ``api`` extra (``pip install -e '.[api]' (from the jobkit checkout)``). Build the app with
 :func:`create_app` and run it with ``jobkit serve`` (uvicorn). Every route calls the
 same functions a script would (:class:`jobkit.Runner`, :mod:`jobkit.queue`,
-:mod:`jobkit.ops`).
+:mod:`jobkit.stats`).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
         f"jobkit.api needs the 'api' extra ({exc.name} is missing): "
         "pip install -e '.[api]' (from the jobkit checkout)") from exc
 
-from . import ops, stats
+from . import stats
 from .alerts import AlertHook, enable_alerts
 from .config import Settings
 from .database import describe_error
@@ -53,6 +53,7 @@ from .jsonutil import loads_strict
 from .models import JobStatus
 from .runner import Runner
 from .runner import open as open_runner
+from .shapes import job_dict
 from .urls import redact_url
 from .worker import Worker
 
@@ -345,7 +346,7 @@ def create_app(settings: Settings | None = None, *, runner: Runner | None = None
     @app.get("/jobs/{job_id}", response_model=JobOut, tags=["videos"], responses=_err(404),
              summary="A job's state")
     async def get_job(job_id: str) -> dict[str, Any]:
-        return ops.job_dict(await get_runner().get_job(job_id))
+        return job_dict(await get_runner().get_job(job_id))
 
     # -- jobs ------------------------------------------------------------------------
     enqueue_body = {"required": True, "content": {
@@ -374,7 +375,7 @@ def create_app(settings: Settings | None = None, *, runner: Runner | None = None
                 from None
         except (InvalidParams, InvalidTransition) as exc:
             raise HTTPException(422, str(exc)) from None
-        out = EnqueueOut.model_validate({**ops.job_dict(job), "deduplicated": job.deduplicated})
+        out = EnqueueOut.model_validate({**job_dict(job), "deduplicated": job.deduplicated})
         return JSONResponse(jsonable_encoder(out), status_code=200 if job.deduplicated else 201)
 
     @app.get("/jobs", response_model=JobList, tags=["jobs"], responses=_err(422),
@@ -392,7 +393,7 @@ def create_app(settings: Settings | None = None, *, runner: Runner | None = None
         async with get_runner().sessions() as db:
             jobs = await stats.list_jobs(db, status=status, job_type=job_type, limit=limit,
                                        queue_name=queue)
-        return {"jobs": [ops.job_dict(j) for j in jobs], "count": len(jobs)}
+        return {"jobs": [job_dict(j) for j in jobs], "count": len(jobs)}
 
     @app.get("/jobs/{job_id}/explain", tags=["jobs"], responses=_err(404),
              summary="Why a job is in its state and what happens next, in words")
@@ -417,7 +418,7 @@ def create_app(settings: Settings | None = None, *, runner: Runner | None = None
               responses=_err(404, 409), summary="Send a failed job back to pending")
     async def retry(job_id: str) -> dict[str, Any]:
         try:
-            return ops.job_dict(await get_runner().retry_job(job_id))
+            return job_dict(await get_runner().retry_job(job_id))
         except InvalidTransition as exc:
             raise HTTPException(409, str(exc)) from None
 
@@ -426,7 +427,7 @@ def create_app(settings: Settings | None = None, *, runner: Runner | None = None
               summary="Cancel a waiting job, or ask a running one to stop")
     async def cancel(job_id: str) -> dict[str, Any]:
         try:
-            return ops.job_dict(await get_runner().cancel(job_id))
+            return job_dict(await get_runner().cancel(job_id))
         except InvalidTransition as exc:
             raise HTTPException(409, str(exc)) from None
 

@@ -30,7 +30,7 @@ from .models import (
     worker_alive,
     workers_table,
 )
-from .ops import iso
+from .shapes import iso
 
 #: Upper bounds (seconds) of the processing-time histogram of ``/metrics``.
 HISTOGRAM_BUCKETS: tuple[float, ...] = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,

@@ -30,7 +30,7 @@ from sqlalchemy import func, select, update
 from test_worker import wait_until
 
 import jobkit
-from jobkit import cli, ops
+from jobkit import cli, shapes
 from jobkit.api import create_app
 from jobkit.errors import InvalidParams, InvalidTransition, UnknownJobType
 from jobkit.models import VideoAsset, jobs_table, utcnow, workers_table
@@ -264,7 +264,7 @@ async def test_one_duration_of_an_attempt_everywhere(
     for _ in range(3):
         await runner.enqueue("takes_a_while", {})
         summary = await runner.step()
-        shown = ops.job_dict(await runner.get_job(summary["job_id"]))["processing_time_ms"]
+        shown = shapes.job_dict(await runner.get_job(summary["job_id"]))["processing_time_ms"]
         assert summary["processing_time_ms"] == shown
         code, out, _ = await run_cli(capsys, "show", summary["job_id"], "--json",
                                      "--database-url", db_url)
@@ -277,7 +277,7 @@ async def test_one_duration_of_an_attempt_everywhere(
     seen: list[dict[str, Any]] = []
     worker = runner.worker(burst=True, on_done=seen.append)
     await worker.run()
-    shown = ops.job_dict(await runner.get_job(seen[0]["job_id"]))["processing_time_ms"]
+    shown = shapes.job_dict(await runner.get_job(seen[0]["job_id"]))["processing_time_ms"]
     assert seen[0]["processing_time_ms"] == shown
 
 

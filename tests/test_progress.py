@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import select, update
 
 import jobkit
-from jobkit import progress, queue
+from jobkit import progress, queue, shapes
 from jobkit.models import Job, JobStatus, jobs_table, utcnow
 
 
@@ -158,7 +158,7 @@ async def test_progress_shows_in_the_job_views(
         db_url: str, handlers: dict, tmp_path: Any) -> None:
     """GET /jobs/{id}, job_dict (CLI --json), the CLI cell, explain, the HTML display, watch."""
     from jobkit.api import create_app
-    from jobkit.cli import _progress_cell
+    from jobkit.cli.output import progress_cell as _progress_cell
     from jobkit.display import job_html
 
     runner = await jobkit.open(db_url, handlers=handlers, progress_interval=0.0)
@@ -184,7 +184,7 @@ async def test_progress_shows_in_the_job_views(
         assert got["progress"] == 0.4 and got["progress_message"] == "decoding 12.0/30.0 s"
         assert got["progress_at"] is not None
         running = await runner.get_job(job.id)
-        assert jobkit.ops.job_dict(running)["progress"] == 0.4
+        assert shapes.job_dict(running)["progress"] == 0.4
         assert _progress_cell(running) == "[####      ]  40% decoding 12.0/30.0 s"
         html = job_html(running)
         assert "width:40.0%" in html and "40% decoding 12.0/30.0 s" in html
