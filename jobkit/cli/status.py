@@ -25,7 +25,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
         state = await read_state(runner.engine)
         if state.status != "current":
             return _schema_status(args, redact_url(runner.engine.url), state,
-                                  runner.engine.dialect.name)
+                                  runner.backend)
         async with runner.sessions() as db:
             counts = await stats.status_counts(db)
             per_queue = await stats.queue_status_counts(db)
