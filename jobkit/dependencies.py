@@ -17,9 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from .backends import backend_of
 from .errors import InvalidTransition
-from .models import ELIGIBLE, Job, JobStatus, dependencies_table, jobs_table
-
-ELIGIBLE_VALUES = tuple(s.value for s in ELIGIBLE)
+from .models import ELIGIBLE_VALUES, Job, JobStatus, dependencies_table, jobs_table
 
 
 def dependency_ids(after: Iterable[Any] | None, *, field: str = "after") -> list[uuid.UUID]:

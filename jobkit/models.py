@@ -66,6 +66,8 @@ ACTIVE: frozenset[JobStatus] = frozenset({JobStatus.PENDING, JobStatus.RETRY, Jo
 TERMINAL: frozenset[JobStatus] = frozenset({JobStatus.COMPLETED, JobStatus.FAILED})
 #: The waiting statuses as stored text, in a fixed order (for ``status IN (...)`` filters).
 ELIGIBLE_VALUES: tuple[str, ...] = (JobStatus.PENDING.value, JobStatus.RETRY.value)
+#: The unfinished statuses as stored text.
+ACTIVE_VALUES: tuple[str, ...] = (*ELIGIBLE_VALUES, JobStatus.PROCESSING.value)
 #: Not a status: the error of a ``failed`` job that was cancelled (``jobs --status cancelled``).
 CANCELLED = "cancelled"
 
@@ -144,7 +146,9 @@ class StatusType(TypeDecorator[JobStatus]):
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
 
-_ELIGIBLE_SQL = "status IN ('pending', 'retry')"
+#: The waiting filter as literal SQL: the partial claim indexes and both backends' CLAIM
+#: use this same text (a planner matches a partial index only on the identical expression).
+ELIGIBLE_SQL = "status IN ('pending', 'retry')"
 
 #: The claim order, as (column, descending): highest priority first, then the oldest, then
 #: the id (time-ordered, so a stable tie-breaker). The claim's indexes, both backends' claim
@@ -221,10 +225,10 @@ class Job(Base):
     __table_args__ = (
         # The claim's index: only waiting jobs, in claim order.
         Index("ix_jobs_eligible", *_claim_index(priority=priority),
-              sqlite_where=text(_ELIGIBLE_SQL), postgresql_where=text(_ELIGIBLE_SQL)),
+              sqlite_where=text(ELIGIBLE_SQL), postgresql_where=text(ELIGIBLE_SQL)),
         # The claim of a worker serving one queue: that queue's waiting jobs, in claim order.
         Index("ix_jobs_eligible_queue", "queue", *_claim_index(priority=priority),
-              sqlite_where=text(_ELIGIBLE_SQL), postgresql_where=text(_ELIGIBLE_SQL)),
+              sqlite_where=text(ELIGIBLE_SQL), postgresql_where=text(ELIGIBLE_SQL)),
         # Running jobs of a type (the max_running limit counts them).
         Index("ix_jobs_processing_type", "job_type",
               sqlite_where=text("status = 'processing'"),

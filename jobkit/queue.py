@@ -42,6 +42,7 @@ from .checks import (
 from .errors import InvalidParams, InvalidResult, InvalidTransition, JobNotFound
 from .jsonutil import check_json, check_params, short_repr
 from .models import (
+    ACTIVE_VALUES,
     CANCELLED,
     DEFAULT_QUEUE,
     ELIGIBLE_VALUES,
@@ -276,7 +277,7 @@ async def insert_job(engine: AsyncEngine, row: dict[str, Any]) -> Job:
 
 async def _enqueue_deduped(db: AsyncSession, row: dict[str, Any]) -> Job:
     where = and_(jobs_table.c.dedupe_key.is_not(None),
-                 jobs_table.c.status.in_(("pending", "retry", "processing")))
+                 jobs_table.c.status.in_(ACTIVE_VALUES))
     stmt = backend_of(db).insert(jobs_table).values(row).on_conflict_do_nothing(
         index_elements=[jobs_table.c.dedupe_key], index_where=where).returning(jobs_table.c.id)
     existing_q = select(*_COLS).where(jobs_table.c.dedupe_key == row["dedupe_key"], where)

@@ -21,7 +21,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.util import await_only
 
 from ..jsonutil import dumps
-from ..models import CLAIM_ORDER_SQL, Job, UTCDateTime, jobs_table, limits_table, utcnow
+from ..models import (
+    CLAIM_ORDER_SQL,
+    ELIGIBLE_SQL,
+    Job,
+    UTCDateTime,
+    jobs_table,
+    limits_table,
+    utcnow,
+)
 from .common import claim_statements, complete_statement
 
 log = logging.getLogger("jobkit")
@@ -88,7 +96,7 @@ _CLAIM = f"""
            finished_at = NULL, progress = NULL, progress_message = NULL, progress_at = NULL
     WHERE id IN (
         SELECT id FROM jobs
-        WHERE status IN ('pending', 'retry') AND run_at <= now(){{filters}}
+        WHERE {ELIGIBLE_SQL} AND run_at <= now(){{filters}}
         ORDER BY {CLAIM_ORDER_SQL}
         LIMIT {{limit}}
         FOR UPDATE SKIP LOCKED)

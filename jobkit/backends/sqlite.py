@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.util import await_only
 
 from ..jsonutil import dumps
-from ..models import CLAIM_ORDER_SQL, Job, UTCDateTime, jobs_table, utcnow
+from ..models import CLAIM_ORDER_SQL, ELIGIBLE_SQL, Job, UTCDateTime, jobs_table, utcnow
 from .common import READ_PREFIXES, claim_statements, complete_statement, connection_info
 
 log = logging.getLogger("jobkit")
@@ -92,7 +92,7 @@ _CLAIM = f"""
            finished_at = NULL, progress = NULL, progress_message = NULL, progress_at = NULL
     WHERE id IN (
         SELECT id FROM jobs INDEXED BY {{index}}
-        WHERE status IN ('pending', 'retry') AND run_at <= :now{{filters}}
+        WHERE {ELIGIBLE_SQL} AND run_at <= :now{{filters}}
         ORDER BY {CLAIM_ORDER_SQL}
         LIMIT {{limit}})
     RETURNING {{columns}}"""
