@@ -101,8 +101,8 @@ async def run_demo(url: str | None = None, *, concurrency: int = 5,
                "processed": stats.processed}
         if plot_path:
             try:
-                from .monitoring import clips_frame
-                from .plotting import plot_visual_scores
+                from .notebook.frames import clips_frame
+                from .notebook.plots import plot_visual_scores
             except ImportError:
                 say("(install the notebook extra, pip install -e '.[notebook]', to get the plot)")
             else:

@@ -1,9 +1,9 @@
-"""Notebook display: compact HTML tables with coloured statuses, and progress bars."""
+"""Notebook display: compact HTML tables with coloured statuses (plain HTML, no widget; the
+progress bars are :mod:`jobkit.notebook.progress`)."""
 
 from __future__ import annotations
 
 import html
-import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -163,6 +163,11 @@ def stats_html(stats: WorkerStats, *, across: bool = False) -> str:
     return _table("Drain", rows, raw=set(colour), across=across)
 
 
+def rate_text(done: int, seconds: float) -> str:
+    """``12.3 jobs/s``: the Drain table's rate, also shown by the drain's progress bar."""
+    return f"{done / seconds if seconds > 0 else 0.0:.1f} jobs/s"
+
+
 def runner_html(runner: Runner) -> str:
     from .urls import redact_url
 
@@ -194,7 +199,7 @@ class HTML:
 
 def thumbnail_strip(frame: Any, title: str | None = None) -> HTML:
     """One video's clips as a row of thumbnails (data-URI JPEGs) with their times and
-    scores; ``frame`` is :func:`jobkit.monitoring.clip_thumbnails`. The best clip is
+    scores; ``frame`` is :func:`jobkit.notebook.frames.clip_thumbnails`. The best clip is
     outlined."""
     import base64
 
@@ -219,7 +224,7 @@ def thumbnail_strip(frame: Any, title: str | None = None) -> HTML:
 
 
 def progress_table(frame: Any) -> HTML:
-    """Running jobs with a bar each; ``frame`` is :func:`jobkit.monitoring.running_progress`."""
+    """Running jobs with a bar each; ``frame`` is :func:`jobkit.notebook.frames.running_progress`."""
     rows = []
     for r in frame.itertuples(index=False):
         p = None if r.progress != r.progress else float(r.progress)  # NaN: none reported
@@ -246,130 +251,3 @@ def _when(value: Any) -> str:
 def _short(value: Any, limit: int = 200) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-
-
-def _in_notebook() -> bool:
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return False
-    shell = get_ipython()
-    return shell is not None and shell.__class__.__name__ == "ZMQInteractiveShell"
-
-
-#: The drain bar shows its own rate in the same words and by the same formula as the Drain
-#: table (jobs done / seconds since the drain began), not tqdm's smoothed rate, which
-#: disagreed 3-4x with the table on small drains.
-BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"
-
-
-def rate_text(done: int, seconds: float) -> str:
-    return f"{done / seconds if seconds > 0 else 0.0:.1f} jobs/s"
-
-
-class ProgressBar:
-    """A tqdm bar whose total grows when retries bring back jobs already counted.
-
-    In a notebook the bar is a widget shown with a display id, and :meth:`close`
-    updates that display, so the saved notebook's text version of the bar is its final
-    state (``100%``), not the ``0%`` it had when it was first shown.
-    """
-
-    def __init__(self, bar: Any, handle: Any = None) -> None:
-        self.bar = bar
-        self.handle = handle
-        self.started = time.perf_counter()
-
-    def update(self, n: int = 1) -> None:
-        bar = self.bar
-        if bar.total is not None and bar.n + n > bar.total:
-            bar.total = bar.n + n
-            container = getattr(bar, "container", None)  # the notebook widget's own max
-            if container is not None:
-                container.children[1].max = bar.total
-        bar.set_postfix_str(rate_text(bar.n + n, time.perf_counter() - self.started),
-                            refresh=False)
-        bar.update(n)
-
-    def finish(self, stats: WorkerStats) -> None:
-        """Show the drain's own figures (the Drain table's rate) and close."""
-        self.bar.set_postfix_str(rate_text(stats.processed, stats.elapsed), refresh=False)
-        self.close()
-
-    def close(self) -> None:
-        self.bar.close()
-        if self.handle is not None:
-            self.handle.update(self.bar.container)
-
-    def __repr__(self) -> str:
-        return f"<ProgressBar {self.bar.n}/{self.bar.total}>"
-
-
-class JobProgressBar:
-    """A tqdm bar from 0 to 100 % that follows one job's ``progress`` (``runner.watch``)."""
-
-    def __init__(self, bar: Any, label: str) -> None:
-        self.bar = bar
-        self.label = label
-
-    def show(self, job: Job) -> None:
-        bar = self.bar
-        fraction = 1.0 if str(job.status) == "completed" else (job.progress or 0.0)
-        n = int(round(fraction * 100))
-        if n != bar.n:
-            bar.n = n
-        what = str(job.status)
-        if job.progress_message and what == "processing":
-            what = job.progress_message
-        elif job.error and what in ("failed", "retry"):
-            what = f"{what}: {last_line(job.error)}"
-        bar.set_description_str(f"{self.label} {what[:80]}", refresh=False)
-        bar.refresh()
-
-    def close(self) -> None:
-        self.bar.close()
-
-    def __repr__(self) -> str:
-        return f"<JobProgressBar {self.bar.n}%>"
-
-
-def job_progress_bar(job: Job, enabled: bool | None) -> JobProgressBar | None:
-    """A bar for ``runner.watch`` (a widget in Jupyter, text in a terminal), or None."""
-    if enabled is None:
-        enabled = _in_notebook()
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    label = f"{job.job_type} {str(job.id)[:8]}:"
-    return JobProgressBar(tqdm(total=100, desc=label, leave=True,
-                               bar_format="{percentage:3.0f}%|{bar}| {desc}"), label)
-
-
-def progress_bar(total: int, enabled: bool | None) -> ProgressBar | None:
-    """A tqdm bar (a widget in Jupyter, text in a terminal), or None when off/unavailable.
-
-    ``enabled=None`` means "only in a notebook"; ``False`` is silent.
-    """
-    notebook = _in_notebook()
-    if enabled is None:
-        enabled = notebook
-    if not enabled:
-        return None
-    options: dict[str, Any] = {"total": total, "unit": "job", "desc": "drain", "leave": True,
-                               "bar_format": BAR_FORMAT}
-    try:
-        if notebook:
-            from IPython.display import display
-            from tqdm.notebook import tqdm as notebook_tqdm
-
-            bar = notebook_tqdm(display=False, **options)
-            return ProgressBar(bar, display(bar.container, display_id=True))  # type: ignore[no-untyped-call]
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return ProgressBar(tqdm(**options))

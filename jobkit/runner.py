@@ -308,7 +308,7 @@ class Runner:
         command line's ``jobkit drain``); ``stats.stopped_by`` then names the signal.
         ``queues``: only the jobs of these queues.
         """
-        from .display import progress_bar
+        from .notebook.progress import progress_bar
 
         checked = checks.check_queues(queues)
         async with self.sessions() as db:
@@ -361,8 +361,8 @@ class Runner:
         as ``asyncio.create_task(runner.drain())``); ``watch`` only reads. ``timeout``:
         give up after this many seconds (TimeoutError); the job is not touched.
         """
-        from .display import job_progress_bar
         from .models import TERMINAL
+        from .notebook.progress import job_progress_bar
 
         jid = job_id.id if isinstance(job_id, Job) else job_id
         job = await self.get_job(jid)
@@ -444,7 +444,7 @@ class Runner:
 
     async def schedules(self) -> _pd.DataFrame:
         """One row per schedule: its job, timing, state, last and next tick."""
-        from .monitoring import schedules_frame
+        from .notebook.frames import schedules_frame
 
         async with self._reading() as db:
             return await schedules_frame(db)
@@ -461,7 +461,7 @@ class Runner:
 
         from .explain import Explanation as _Explanation
         from .models import JobStatus as _JobStatus
-        from .widgets import Dashboard as _Dashboard
+        from .notebook.dashboard import Dashboard as _Dashboard
 
     def _reading(self) -> AsyncSession:
         db = self.sessions()
@@ -474,7 +474,7 @@ class Runner:
                    limit: int | None = None,
                    queue: str | Iterable[str] | None = None) -> _pd.DataFrame:
         """One row per job with wait/run times (see :func:`jobkit.monitoring.jobs_frame`)."""
-        from .monitoring import jobs_frame
+        from .notebook.frames import jobs_frame
 
         async with self._reading() as db:
             return await jobs_frame(db, status=status, job_type=job_type, since=since,
@@ -482,7 +482,7 @@ class Runner:
 
     async def dependencies(self, jobs: Iterable[Any] | None = None) -> _pd.DataFrame:
         """Dependency edges (``job_id`` waits for ``depends_on``), of ``jobs`` if given."""
-        from .monitoring import dependencies_frame
+        from .notebook.frames import dependencies_frame
 
         async with self._reading() as db:
             return await dependencies_frame(db, jobs)
@@ -490,28 +490,28 @@ class Runner:
     async def status_counts(self, *, by_queue: bool = False) -> Any:
         """Jobs per status, all five in lifecycle order, zeros included (a Series); with
         ``by_queue``, a DataFrame of one row per queue."""
-        from .monitoring import queue_counts, status_counts
+        from .notebook.frames import queue_counts, status_counts
 
         async with self._reading() as db:
             return await (queue_counts(db) if by_queue else status_counts(db))
 
     async def queue_depth(self) -> _pd.Series:
         """Waiting jobs: ``eligible`` now vs ``scheduled`` for later."""
-        from .monitoring import queue_depth
+        from .notebook.frames import queue_depth
 
         async with self._reading() as db:
             return await queue_depth(db)
 
     async def recent_failures(self, limit: int = 10) -> _pd.DataFrame:
         """The most recently failed jobs, newest first, with their error's last line."""
-        from .monitoring import recent_failures
+        from .notebook.frames import recent_failures
 
         async with self._reading() as db:
             return await recent_failures(db, limit=limit)
 
     async def processing_stats(self) -> _pd.DataFrame:
         """Per job_type: count, failed, mean/p50/p95/max run time and mean wait (ms)."""
-        from .monitoring import processing_stats
+        from .notebook.frames import processing_stats
 
         async with self._reading() as db:
             return await processing_stats(db)
@@ -519,7 +519,7 @@ class Runner:
     async def throughput(self, freq: str = "1min",
                          since: datetime | _timedelta | None = None) -> _pd.DataFrame:
         """Completed and failed jobs per interval of ``freq`` (a pandas frequency)."""
-        from .monitoring import throughput
+        from .notebook.frames import throughput
 
         async with self._reading() as db:
             return await throughput(db, freq=freq, since=since)
@@ -528,7 +528,7 @@ class Runner:
                     latest_videos: int | None = None) -> _pd.DataFrame:
         """Clips with their video's filename (see :func:`jobkit.monitoring.clips_frame`);
         ``latest_videos=n`` keeps only the clips of the ``n`` latest videos."""
-        from .monitoring import clips_frame
+        from .notebook.frames import clips_frame
 
         async with self._reading() as db:
             return await clips_frame(db, video_asset_id=video_asset_id,
@@ -536,7 +536,7 @@ class Runner:
 
     async def running_progress(self) -> _pd.DataFrame:
         """The running jobs with their progress (see :func:`jobkit.monitoring.running_progress`)."""
-        from .monitoring import running_progress
+        from .notebook.frames import running_progress
 
         async with self._reading() as db:
             return await running_progress(db)
@@ -544,7 +544,7 @@ class Runner:
     async def thumbnails(self, video_asset_id: uuid.UUID | str) -> Any:
         """One video's clip thumbnails with their scores, shown as a strip in a notebook."""
         from .display import thumbnail_strip
-        from .monitoring import clip_thumbnails
+        from .notebook.frames import clip_thumbnails
 
         async with self._reading() as db:
             frame = await clip_thumbnails(db, video_asset_id)
@@ -553,7 +553,7 @@ class Runner:
 
     async def worker_health(self, dead_after: float | None = None) -> _pd.DataFrame:
         """Registered workers with heartbeat age and a ``healthy`` flag."""
-        from .monitoring import worker_health
+        from .notebook.frames import worker_health
 
         async with self._reading() as db:
             return await worker_health(db, dead_after=dead_after)
@@ -571,7 +571,7 @@ class Runner:
                   max_videos: int = 8) -> _Dashboard:
         """An ipywidgets dashboard: counts, queue depth, last step, the clips of the latest
         ``max_videos`` videos, and buttons (see :class:`jobkit.widgets.Dashboard`)."""
-        from .widgets import Dashboard
+        from .notebook.dashboard import Dashboard
 
         return Dashboard(self, refresh_interval=refresh_interval,
                          drain_concurrency=drain_concurrency, max_videos=max_videos)

@@ -305,7 +305,7 @@ async def test_v010_database_upgrades_in_place_and_keeps_working(
         await runner.drain(progress=False)
         assert (await runner.get_job(failed.id)).status == JobStatus.COMPLETED
         # Its clips still plot: the two analysed videos and the one analysed just now.
-        from jobkit.plotting import plot_visual_scores
+        from jobkit.notebook.plots import plot_visual_scores
 
         clips = await runner.clips()
         old_clip_ids = {uuid.UUID(str(r[0])) if not isinstance(r[0], uuid.UUID) else r[0]

@@ -15,9 +15,10 @@ import pytest
 from sqlalchemy import update
 
 import jobkit
-from jobkit import monitoring, queue
+from jobkit import queue
 from jobkit.handlers.cut_analysis import visual_score
 from jobkit.models import ALL_STATUSES, jobs_table, utcnow, workers_table
+from jobkit.notebook import frames as monitoring
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 STATUSES = [s.value for s in ALL_STATUSES]

@@ -16,7 +16,7 @@ from matplotlib.collections import PathCollection
 from matplotlib.figure import Figure
 from matplotlib.patches import Polygon, Rectangle
 
-from jobkit.plotting import (
+from jobkit.notebook.plots import (
     JobkitFigure,
     plot_latency,
     plot_status_counts,

@@ -19,8 +19,8 @@ from test_worker import wait_until
 
 import jobkit
 from jobkit.api import create_app
-from jobkit.plotting import plot_dependencies
-from jobkit.widgets import counts_table
+from jobkit.notebook.dashboard import counts_table
+from jobkit.notebook.plots import plot_dependencies
 
 
 @pytest.fixture

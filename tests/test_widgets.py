@@ -14,7 +14,7 @@ import pytest
 from helpers import count_jobs
 
 import jobkit
-from jobkit.widgets import Dashboard
+from jobkit.notebook.dashboard import Dashboard
 
 
 def shown(html: str) -> dict[str, int]:
@@ -166,7 +166,8 @@ def test_bad_arguments_get_clear_errors(tmp_path: Path) -> None:
 
 async def test_drain_progress_bar_is_silent_when_asked_and_grows_with_retries(
         runner: jobkit.Runner, capsys: pytest.CaptureFixture[str]) -> None:
-    from jobkit.display import progress_bar, rate_text, stats_html
+    from jobkit.display import rate_text, stats_html
+    from jobkit.notebook.progress import progress_bar
 
     assert progress_bar(3, False) is None
     assert progress_bar(3, None) is None, "outside Jupyter the default is no bar"
