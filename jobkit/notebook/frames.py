@@ -25,13 +25,21 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-from sqlalchemy import Select, and_, case, func, select
+from sqlalchemy import Select, and_, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from .. import stats
 from ..backends import backend_of
 from ..database import settings_of
 from ..errors import last_line
-from ..models import ALL_STATUSES, ELIGIBLE_VALUES, JobStatus, jobs_table, utcnow, workers_table
+from ..models import (
+    ALL_STATUSES,
+    JobStatus,
+    is_worker_alive,
+    jobs_table,
+    utcnow,
+    workers_table,
+)
 from ..models import Clip as _Clip
 from ..models import VideoAsset as _VideoAsset
 
@@ -194,22 +202,19 @@ async def jobs_frame(db: AsyncSession, status: str | JobStatus | Iterable[str | 
 
 async def status_counts(db: AsyncSession) -> pd.Series:
     """Jobs per status: all five states in lifecycle order, zeros included (``int64``)."""
-    rows = (await db.execute(select(jobs_table.c.status, func.count())
-                             .group_by(jobs_table.c.status))).all()
-    found = {str(s): int(n) for s, n in rows}
+    found = await stats.status_counts(db)
     index = pd.CategoricalIndex(STATUS_DTYPE.categories, dtype=STATUS_DTYPE, name="status")
-    return Counts([found.get(s, 0) for s in index], index=index, dtype="int64", name="jobs")
+    return Counts([found[s] for s in index], index=index, dtype="int64", name="jobs")
 
 
 async def queue_counts(db: AsyncSession) -> pd.DataFrame:
     """Jobs per queue (index, sorted) and status (columns, all five), zeros included."""
-    rows = (await db.execute(select(jobs_table.c.queue, jobs_table.c.status, func.count())
-                             .group_by(jobs_table.c.queue, jobs_table.c.status))).all()
+    per_queue = await stats.queue_status_counts(db)
     columns = [s.value for s in JobStatus]
-    queues = sorted({str(q) for q, _, _ in rows})
-    df = pd.DataFrame(0, index=pd.Index(queues, name="queue"), columns=columns, dtype="int64")
-    for q, status, n in rows:
-        df.loc[str(q), str(status)] = int(n)
+    df = pd.DataFrame(0, index=pd.Index(list(per_queue), name="queue"), columns=columns,
+                      dtype="int64")
+    for q, counts in per_queue.items():
+        df.loc[q, columns] = [counts[c] for c in columns]
     return df
 
 
@@ -253,14 +258,9 @@ async def queue_depth(db: AsyncSession) -> pd.Series:
     A job waits when it is ``pending`` or ``retry``; it is eligible once its ``run_at``
     has passed (by the clock the queue claims with).
     """
-    now = backend_of(db).now()
-    bucket = case((jobs_table.c.run_at <= now, "eligible"), else_="scheduled")
-    rows = (await db.execute(select(bucket, func.count())
-                             .where(jobs_table.c.status.in_(ELIGIBLE_VALUES))
-                             .group_by(bucket))).all()
-    found = {str(k): int(n) for k, n in rows}
+    found = await stats.queue_depth(db)
     index = pd.Index(["eligible", "scheduled"], name="queue")
-    return Counts([found.get(k, 0) for k in index], index=index, dtype="int64", name="jobs")
+    return Counts([found[k] for k in index], index=index, dtype="int64", name="jobs")
 
 
 FAILURES_SCHEMA = {
@@ -272,11 +272,8 @@ FAILURES_SCHEMA = {
 async def recent_failures(db: AsyncSession, limit: int = 10) -> pd.DataFrame:
     """The ``limit`` most recently failed jobs, newest first, with their error's last line."""
     _positive_int("limit", limit)
-    rows = [dict(r) for r in (await db.execute(
-        select(*(jobs_table.c[c] for c in FAILURES_SCHEMA))
-        .where(jobs_table.c.status == JobStatus.FAILED.value)
-        .order_by(jobs_table.c.finished_at.desc(), jobs_table.c.id.desc())
-        .limit(limit))).mappings()]
+    rows = [{c: getattr(job, c) for c in FAILURES_SCHEMA}
+            for job in await stats.recent_failures(db, limit=limit)]
     for r in rows:
         r["error"] = last_line(r["error"])
     return _frame(rows, FAILURES_SCHEMA)
@@ -532,14 +529,10 @@ async def worker_health(db: AsyncSession, dead_after: float | None = None) -> pd
     for r in rows:
         age = (now - r["last_heartbeat_at"]).total_seconds()
         r["heartbeat_age_s"] = age
-        r["verdict"] = _verdict(r["state"], age, limit)
-        r["healthy"] = r["verdict"] in ("running", "stopped")
+        alive = is_worker_alive(r["state"], age, limit)
+        # Only a row still marked running can be silent; the others say their state.
+        r["verdict"] = (f"no heartbeat for {age:.0f} s" if r["state"] == "running" and not alive
+                        else r["state"])
+        r["healthy"] = alive or r["state"] == "stopped"
     return _frame(rows, WORKERS_SCHEMA)
 
-
-def _verdict(state: str, age: float, limit: float) -> str:
-    if state in ("stopped", "dead"):
-        return state
-    if age >= limit:
-        return f"no heartbeat for {age:.0f} s"
-    return state
