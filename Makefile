@@ -29,8 +29,10 @@ $(BROWSER_STAMP): $(STAMP)
 test-browser: $(BROWSER_STAMP)
 	$(BIN)/pytest -q -p no:cacheprovider browser_tests
 
+# ruff, then the layers of ARCHITECTURE.md (import-linter, contract in pyproject.toml).
 lint: $(STAMP)
 	$(BIN)/ruff check jobkit tests browser_tests $(wildcard benchmarks)
+	$(BIN)/lint-imports --no-cache
 
 typecheck: $(STAMP)
 	$(BIN)/mypy jobkit
@@ -66,4 +68,4 @@ lock:
 	rm -rf .lockvenv
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache demo_clips.png browser-screenshots
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache demo_clips.png browser-screenshots
