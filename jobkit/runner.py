@@ -473,7 +473,7 @@ class Runner:
                    since: datetime | _timedelta | None = None,
                    limit: int | None = None,
                    queue: str | Iterable[str] | None = None) -> _pd.DataFrame:
-        """One row per job with wait/run times (see :func:`jobkit.monitoring.jobs_frame`)."""
+        """One row per job with wait/run times (see :func:`jobkit.notebook.frames.jobs_frame`)."""
         from .notebook.frames import jobs_frame
 
         async with self._reading() as db:
@@ -526,7 +526,7 @@ class Runner:
 
     async def clips(self, video_asset_id: uuid.UUID | str | None = None, *,
                     latest_videos: int | None = None) -> _pd.DataFrame:
-        """Clips with their video's filename (see :func:`jobkit.monitoring.clips_frame`);
+        """Clips with their video's filename (see :func:`jobkit.notebook.frames.clips_frame`);
         ``latest_videos=n`` keeps only the clips of the ``n`` latest videos."""
         from .notebook.frames import clips_frame
 
@@ -535,7 +535,7 @@ class Runner:
                                      latest_videos=latest_videos)
 
     async def running_progress(self) -> _pd.DataFrame:
-        """The running jobs with their progress (see :func:`jobkit.monitoring.running_progress`)."""
+        """The running jobs with their progress (see :func:`jobkit.notebook.frames.running_progress`)."""
         from .notebook.frames import running_progress
 
         async with self._reading() as db:
@@ -570,7 +570,7 @@ class Runner:
     def dashboard(self, *, refresh_interval: float = 2.0, drain_concurrency: int = 4,
                   max_videos: int = 8) -> _Dashboard:
         """An ipywidgets dashboard: counts, queue depth, last step, the clips of the latest
-        ``max_videos`` videos, and buttons (see :class:`jobkit.widgets.Dashboard`)."""
+        ``max_videos`` videos, and buttons (see :class:`jobkit.notebook.dashboard.Dashboard`)."""
         from .notebook.dashboard import Dashboard
 
         return Dashboard(self, refresh_interval=refresh_interval,
