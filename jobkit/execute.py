@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from . import progress, queue
 from .config import Settings
@@ -58,12 +58,14 @@ class CompletionBatcher:
     """Collects completions of jobs whose handlers did not write, and commits them together.
 
     Every job finishing in the same event-loop turn joins one fenced ``UPDATE … FROM
-    (VALUES …)``; each caller awaits its own outcome.
+    (VALUES …)``, run alone on the driver's connection (no session); each caller awaits
+    its own outcome.
     """
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession], worker_id: str,
                  max_batch: int = 500) -> None:
         self.sessions = sessions
+        self.engine: AsyncEngine = sessions.kw["bind"]
         self.worker_id = worker_id
         self.max_batch = max_batch
         self._items: list[tuple[Job, Any, asyncio.Future[bool]]] = []
@@ -92,11 +94,10 @@ class CompletionBatcher:
         if not items:
             return
         try:
-            async with self.sessions() as db:
-                await queue.one_statement_transaction(db)
-                done = await queue.complete_many(
-                    db, [(j, r) for j, r, _ in items], worker_id=self.worker_id)
-                await db.commit()
+            # One fenced statement on the driver's connection: no session (see
+            # queue.complete_many_alone).
+            done = await queue.complete_many_alone(
+                self.engine, [(j, r) for j, r, _ in items], worker_id=self.worker_id)
         except BaseException as exc:
             for _, _, fut in items:
                 if not fut.done():

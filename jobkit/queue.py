@@ -265,12 +265,13 @@ async def insert_job(engine: AsyncEngine, row: dict[str, Any]) -> Job:
 
     What :func:`enqueue` does with ``commit=True`` and no ``dedupe_key``, without an ORM
     session around it (its creation, bookkeeping and close cost more than the INSERT):
-    the fast path of ``Runner.enqueue``. One statement is atomic on its own; on SQLite it
-    runs without ``BEGIN IMMEDIATE`` (see :func:`jobkit.backends.sqlite.skip_begin`), on
-    PostgreSQL in autocommit.
+    the fast path of ``Runner.enqueue``, on the driver's connection (the backends'
+    ``fetch_alone``). One statement is atomic on its own; on SQLite it runs without
+    ``BEGIN IMMEDIATE`` (see :func:`jobkit.backends.sqlite.skip_begin`), on PostgreSQL in
+    autocommit.
     """
-    async with engine.connect() as conn:
-        await backend_of(engine).execute_alone(conn, _INSERT, row)
+    backend = backend_of(engine)
+    await backend.fetch_alone(engine, backend.INSERT_ALONE, row)
     wake_local(wake_key(engine))
     return job_from_row(row)
 
@@ -446,6 +447,39 @@ async def claim_jobs(db: AsyncSession, n: int = 1, *, worker_id: str,
     return jobs
 
 
+def claims_alone(job_types: Iterable[str] | None, queues: Sequence[str] | None,
+                 limited: Sequence[str]) -> bool:
+    """Whether :func:`claim_alone` can make this claim: no type filter, no limited type, and
+    every queue or one."""
+    return job_types is None and not limited and (queues is None or len(queues) <= 1)
+
+
+async def claim_alone(engine: AsyncEngine, n: int, *, worker_id: str, lease_seconds: float,
+                      queues: Sequence[str] | None = None) -> list[Job]:
+    """:func:`claim_jobs` without a type filter or limited types (see :func:`claims_alone`),
+    as ONE autocommitted statement on the driver's connection (the backends'
+    ``fetch_alone``): the worker's claim. The same statement, order and lease (on the
+    database clock on PostgreSQL) as through a session, without the session's BEGIN,
+    COMMIT and per-statement machinery. A claim cancelled or cut off in flight may have
+    claimed jobs nobody runs: their lease recovers them, as on the session path.
+    """
+    if n <= 0:
+        return []
+    backend = backend_of(engine)
+    queued = 0 if queues is None else len(queues)
+    if queued > 1:
+        raise ValueError("claim_alone serves every queue or one")
+    params: dict[str, Any] = {"worker_id": worker_id, "n": n,
+                              **backend.lease_params(lease_seconds)}
+    if queued:
+        params["queue"] = queues[0]  # type: ignore[index]
+    rows = await backend.fetch_alone(engine, backend.CLAIM_ALONE[ClaimShape(False, queued, False)],
+                                     params)
+    jobs = [job_from_row(r) for r in rows]
+    jobs.sort(key=claim_sort_key)
+    return jobs
+
+
 async def dequeue_job(db: AsyncSession, *, worker_id: str | None = None,
                       lease_seconds: float = 60.0) -> Job | None:
     """Claim the oldest eligible job (the original contract): marks it ``processing`` and commits."""
@@ -490,6 +524,33 @@ async def complete_many(db: AsyncSession, items: Sequence[tuple[Job, Any]], *,
     backend = backend_of(db)
     res = await db.execute(backend.COMPLETE_MANY, backend.complete_many_params(items, worker_id))
     finished = {row[0]: row[1] for row in res.all()}
+    for job, _ in items:
+        if job.id in finished:
+            job.finished_at = finished[job.id]
+    return set(finished)
+
+
+async def complete_many_alone(engine: AsyncEngine, items: Sequence[tuple[Job, Any]], *,
+                              worker_id: str) -> set[uuid.UUID]:
+    """:func:`complete_many` as ONE autocommitted statement on the driver's connection (the
+    backends' ``fetch_alone``), for jobs whose handlers wrote nothing: the same fenced
+    statements, without a session. Returns the ids completed (and sets each completed
+    job's ``finished_at`` to the stored time). A completion cut off in flight is fenced,
+    so doing it again cannot complete anything twice.
+    """
+    if not items:
+        return set()
+    backend = backend_of(engine)
+    if len(items) == 1:
+        job, result = items[0]
+        rows = await backend.fetch_alone(engine, backend.COMPLETE_ALONE, {
+            "job_id": job.id, "attempt": job.attempts, "worker_id": worker_id,
+            "result": result, **backend.clock_params()})
+        finished = {job.id: rows[0]["finished_at"]} if rows else {}
+    else:
+        rows = await backend.fetch_alone(engine, backend.COMPLETE_MANY_ALONE,
+                                         backend.complete_many_params(items, worker_id))
+        finished = {row["id"]: row["finished_at"] for row in rows}
     for job, _ in items:
         if job.id in finished:
             job.finished_at = finished[job.id]

@@ -285,16 +285,24 @@ class Worker:
         # when its statistics are stale). Jobs of a type this worker cannot run are given
         # back at once, attempt unburnt, and from then on this worker claims by type.
         filtered = self.job_types is not None or self._by_type
+        types = self.claimable_types() if filtered else None
+        limited = self._claimable_limited()
         try:
-            async with self.sessions() as db:
-                jobs = await queue.claim_jobs(db, n, worker_id=self.id,
-                                              lease_seconds=self.settings.lease_seconds,
-                                              job_types=self.claimable_types() if filtered
-                                              else None, queues=self.queues,
-                                              limited=self._claimable_limited())
-                foreign = [] if filtered or self.claim_unknown else \
-                    [j for j in jobs if j.job_type not in self.handlers]
-                if foreign:
+            if queue.claims_alone(types, self.queues, limited):
+                # The usual claim: one statement on the driver's connection, no session.
+                jobs = await queue.claim_alone(self.engine, n, worker_id=self.id,
+                                               lease_seconds=self.settings.lease_seconds,
+                                               queues=self.queues)
+            else:
+                async with self.sessions() as db:
+                    jobs = await queue.claim_jobs(db, n, worker_id=self.id,
+                                                  lease_seconds=self.settings.lease_seconds,
+                                                  job_types=types, queues=self.queues,
+                                                  limited=limited)
+            foreign = [] if filtered or self.claim_unknown else \
+                [j for j in jobs if j.job_type not in self.handlers]
+            if foreign:
+                async with self.sessions() as db:
                     await queue.release_jobs(db, self.id, [j.id for j in foreign])
                     self._by_type = True
                     log.warning(
@@ -306,7 +314,7 @@ class Worker:
                         db, n - len(jobs), worker_id=self.id,
                         lease_seconds=self.settings.lease_seconds,
                         job_types=self.claimable_types(), queues=self.queues,
-                        limited=self._claimable_limited())
+                        limited=limited)
         except DB_ERRORS as exc:
             self._db_trouble("claim jobs", exc)
             return []

@@ -21,9 +21,9 @@ from sqlalchemy.sql.elements import TextClause
 
 from ..models import Job
 from . import postgres, sqlite
-from .common import ClaimShape
+from .common import ClaimShape, Prepared
 
-__all__ = ["Backend", "ClaimShape", "backend_of", "postgres", "sqlite"]
+__all__ = ["Backend", "ClaimShape", "Prepared", "backend_of", "postgres", "sqlite"]
 
 
 class Backend(Protocol):
@@ -44,6 +44,12 @@ class Backend(Protocol):
     COMPLETE: Any
     COMPLETE_MANY: TextualSelect
     INSERT_MANY: TextClause
+    #: The fast lane (:meth:`fetch_alone`): the claims it runs (unlimited, at most one
+    #: queue, no type filter), one job's / many jobs' completion, one job's insert.
+    CLAIM_ALONE: dict[ClaimShape, Prepared]
+    COMPLETE_ALONE: Prepared
+    COMPLETE_MANY_ALONE: Prepared
+    INSERT_ALONE: Prepared
     #: The schema lock as SQL for an offline script (None: the transaction is the lock).
     SCHEMA_LOCK: Any
 
@@ -67,6 +73,8 @@ class Backend(Protocol):
     async def one_statement_transaction(self, db: AsyncSession) -> None: ...
     async def execute_alone(self, conn: AsyncConnection, statement: Any,
                             params: Any) -> None: ...
+    async def fetch_alone(self, engine: AsyncEngine, statement: Prepared,
+                          params: Mapping[str, Any]) -> list[dict[str, Any]]: ...
     async def begin_snapshot(self, conn: AsyncConnection) -> None: ...
     async def lock_schema(self, conn: AsyncConnection) -> None: ...
 

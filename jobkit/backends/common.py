@@ -3,11 +3,12 @@ helpers of their connection hooks. Nothing here branches on the backend."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from sqlalchemy import Integer, TextualSelect, Uuid, bindparam, text, update
-from sqlalchemy.engine import Connection
-from sqlalchemy.exc import PendingRollbackError, ResourceClosedError
+from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.exc import DBAPIError, PendingRollbackError, ResourceClosedError
 
 from ..models import JobStatus, JSONType, jobs_table
 
@@ -104,3 +105,91 @@ def connection_info(conn: Connection) -> dict[Any, Any] | None:
         return conn.info
     except (PendingRollbackError, ResourceClosedError):
         return None
+
+
+# ---------------------------------------------------------------------------
+# The fast lane: a hot statement run on the driver's own connection
+# ---------------------------------------------------------------------------
+class Compiled(NamedTuple):
+    """A :class:`Prepared` statement for one dialect: its positional SQL, and how values
+    go in and rows come out (SQLAlchemy's own processors of each bound value's and each
+    returned column's type, so they travel exactly as through a session)."""
+
+    sql: str
+    #: (name, default value, bind processor) per positional parameter, in order.
+    binds: tuple[tuple[str, Any, Any], ...]
+    #: (column name, result processor) per returned column, in order.
+    columns: tuple[tuple[str, Any], ...]
+
+    def args(self, params: Mapping[str, Any]) -> list[Any]:
+        """The positional values of ``params`` (defaults for the statement's own values)."""
+        out = []
+        for name, default, proc in self.binds:
+            value = params.get(name, default)
+            out.append(value if proc is None else proc(value))  # None too: JSON's 'null'
+        return out
+
+    def rows(self, records: Iterable[Sequence[Any]]) -> list[dict[str, Any]]:
+        """The driver's rows as ``{column: value}``, each value as a session returns it."""
+        columns = self.columns
+        return [{name: v if proc is None else proc(v)
+                 for (name, proc), v in zip(columns, rec, strict=True)} for rec in records]
+
+
+class Prepared:
+    """A statement of the worker's hot path, compiled once per dialect for the driver's own
+    API (``$n`` on asyncpg, ``?`` on sqlite3): see each backend's ``fetch_alone``.
+
+    Through a session, every statement pays for SQLAlchemy's execution machinery (the
+    compiled-cache lookup, the execution context, the result object, events) and, on
+    PostgreSQL, for ``BEGIN`` and ``COMMIT`` round trips; a single statement is atomic on
+    its own. ``returns``: the columns the statement returns, in order.
+    """
+
+    def __init__(self, statement: Any, returns: Sequence[Any] = (),
+                 column_keys: Sequence[str] | None = None) -> None:
+        self.statement = statement
+        self.returns = tuple(returns)
+        self.column_keys = None if column_keys is None else list(column_keys)
+
+    def compiled(self, dialect: Dialect, coltype: Callable[[Any], Any]) -> Compiled:
+        """This statement for ``dialect`` (``coltype``: the driver's type code of a column
+        type, which some result processors need)."""
+        # Kept on the dialect (one per engine), so it goes when the engine goes.
+        cache: dict[int, Compiled] = dialect.__dict__.setdefault("_jk_prepared", {})
+        found = cache.get(id(self))
+        if found is not None:
+            return found
+        compiled = self.statement.compile(dialect=dialect, column_keys=self.column_keys)
+        binds = []
+        for name in compiled.positiontup or ():
+            bind = compiled.binds[name]
+            if bind.expanding:
+                raise ValueError(f"{name}: expanding parameters are not prepared")
+            binds.append((name, bind.value, bind.type.dialect_impl(dialect).bind_processor(dialect)))
+        columns = []
+        for col in self.returns:
+            impl = col.type.dialect_impl(dialect)
+            columns.append((col.name, impl.result_processor(dialect, coltype(impl))))
+        out = Compiled(compiled.string, tuple(binds), tuple(columns))
+        cache[id(self)] = out
+        return out
+
+
+def prepared_claims(claims: Mapping[ClaimShape, Any]) -> dict[ClaimShape, Prepared]:
+    """The claim shapes the fast lane runs: no type filter, no limited type, every queue or
+    one (the others need expanding lists or a transaction: they stay on the session path)."""
+    return {shape: Prepared(stmt, JOB_COLUMNS) for shape, stmt in claims.items()
+            if not shape.typed and shape.queued < 2 and not shape.limited}
+
+
+#: One job row inserted (every column given: ``queue.build_job_row``).
+INSERT_ONE = Prepared(jobs_table.insert(), column_keys=[c.name for c in JOB_COLUMNS])
+
+
+def wrapped(dialect: Dialect, compiled: Compiled, args: Sequence[Any],
+            error: Exception) -> Exception:
+    """A driver's error as SQLAlchemy raises it (``sqlalchemy.exc.OperationalError`` …), so
+    callers of the fast lane catch the same errors as through a session."""
+    return DBAPIError.instance(compiled.sql, list(args), error,
+                               dialect.loaded_dbapi.Error, dialect=dialect)

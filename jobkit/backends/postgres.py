@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Interval, Table, bindparam, event, func, select, text
+from sqlalchemy import Float, Interval, Table, bindparam, event, func, select, text
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DisconnectionError
@@ -30,7 +30,14 @@ from ..models import (
     limits_table,
     utcnow,
 )
-from .common import claim_statements, complete_statement
+from .common import (
+    INSERT_ONE,
+    Prepared,
+    claim_statements,
+    complete_statement,
+    prepared_claims,
+    wrapped,
+)
 
 log = logging.getLogger("jobkit")
 
@@ -106,6 +113,9 @@ CLAIM = claim_statements(_CLAIM, deps_done=DEPS_DONE, unlimited=UNLIMITED,
                          room_limit="GREATEST(0, LEAST(:n, {room}))",
                          binds=(bindparam("lease", type_=Interval()),))
 
+#: The fast lane's claims (see :func:`fetch_alone`).
+CLAIM_ALONE = prepared_claims(CLAIM)
+
 
 def lease_params(lease_seconds: float) -> dict[str, Any]:
     """The claim's bound values for a lease of ``lease_seconds``."""
@@ -145,6 +155,12 @@ COMPLETE_MANY = text("""
     WHERE jobs.id = v.id AND jobs.attempts = v.att AND jobs.locked_by = :worker_id
       AND jobs.status = 'processing'
     RETURNING jobs.id, jobs.finished_at""").columns(jobs_table.c.id, jobs_table.c.finished_at)
+
+#: The fast lane's completions of one job / of many (see :func:`fetch_alone`).
+COMPLETE_ALONE = Prepared(COMPLETE, (jobs_table.c.finished_at,))
+COMPLETE_MANY_ALONE = Prepared(COMPLETE_MANY, (jobs_table.c.id, jobs_table.c.finished_at))
+#: The fast lane's insert of one job (every column given).
+INSERT_ALONE = INSERT_ONE
 
 
 def complete_many_params(items: Sequence[tuple[Job, Any]], worker_id: str) -> dict[str, Any]:
@@ -197,6 +213,50 @@ async def execute_alone(conn: AsyncConnection, statement: Any, params: Any) -> N
     """Run ``statement`` as its own transaction on a fresh pooled connection (autocommit)."""
     await conn.execution_options(isolation_level="AUTOCOMMIT")
     await conn.execute(statement, params)
+
+
+# ---------------------------------------------------------------------------
+# The fast lane: one statement, autocommitted, on asyncpg's own connection
+# ---------------------------------------------------------------------------
+#: The type code asyncpg reports for a ``Float`` column (``double precision``): SQLAlchemy's
+#: numeric result processors need it (floats come back as they are).
+FLOAT8_OID = 701
+
+
+def _coltype(impl: Any) -> Any:
+    return FLOAT8_OID if isinstance(impl, Float) else None
+
+
+async def fetch_alone(engine: AsyncEngine, statement: Prepared,
+                      params: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Run ``statement`` as its own transaction (autocommit: no BEGIN, no COMMIT) on a
+    pooled connection's asyncpg connection, and return its rows as a session would.
+
+    The checkout pings the connection as for every other use (a terminated one is
+    replaced); asyncpg prepares the statement once per connection (its statement cache).
+    A cancellation or a dropped connection in flight invalidates the pooled connection, as
+    SQLAlchemy does: it is closed, never handed out again.
+    """
+    dialect = engine.sync_engine.dialect
+    compiled = statement.compiled(dialect, _coltype)
+    args = compiled.args(params)
+    async with engine.connect() as conn:
+        adapted: Any = (await conn.get_raw_connection()).dbapi_connection
+        raw = adapted.driver_connection
+        try:
+            records = await raw.fetch(compiled.sql, *args)
+        except BaseException as exc:
+            if not isinstance(exc, Exception) or raw.is_closed():
+                with contextlib.suppress(Exception):  # never replace the error in flight
+                    await conn.invalidate()
+            if not isinstance(exc, Exception):
+                raise
+            try:  # asyncpg's error as the DBAPI adapter names it, then as SQLAlchemy's
+                type(adapted)._handle_exception_no_connection(dialect.loaded_dbapi, exc)
+            except Exception as adapted_error:  # noqa: BLE001 - it always raises
+                raise wrapped(dialect, compiled, args, adapted_error) from exc
+            raise
+    return compiled.rows(records)
 
 
 # ---------------------------------------------------------------------------

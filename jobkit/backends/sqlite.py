@@ -32,7 +32,16 @@ from sqlalchemy.util import await_only
 
 from ..jsonutil import dumps
 from ..models import CLAIM_ORDER_SQL, ELIGIBLE_SQL, Job, UTCDateTime, jobs_table, utcnow
-from .common import READ_PREFIXES, claim_statements, complete_statement, connection_info
+from .common import (
+    INSERT_ONE,
+    READ_PREFIXES,
+    Prepared,
+    claim_statements,
+    complete_statement,
+    connection_info,
+    prepared_claims,
+    wrapped,
+)
 
 log = logging.getLogger("jobkit")
 
@@ -103,6 +112,9 @@ CLAIM = claim_statements(_CLAIM, deps_done=DEPS_DONE, unlimited=UNLIMITED,
                                 bindparam("until", type_=UTCDateTime)),
                          index=("ix_jobs_eligible", "ix_jobs_eligible_queue"))
 
+#: The fast lane's claims (see :func:`fetch_alone`).
+CLAIM_ALONE = prepared_claims(CLAIM)
+
 
 def lease_params(lease_seconds: float) -> dict[str, Any]:
     """The claim's bound values for a lease of ``lease_seconds``."""
@@ -144,6 +156,12 @@ COMPLETE_MANY = text("""
       AND jobs.locked_by = :worker_id AND +jobs.status = 'processing'
     RETURNING jobs.id, jobs.finished_at""").bindparams(bindparam("now", type_=UTCDateTime)).columns(
         jobs_table.c.id, jobs_table.c.finished_at)
+
+#: The fast lane's completions of one job / of many (see :func:`fetch_alone`).
+COMPLETE_ALONE = Prepared(COMPLETE, (jobs_table.c.finished_at,))
+COMPLETE_MANY_ALONE = Prepared(COMPLETE_MANY, (jobs_table.c.id, jobs_table.c.finished_at))
+#: The fast lane's insert of one job (every column given).
+INSERT_ALONE = INSERT_ONE
 
 
 def complete_many_params(items: Sequence[tuple[Job, Any]], worker_id: str) -> dict[str, Any]:
@@ -220,6 +238,48 @@ def _begin(conn: Connection, begin: str) -> None:
     conn.exec_driver_sql("SELECT 1")  # SQLAlchemy's autobegin (a read: no BEGIN emitted)
     conn.info["jk_sqlite_begun"] = True
     conn.exec_driver_sql(begin)
+
+
+# ---------------------------------------------------------------------------
+# The fast lane: one statement, on aiosqlite's own connection
+# ---------------------------------------------------------------------------
+def _coltype(impl: Any) -> Any:
+    return None
+
+
+async def fetch_alone(engine: AsyncEngine, statement: Prepared,
+                      params: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Run ``statement`` as its own transaction (no ``BEGIN IMMEDIATE``, see
+    :func:`skip_begin`) on a pooled connection's aiosqlite connection, in one trip to its
+    thread, and return its rows as a session would.
+
+    A write takes this process's turn at SQLite's write lock first, exactly as the hooks do
+    for a lone write statement (see :class:`_WriteGate`), and gives it back when the
+    statement ends. A cancellation in flight invalidates the pooled connection, as
+    SQLAlchemy does (the statement may still finish in aiosqlite's thread).
+    """
+    dialect = engine.sync_engine.dialect
+    compiled = statement.compiled(dialect, _coltype)
+    args = compiled.args(params)
+    gate = _GATES.get(engine.sync_engine)
+    write = not compiled.sql.lstrip()[:9].upper().startswith(READ_PREFIXES)
+    async with engine.connect() as conn:
+        adapted = (await conn.get_raw_connection()).dbapi_connection
+        aio = adapted._connection  # type: ignore[union-attr]
+        try:
+            if gate is not None and write:
+                await gate.wait_turn(adapted)
+            records = await aio.execute_fetchall(compiled.sql, args)
+        except BaseException as exc:
+            if not isinstance(exc, Exception):
+                with contextlib.suppress(Exception):  # never replace the error in flight
+                    await conn.invalidate()
+                raise
+            raise wrapped(dialect, compiled, args, exc) from exc
+        finally:
+            if gate is not None:
+                gate.release(adapted)
+    return compiled.rows(records)
 
 
 # ---------------------------------------------------------------------------
@@ -397,23 +457,30 @@ class _WriteGate:
 
     def acquire(self, dbapi_conn: Any) -> None:
         """Wait (inside SQLAlchemy's greenlet) for this connection's turn to write."""
-        key = self._key(dbapi_conn)
-        if key in self._held:
+        if self._key(dbapi_conn) in self._held:
             return  # already its turn (a transaction's second write)
         try:
-            loop = asyncio.get_running_loop()
+            asyncio.get_running_loop()
         except RuntimeError:
             return  # no event loop (not reached through the asyncio API): SQLite decides
+        await_only(self.wait_turn(dbapi_conn))
+
+    async def wait_turn(self, dbapi_conn: Any) -> None:
+        """Wait for this connection's turn to write (the fast lane's, outside a greenlet)."""
+        key = self._key(dbapi_conn)
+        if key in self._held:
+            return
+        loop = asyncio.get_running_loop()
         lock = self._locks.get(loop)
         if lock is None:
             lock = self._locks[loop] = asyncio.Lock()
         if lock.locked():
             try:
-                await_only(_acquire_within(lock, BUSY_TIMEOUT_MS / 1000))
+                await _acquire_within(lock, BUSY_TIMEOUT_MS / 1000)
             except TimeoutError:
                 return  # held too long by another connection: leave it to SQLite
         else:
-            await_only(lock.acquire())  # free: returns at once
+            await lock.acquire()  # free: returns at once
         self._held[key] = lock
 
     def release(self, dbapi_conn: Any) -> None:

@@ -1,0 +1,112 @@
+"""The fast lane (the backends' ``fetch_alone``): the worker's claim, the batched completion
+and the single enqueue run as one statement on the driver's own connection. What comes
+back must be exactly what a session returns, field by field, on both backends."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy.exc
+from sqlalchemy import select
+
+import jobkit
+from jobkit import queue
+from jobkit.backends.common import JOB_COLUMNS
+from jobkit.models import Job, JobStatus, jobs_table
+
+
+async def _orm_job(runner: jobkit.Runner, job_id: uuid.UUID) -> Job:
+    """The job read back through an ORM session (the mapper's own loading)."""
+    async with runner.sessions() as db:
+        job = (await db.execute(select(Job).where(Job.id == job_id))).scalar_one()
+        db.expunge(job)
+        return job
+
+
+def _fields(job: Job) -> dict[str, Any]:
+    return {c.name: getattr(job, c.name) for c in JOB_COLUMNS}
+
+
+def _same(fast: Job, orm: Job, *, types: bool = True) -> None:
+    a, b = _fields(fast), _fields(orm)
+    for name in a:
+        assert a[name] == b[name], f"{name}: fast lane {a[name]!r} != ORM {b[name]!r}"
+        assert not types or type(a[name]) is type(b[name]), \
+            f"{name}: fast lane {type(a[name])} != ORM {type(b[name])}"
+    for name in ("run_at", "created_at", "updated_at", "started_at", "locked_until"):
+        if a[name] is not None:
+            assert a[name].tzinfo is not None and a[name].utcoffset() == timedelta(0), name
+
+
+async def test_claimed_job_equals_the_orm_job_field_by_field(runner: jobkit.Runner) -> None:
+    when = datetime(2020, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
+    params = {"text": "é ✓", "n": 3, "f": 0.5, "nested": {"list": [1, None, True]}}
+    job = await runner.enqueue("noop", params, priority=7, timeout=12.5, max_retries=2,
+                               run_at=when, queue="fast", allow_unknown=True)
+    inserted = await _orm_job(runner, job.id)
+    # The enqueue's own Job equals what it stored (its id is the uuid.UUID it made; asyncpg
+    # returns its own subclass).
+    _same(job, inserted, types=False)
+    claimed = await queue.claim_alone(runner.engine, 5, worker_id="w-fast",
+                                      lease_seconds=60, queues=["fast"])
+    assert [j.id for j in claimed] == [job.id]
+    fast = claimed[0]
+    assert fast.status == JobStatus.PROCESSING and fast.attempts == 1
+    assert fast.locked_by == "w-fast" and fast.params == params and fast.result is None
+    _same(fast, await _orm_job(runner, job.id))
+
+    # A result of every JSON shape, through the one-job and the many-jobs completion.
+    other = await runner.enqueue("noop", {}, queue="fast", allow_unknown=True)
+    third = await runner.enqueue("noop", {}, queue="fast", allow_unknown=True)
+    [j2] = await queue.claim_alone(runner.engine, 1, worker_id="w-fast", lease_seconds=60,
+                                   queues=["fast"])
+    [j3] = await queue.claim_alone(runner.engine, 1, worker_id="w-fast", lease_seconds=60)
+    assert {j2.id, j3.id} == {other.id, third.id}
+    done = await queue.complete_many_alone(runner.engine, [(fast, {"ok": [1, "x", None]})],
+                                           worker_id="w-fast")
+    assert done == {fast.id}
+    done = await queue.complete_many_alone(runner.engine, [(j2, None), (j3, [1, 2])],
+                                           worker_id="w-fast")
+    assert done == {j2.id, j3.id}
+    for j, result in ((fast, {"ok": [1, "x", None]}), (j2, None), (j3, [1, 2])):
+        stored = await _orm_job(runner, j.id)
+        assert stored.status == JobStatus.COMPLETED and stored.result == result
+        assert j.finished_at == stored.finished_at and j.finished_at is not None
+    # Fenced: done again, nothing more happens.
+    assert await queue.complete_many_alone(runner.engine, [(fast, {"again": 1})],
+                                           worker_id="w-fast") == set()
+    assert (await _orm_job(runner, fast.id)).result == {"ok": [1, "x", None]}
+
+
+async def test_the_fast_claim_keeps_the_claim_order(runner: jobkit.Runner) -> None:
+    jobs = await runner.enqueue_many([{"job_type": "noop", "priority": p}
+                                      for p in (0, 5, 0, 9, 5)], allow_unknown=True)
+    claimed = await queue.claim_alone(runner.engine, 3, worker_id="w", lease_seconds=60)
+    assert [j.id for j in claimed] == [jobs[3].id, jobs[1].id, jobs[4].id]
+    rest = await queue.claim_alone(runner.engine, 10, worker_id="w", lease_seconds=60)
+    assert [j.id for j in rest] == [jobs[0].id, jobs[2].id]
+
+
+async def test_a_driver_error_is_sqlalchemys(runner: jobkit.Runner) -> None:
+    """Callers of the fast lane catch the same errors as through a session."""
+    row = queue.build_job_row("noop", {})
+    await queue.insert_job(runner.engine, row)
+    with pytest.raises(sqlalchemy.exc.IntegrityError):
+        await queue.insert_job(runner.engine, row)  # the same id again
+    # The pool is healthy afterwards.
+    job = await runner.enqueue("noop", {}, allow_unknown=True)
+    assert (await _orm_job(runner, job.id)).id == job.id
+    assert runner.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+async def test_the_fast_lane_on_postgresql_uses_the_database_clock(pg_url: str) -> None:
+    async with await jobkit.open(pg_url) as runner:
+        await runner.enqueue("noop", {}, allow_unknown=True)
+        [job] = await queue.claim_alone(runner.engine, 1, worker_id="w", lease_seconds=30)
+        async with runner.sessions() as db:
+            lease = (await db.execute(select(jobs_table.c.locked_until - jobs_table.c.started_at)
+                                      .where(jobs_table.c.id == job.id))).scalar_one()
+        assert lease == timedelta(seconds=30)  # both from now() in the same statement
