@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from .backends import backend_of
-from .backends.common import READ_PREFIXES
+from .backends.common import READ_PREFIXES, open_lane
 from .config import Settings
 from .errors import DatabaseURLError, JobkitError
 from .jsonutil import dumps
@@ -54,6 +54,7 @@ def create_engine(url: str | None = None, *, settings: Settings | None = None,
     engine = create_async_engine(parsed, **kwargs)
     backend.install(engine, kwargs)
     _install_write_tracking(engine)
+    open_lane(engine)
     return engine
 
 

@@ -25,6 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from . import progress, queue
+from .backends.common import lane_open
 from .config import Settings
 from .database import attach_settings, session_used, session_wrote, settings_of
 from .dispatcher import DISPATCH_TABLE, Handler, dispatch_job
@@ -94,10 +95,17 @@ class CompletionBatcher:
         if not items:
             return
         try:
-            # One fenced statement on the driver's connection: no session (see
-            # queue.complete_many_alone).
-            done = await queue.complete_many_alone(
-                self.engine, [(j, r) for j, r, _ in items], worker_id=self.worker_id)
+            if lane_open(self.engine):
+                # One fenced statement on the driver's connection: no session (see
+                # queue.complete_many_alone).
+                done = await queue.complete_many_alone(
+                    self.engine, [(j, r) for j, r, _ in items], worker_id=self.worker_id)
+            else:
+                async with self.sessions() as db:
+                    await queue.one_statement_transaction(db)
+                    done = await queue.complete_many(
+                        db, [(j, r) for j, r, _ in items], worker_id=self.worker_id)
+                    await db.commit()
         except BaseException as exc:
             for _, _, fut in items:
                 if not fut.done():

@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session, configure_mappers
 from sqlalchemy.sql import ColumnElement
 
 from .backends import ClaimShape, backend_of
-from .backends.common import JOB_COLUMNS
+from .backends.common import JOB_COLUMNS, lane_open
 from .checks import (
     check_name,
     check_queue,
@@ -271,7 +271,11 @@ async def insert_job(engine: AsyncEngine, row: dict[str, Any]) -> Job:
     autocommit.
     """
     backend = backend_of(engine)
-    await backend.fetch_alone(engine, backend.INSERT_ALONE, row)
+    if lane_open(engine):
+        await backend.fetch_alone(engine, backend.INSERT_ALONE, row)
+    else:
+        async with engine.connect() as conn:
+            await backend.execute_alone(conn, _INSERT, row)
     wake_local(wake_key(engine))
     return job_from_row(row)
 
@@ -447,11 +451,13 @@ async def claim_jobs(db: AsyncSession, n: int = 1, *, worker_id: str,
     return jobs
 
 
-def claims_alone(job_types: Iterable[str] | None, queues: Sequence[str] | None,
-                 limited: Sequence[str]) -> bool:
-    """Whether :func:`claim_alone` can make this claim: no type filter, no limited type, and
-    every queue or one."""
-    return job_types is None and not limited and (queues is None or len(queues) <= 1)
+def claims_alone(engine: AsyncEngine, job_types: Iterable[str] | None,
+                 queues: Sequence[str] | None, limited: Sequence[str]) -> bool:
+    """Whether :func:`claim_alone` can make this claim: no type filter, no limited type,
+    every queue or one, on an engine whose fast lane is open (see
+    :func:`jobkit.backends.common.lane_open`)."""
+    return (job_types is None and not limited and (queues is None or len(queues) <= 1)
+            and lane_open(engine))
 
 
 async def claim_alone(engine: AsyncEngine, n: int, *, worker_id: str, lease_seconds: float,

@@ -288,7 +288,7 @@ class Worker:
         types = self.claimable_types() if filtered else None
         limited = self._claimable_limited()
         try:
-            if queue.claims_alone(types, self.queues, limited):
+            if queue.claims_alone(self.engine, types, self.queues, limited):
                 # The usual claim: one statement on the driver's connection, no session.
                 jobs = await queue.claim_alone(self.engine, n, worker_id=self.id,
                                                lease_seconds=self.settings.lease_seconds,

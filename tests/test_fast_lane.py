@@ -110,3 +110,56 @@ async def test_the_fast_lane_on_postgresql_uses_the_database_clock(pg_url: str) 
             lease = (await db.execute(select(jobs_table.c.locked_until - jobs_table.c.started_at)
                                       .where(jobs_table.c.id == job.id))).scalar_one()
         assert lease == timedelta(seconds=30)  # both from now() in the same statement
+
+
+async def test_fast_lane_cancellation_storm(db_url: str) -> None:
+    """Cancelled at any moment, the fast lane lets CancelledError through and leaves every
+    connection healthy (and, on SQLite, the write gate free)."""
+    import asyncio
+    import random
+
+    from test_cancellation import _settle
+
+    from jobkit.backends import sqlite
+
+    runner = await jobkit.open(db_url, retry_backoff_base=0.0)
+    rng = random.Random(15)
+    try:
+        await runner.enqueue_many([("noop", {"i": i}) for i in range(100)], allow_unknown=True)
+        held: list[Job] = []
+
+        async def claim() -> None:
+            held.extend(await queue.claim_alone(runner.engine, 2, worker_id="storm",
+                                                lease_seconds=60))
+
+        async def complete() -> None:
+            items = [(held.pop(), {"i": 1}) for _ in range(min(len(held), 3))]
+            await queue.complete_many_alone(runner.engine, items, worker_id="storm")
+
+        async def enqueue() -> None:
+            await runner.enqueue("noop", {}, allow_unknown=True)
+
+        ops = [claim, complete, enqueue]
+        cancelled = 0
+        for _ in range(150):
+            task = asyncio.ensure_future(rng.choice(ops)())
+            if rng.random() < 0.5:
+                for _ in range(rng.randrange(0, 12)):
+                    await asyncio.sleep(0)
+            else:
+                await asyncio.sleep(rng.uniform(0, 0.004))
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                cancelled += 1
+        assert cancelled >= 30
+        await _settle(runner)
+        gate = sqlite.write_gate(runner.engine)
+        assert gate is None or gate.holders == 0
+        # Still healthy: everything left drains, each job exactly once.
+        stats = await runner.drain(concurrency=4, progress=False)
+        assert stats.failed == 0 and stats.lost == 0
+        await _settle(runner)
+    finally:
+        await runner.close()

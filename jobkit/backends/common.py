@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import Integer, TextualSelect, Uuid, bindparam, text, update
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import DBAPIError, PendingRollbackError, ResourceClosedError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..models import JobStatus, JSONType, jobs_table
 
@@ -174,6 +175,29 @@ class Prepared:
         out = Compiled(compiled.string, tuple(binds), tuple(columns))
         cache[id(self)] = out
         return out
+
+
+def open_lane(engine: AsyncEngine) -> None:
+    """Let ``engine`` (made by ``jobkit.create_engine``, its hooks installed) use the fast
+    lane while it has no cursor listeners but jobkit's (see :func:`lane_open`)."""
+    sync = engine.sync_engine
+    sync.__dict__["_jk_lane"] = _listeners(sync)
+
+
+def lane_open(engine: AsyncEngine) -> bool:
+    """Whether the hot statements may take the fast lane on ``engine``.
+
+    Statements on the driver's connection bypass SQLAlchemy's execution, so its cursor
+    events never see them: an engine with ``before/after_cursor_execute`` listeners of its
+    own (tracing, statement logs, a test counting statements) keeps every statement on the
+    session path, where they do. So does an engine jobkit did not make (no SQLite hooks).
+    """
+    sync = engine.sync_engine
+    return sync.__dict__.get("_jk_lane") == _listeners(sync)
+
+
+def _listeners(sync: Any) -> tuple[int, int]:
+    return len(sync.dispatch.before_cursor_execute), len(sync.dispatch.after_cursor_execute)
 
 
 def prepared_claims(claims: Mapping[ClaimShape, Any]) -> dict[ClaimShape, Prepared]:
