@@ -271,8 +271,10 @@ class Worker:
             # slot wakes us too when we are full (the queue was not empty) and in burst mode
             # (to notice the end); otherwise claiming on every finished job would only find
             # the empty queue again.
-            await self._report_done()
+            # (Set before the report's await: a job that finishes during it must wake us,
+            # or a full worker sleeps a whole poll interval with free slots.)
             self._want_slot = self.burst or len(self._tasks) >= self.concurrency
+            await self._report_done()
             timeout = self._db_backoff or poll
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout if timeout > 0 else None):
