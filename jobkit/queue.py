@@ -358,6 +358,8 @@ async def enqueue_many(db: AsyncSession, jobs: Iterable[Mapping[str, Any] | tupl
         _mark_enqueued(db)
     if commit:
         await db.commit()
+        if rows:
+            await backend_of(db).after_bulk_insert(db, len(rows))
     return [job_from_row(r) for r in rows]
 
 

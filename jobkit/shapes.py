@@ -81,11 +81,6 @@ def depth_fields(depth: Mapping[str, int] | None) -> dict[str, int | None]:
     return {"queue_depth": depth["eligible"], "scheduled": depth["scheduled"]}
 
 
-def too_few_workers(alive: int, needed: int, window: float) -> str:
-    """The problem both faces report when fewer workers heartbeated than health needs."""
-    return f"{alive} worker(s) heartbeated in the last {window:g} s; {needed} needed"
-
-
 def status_dict(*, database_url: str, counts: Mapping[str, int],
                 per_queue: Mapping[str, Mapping[str, int]], depth: Mapping[str, int],
                 avg_processing_s: float | None, alive: int, workers_by_state: Mapping[str, int],

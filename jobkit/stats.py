@@ -206,3 +206,41 @@ async def failed_job_ids(db: AsyncSession, *, include_cancelled: bool = False,
             ids.append(jid)
     return ids, skipped
 
+
+# ---------------------------------------------------------------------------
+# Health: THE verdict, for ``jobkit status`` and ``GET /health``
+# ---------------------------------------------------------------------------
+#: Why a database whose workers all stopped cleanly is idle, not unhealthy.
+IDLE_NOTE = ("no long-running worker; every worker stopped cleanly (e.g. after "
+             "`jobkit drain`), so jobs wait until `jobkit work` or `jobkit drain` runs")
+
+
+@dataclass(frozen=True)
+class Health:
+    """``verdict`` is ``ok``, ``idle`` or ``unhealthy``; ``problems`` say why it is unhealthy."""
+
+    verdict: str
+    problems: tuple[str, ...] = ()
+    note: str | None = None
+
+
+def health(*, alive: int, needed: int, window: float, workers_expected: bool,
+           probe: bool = False, problems: Sequence[str] = ()) -> Health:
+    """The health rule: healthy while at least ``needed`` workers (``JOBKIT_HEALTH_MIN_WORKERS``)
+    heartbeated within ``window`` seconds (:func:`jobkit.models.worker_alive`).
+
+    Too few is a problem when workers are expected (one is marked running, or one died);
+    when every worker stopped cleanly the queue is ``idle`` instead. A ``probe`` (a load
+    balancer's ``GET /health``) has no idle: it needs its workers. ``problems`` found before
+    (an unreachable database) come first.
+    """
+    found = list(problems)
+    note = None
+    if alive < needed:
+        if probe or workers_expected:
+            line = f"{alive} worker(s) heartbeated in the last {window:g} s; {needed} needed"
+            found.append(f"{line} (JOBKIT_HEALTH_MIN_WORKERS)" if probe else line)
+        else:
+            note = IDLE_NOTE
+    verdict = "unhealthy" if found else ("idle" if note else "ok")
+    return Health(verdict, tuple(found), note)

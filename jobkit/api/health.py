@@ -11,7 +11,7 @@ from .. import stats
 from ..database import describe_error
 from ..execute import DB_ERRORS
 from ..runner import Runner
-from ..shapes import health_dict, too_few_workers
+from ..shapes import health_dict
 from .models import HealthOut
 from .state import ApiState, State
 
@@ -59,9 +59,10 @@ async def _health(state: ApiState, runner: Runner) -> HealthOut:
     except _HEALTH_ERRORS as exc:
         database = f"unreachable: {describe_error(exc) if not isinstance(exc, TimeoutError) else 'timed out after 5 s'}"
         problems.append(f"database {database}")
-    if database == "ok" and alive < s.health_min_workers:
-        problems.append(too_few_workers(alive, s.health_min_workers, s.dead_after)
-                        + " (JOBKIT_HEALTH_MIN_WORKERS)")
+    if database == "ok":
+        problems = list(stats.health(alive=alive, needed=s.health_min_workers,
+                                     window=s.dead_after, workers_expected=True, probe=True,
+                                     problems=problems).problems)
     own = None
     if state.worker is not None:
         own = state.worker.state

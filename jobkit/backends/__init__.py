@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from sqlalchemy import Table, TextualSelect
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import TextClause
@@ -76,11 +76,14 @@ class Backend(Protocol):
     async def fetch_alone(self, engine: AsyncEngine, statement: Prepared,
                           params: Mapping[str, Any]) -> list[dict[str, Any]]: ...
     async def begin_snapshot(self, conn: AsyncConnection) -> None: ...
+    async def after_bulk_insert(self, db: AsyncSession, inserted: int) -> None: ...
     async def lock_schema(self, conn: AsyncConnection) -> None: ...
 
     # Engines.
     def url_problem(self, url: URL) -> str | None: ...
     def engine_options(self, url: URL, kwargs: dict[str, Any]) -> None: ...
+    def connect_timeout(self, seconds: float) -> dict[str, Any]: ...  # connect_args
+    def missing_file(self, url: str) -> str | None: ...  # an embedded file not there yet
     def install(self, engine: AsyncEngine, kwargs: Mapping[str, Any]) -> None: ...
 
     # Wake-ups from other processes.
@@ -98,6 +101,8 @@ def backend_of(bind: Any) -> Backend:
         bind = bind.get_bind()
     elif isinstance(bind, URL):
         bind = bind.get_backend_name()
+    if isinstance(bind, str) and "://" in bind:
+        bind = make_url(bind).get_backend_name()
     name = bind if isinstance(bind, str) else getattr(bind, "dialect", bind).name
     try:
         return _BY_NAME[name]

@@ -323,6 +323,24 @@ def engine_options(url: URL, kwargs: dict[str, Any]) -> None:
         kwargs.setdefault("module", _one_trip_aiosqlite())
 
 
+async def after_bulk_insert(db: AsyncSession, inserted: int) -> None:
+    """Nothing: the claim names its index (``INDEXED BY``), so no statistics can change
+    its plan."""
+
+
+def connect_timeout(seconds: float) -> dict[str, Any]:
+    """Opening a local file does not wait on a network: nothing to bound."""
+    return {}
+
+
+def missing_file(url: str) -> str | None:
+    """The path of the URL's database file when it does not exist (yet)."""
+    path = url.split(":///", 1)[-1].split("?", 1)[0]
+    if path.startswith("file:"):
+        path = path[5:]
+    return None if os.path.exists(path) else path
+
+
 def install(engine: AsyncEngine, kwargs: Mapping[str, Any]) -> None:
     """Install this backend's hooks on a new engine (made with ``kwargs``)."""
     _install_hooks(engine)

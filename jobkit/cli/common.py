@@ -72,8 +72,8 @@ async def open_runner(args: argparse.Namespace, *, create: bool = False,
 
     settings = settings or settings_of(args)
     url = settings.database_url
-    if url.startswith("sqlite") and not create:
-        path = sqlite_missing(url)
+    if not create:
+        path = backend_for_url(url).missing_file(url)
         if path is not None:
             raise DatabaseUnavailable(f"no database at {path}; create it with `jobkit init` "
                                       "(or pass --database-url)")
@@ -118,9 +118,8 @@ async def open_engine(settings: Settings) -> AsyncEngine:
     from ..database import check_database, create_engine
 
     url = settings.database_url
-    extra: dict[str, Any] = {"connect_args": {"timeout": 10}} if url.startswith("postgresql") \
-        else {}
-    engine = create_engine(url, settings=settings, **extra)
+    engine = create_engine(url, settings=settings,
+                           connect_args=backend_for_url(url).connect_timeout(10))
     try:
         await check_database(engine)
     except JobkitError as exc:
@@ -129,9 +128,24 @@ async def open_engine(settings: Settings) -> AsyncEngine:
     return engine
 
 
-def sqlite_missing(url: str) -> str | None:
-    """The path of a SQLite URL's file when it does not exist."""
-    path = url.split(":///", 1)[-1].split("?", 1)[0]
-    if path.startswith("file:"):
-        path = path[5:]
-    return None if os.path.exists(path) else path
+def backend_for_url(url: str) -> Any:
+    """The backend a URL names; for a URL no backend takes, one that checks nothing
+    (``create_engine`` then says what is wrong with the URL)."""
+    from sqlalchemy.exc import ArgumentError
+
+    from ..backends import backend_of
+
+    try:
+        return backend_of(url)
+    except (ValueError, ArgumentError):
+        return _NoBackend
+
+
+class _NoBackend:
+    @staticmethod
+    def missing_file(url: str) -> None:
+        return None
+
+    @staticmethod
+    def connect_timeout(seconds: float) -> dict[str, Any]:
+        return {}

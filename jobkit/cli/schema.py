@@ -11,10 +11,10 @@ from .common import (
     EXIT_OK,
     DatabaseUnavailable,
     UsageError,
+    backend_for_url,
     open_engine,
     opened,
     settings_of,
-    sqlite_missing,
     url_error,
 )
 from .output import out
@@ -80,7 +80,7 @@ async def _sql_start(settings: Settings) -> str:
     from ..schema import FROM_EMPTY, FROM_V010, read_state
 
     url = settings.database_url
-    if url.startswith("sqlite") and sqlite_missing(url) is not None:
+    if backend_for_url(url).missing_file(url) is not None:
         return FROM_EMPTY
     try:
         engine = await open_engine(settings)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from ..shapes import status_dict, too_few_workers
+from ..backends import backend_of
+from ..shapes import status_dict
 from .common import EXIT_OK, DatabaseUnavailable, opened
 from .output import ago, out
 from .registry import command
@@ -36,20 +37,12 @@ async def cmd_status(args: argparse.Namespace) -> int:
             hist = await stats.processing_histogram(db)
             await db.commit()
         url = redact_url(runner.engine.url)
-    problems: list[str] = []
-    note = None
     crashed = states.get("dead", 0) + sum(1 for w in workers if w.state == "running"
                                           and not w.alive)
-    if alive < s.health_min_workers:
-        if crashed or states.get("running", 0):
-            problems.append(too_few_workers(alive, s.health_min_workers, s.dead_after))
-        else:
-            # Only one-off sessions (drain, step) ran here, and every worker stopped
-            # cleanly: nothing is broken, jobs simply wait for the next session.
-            note = ("no long-running worker; every worker stopped cleanly (e.g. after "
-                    "`jobkit drain`), so jobs wait until `jobkit work` or `jobkit drain` runs")
+    verdict = stats.health(alive=alive, needed=s.health_min_workers, window=s.dead_after,
+                           workers_expected=bool(crashed or states.get("running", 0)))
+    problems, note, health = list(verdict.problems), verdict.note, verdict.verdict
     avg = hist.sum / hist.count if hist.count else None
-    health = "unhealthy" if problems else ("idle" if note else "ok")
     data = status_dict(database_url=url, counts=counts, per_queue=per_queue, depth=depth,
                        avg_processing_s=avg, alive=alive, workers_by_state=states,
                        workers=[w.as_dict() for w in workers], health=health,
@@ -92,7 +85,7 @@ def _schema_status(args: argparse.Namespace, url: str, state: SchemaState,
     if state.status == "newer":
         line = (f"revision {state.revision}, newer than this jobkit's newest ({state.head}): "
                 "upgrade jobkit on this host")
-    elif backend == "sqlite":
+    elif backend_of(backend).MIGRATES_ON_OPEN:
         line = (f"revision {state.revision}, older than this jobkit's {state.head}: opening "
                 "it with jobkit upgrades it (or run `jobkit migrate`)")
     else:
