@@ -595,11 +595,11 @@ async def seed_more(url: str, n: int) -> None:
 
 
 async def status_counts(db: Any) -> dict[str, int]:
-    """``jobkit.stats.status_counts`` when it exists, else the same query."""
+    """``jobkit.stats.jobs_per_status`` when it exists, else the same query."""
     try:
         from jobkit import stats
 
-        return await stats.status_counts(db)  # type: ignore[no-any-return]
+        return await stats.jobs_per_status(db)  # type: ignore[no-any-return]
     except ImportError:
         rows = (await db.execute(select(jobs_table.c.status, func.count())
                                  .group_by(jobs_table.c.status))).all()

@@ -11,6 +11,8 @@ from typing import Any
 from .errors import InvalidTransition
 from .jsonutil import short_repr, text_problem
 
+#: Largest priority / duration_ms magnitude: the columns are 32-bit integers on PostgreSQL.
+INT32_MAX = 2**31 - 1
 #: Longest job_type / dedupe_key (the columns are VARCHAR(200)).
 MAX_NAME_LENGTH = 200
 #: Longest delay or timeout: ten years, in seconds.

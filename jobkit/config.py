@@ -214,7 +214,7 @@ def _positive(name: str, value: float) -> None:
         raise ConfigError(_env_name(name), value, "a number of seconds > 0")
 
 
-_SEED_NAMES = {
+_ORIGINAL_NAMES = {
     "WORKER_POLL_INTERVAL": "worker_poll_interval",
     "MAX_JOB_RETRIES": "max_job_retries",
     "WORKER_ENABLED": "worker_enabled",
@@ -224,6 +224,6 @@ _SEED_NAMES = {
 
 def __getattr__(name: str) -> Any:
     """The original module constants, read from the environment when asked for."""
-    if name in _SEED_NAMES:
-        return getattr(Settings.from_env(), _SEED_NAMES[name])
+    if name in _ORIGINAL_NAMES:
+        return getattr(Settings.from_env(), _ORIGINAL_NAMES[name])
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

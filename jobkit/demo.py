@@ -77,7 +77,7 @@ async def run_demo(url: str | None = None, *, concurrency: int = 5,
         elapsed = time.perf_counter() - started
         say(f"\ndrained {stats.processed} jobs in {elapsed:.2f} s with concurrency {concurrency}")
         async with runner.sessions() as db:
-            counts = await jobstats.status_counts(db)
+            counts = await jobstats.jobs_per_status(db)
         say("\njobs per status:")
         for status, n in counts.items():
             say(f"  {status:<11} {n}")

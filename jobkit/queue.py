@@ -35,6 +35,7 @@ from sqlalchemy.sql import ColumnElement
 from .backends import ClaimShape, backend_of
 from .backends.common import JOB_COLUMNS, lane_open
 from .checks import (
+    INT32_MAX,
     check_name,
     check_queue,
     check_seconds,
@@ -60,7 +61,6 @@ from .models import (
 )
 
 _INSERT = jobs_table.insert()
-INT32_MAX = 2**31 - 1
 _COLS = JOB_COLUMNS
 
 # ---------------------------------------------------------------------------

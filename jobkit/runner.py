@@ -246,8 +246,8 @@ class Runner:
                 f"duration_ms must be a whole number of milliseconds, got {short_repr(duration_ms)}")
         if duration_ms <= 0:
             raise InvalidTransition(f"duration_ms must be > 0, got {duration_ms}")
-        if duration_ms > queue_mod.INT32_MAX:
-            raise InvalidTransition(f"duration_ms must be at most {queue_mod.INT32_MAX} (about 24 "
+        if duration_ms > checks.INT32_MAX:
+            raise InvalidTransition(f"duration_ms must be at most {checks.INT32_MAX} (about 24 "
                                     f"days), got {short_repr(duration_ms)}")
         asset = VideoAsset(id=new_id(), filename=filename, duration_ms=duration_ms,
                            stored_path=stored_path, size_bytes=size_bytes, width=width,

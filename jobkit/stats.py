@@ -40,7 +40,7 @@ HISTOGRAM_BUCKETS: tuple[float, ...] = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.
 # ---------------------------------------------------------------------------
 # Views
 # ---------------------------------------------------------------------------
-async def status_counts(db: AsyncSession, *, queue_name: str | None = None) -> dict[str, int]:
+async def jobs_per_status(db: AsyncSession, *, queue_name: str | None = None) -> dict[str, int]:
     """Jobs per status, every status present (0 when none), in lifecycle order
     (of one queue when ``queue_name`` is given)."""
     stmt = select(jobs_table.c.status, func.count()).group_by(jobs_table.c.status)
@@ -51,7 +51,7 @@ async def status_counts(db: AsyncSession, *, queue_name: str | None = None) -> d
     return {s.value: found.get(s.value, 0) for s in ALL_STATUSES}
 
 
-async def queue_status_counts(db: AsyncSession) -> dict[str, dict[str, int]]:
+async def jobs_per_queue(db: AsyncSession) -> dict[str, dict[str, int]]:
     """Jobs per status (all five, in lifecycle order) of each queue, queues by name."""
     rows = (await db.execute(select(jobs_table.c.queue, jobs_table.c.status, func.count())
                              .group_by(jobs_table.c.queue, jobs_table.c.status))).all()

@@ -128,7 +128,7 @@ class SyncRunner:
 
         async def counts() -> dict[str, int]:
             async with self.runner.sessions() as db:
-                found = await stats.status_counts(db)
+                found = await stats.jobs_per_status(db)
                 await db.commit()
                 return found
 

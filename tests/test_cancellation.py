@@ -69,7 +69,7 @@ def _operations(runner: jobkit.Runner, wid: str) -> dict[str, Callable[[], Await
 
     async def status_counts() -> Any:
         async with runner.sessions() as db:
-            return await stats.status_counts(db)
+            return await stats.jobs_per_status(db)
 
     async def frame_counts() -> Any:
         return await runner.status_counts()
@@ -200,5 +200,5 @@ async def test_worker_with_trickled_enqueues_never_wedges(db_url: str) -> None:
             await runner.close()
         # The next run starts on a fresh runner with the jobs of this one done.
         async with await jobkit.open(db_url) as r, r.sessions() as db:
-            counts = await stats.status_counts(db)
+            counts = await stats.jobs_per_status(db)
         assert counts["completed"] == TRICKLE_JOBS * (run + 1), counts

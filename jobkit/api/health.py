@@ -91,8 +91,8 @@ def _label(value: str) -> str:
 
 async def _metrics(state: ApiState, runner: Runner) -> str:
     async with runner.sessions() as db:
-        counts = await stats.status_counts(db)
-        per_queue = await stats.queue_status_counts(db)
+        counts = await stats.jobs_per_status(db)
+        per_queue = await stats.jobs_per_queue(db)
         depth = await stats.queue_depth(db)
         alive = await stats.workers_alive(db, state.settings.dead_after)
         hist = await stats.processing_histogram(db)

@@ -7,9 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, AwareDatetime, BaseModel, Field, field_validator
 
+from ..checks import INT32_MAX
 from ..models import JobStatus
-
-INT32_MAX = 2**31 - 1
 
 
 def check_filename(name: str) -> str:

@@ -12,12 +12,13 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request
 from starlette.datastructures import UploadFile
 
+from ..checks import INT32_MAX
 from ..config import Settings
 from ..errors import InvalidTransition
 from ..runner import Runner
 from ..shapes import upload_dict
 from .bodies import TooLarge, limited, read_json, too_large, validated
-from .models import INT32_MAX, UploadIn, UploadOut, check_filename, error_responses
+from .models import UploadIn, UploadOut, check_filename, error_responses
 from .state import State
 
 #: Bytes a multipart body may carry beyond the file itself (boundaries, headers, fields).

@@ -11,8 +11,9 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from ..checks import INT32_MAX
+
 ID_HELP = "the job's id, as `jobkit jobs` or `jobkit enqueue` print it"
-INT32_MAX = 2**31 - 1
 
 
 # ---------------------------------------------------------------------------

@@ -28,8 +28,8 @@ async def cmd_status(args: argparse.Namespace) -> int:
             return _schema_status(args, redact_url(runner.engine.url), state,
                                   runner.backend)
         async with runner.sessions() as db:
-            counts = await stats.status_counts(db)
-            per_queue = await stats.queue_status_counts(db)
+            counts = await stats.jobs_per_status(db)
+            per_queue = await stats.jobs_per_queue(db)
             depth = await stats.queue_depth(db)
             workers = await stats.workers(db, s.dead_after)
             alive = await stats.workers_alive(db, s.dead_after)

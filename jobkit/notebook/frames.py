@@ -202,14 +202,14 @@ async def jobs_frame(db: AsyncSession, status: str | JobStatus | Iterable[str | 
 
 async def status_counts(db: AsyncSession) -> pd.Series:
     """Jobs per status: all five states in lifecycle order, zeros included (``int64``)."""
-    found = await stats.status_counts(db)
+    found = await stats.jobs_per_status(db)
     index = pd.CategoricalIndex(STATUS_DTYPE.categories, dtype=STATUS_DTYPE, name="status")
     return Counts([found[s] for s in index], index=index, dtype="int64", name="jobs")
 
 
 async def queue_counts(db: AsyncSession) -> pd.DataFrame:
     """Jobs per queue (index, sorted) and status (columns, all five), zeros included."""
-    per_queue = await stats.queue_status_counts(db)
+    per_queue = await stats.jobs_per_queue(db)
     columns = [s.value for s in JobStatus]
     df = pd.DataFrame(0, index=pd.Index(list(per_queue), name="queue"), columns=columns,
                       dtype="int64")
