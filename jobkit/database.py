@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import event, select, text
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -223,6 +223,17 @@ async def check_database(engine: AsyncEngine) -> None:
     except Exception as exc:  # noqa: BLE001 - we re-raise with a clear message
         raise JobkitError(
             f"cannot reach the database {redact_url(engine.url)}: {describe_error(exc)}") from None
+
+
+#: What a database outage raises: SQLAlchemy's errors, the OS's and, where it is installed,
+#: asyncpg's own (a dropped connection outside SQLAlchemy's wrapping).
+DB_ERRORS: tuple[type[BaseException], ...] = (SQLAlchemyError, OSError, ConnectionError)
+try:  # asyncpg raises its own errors for a dropped connection outside SQLAlchemy's wrapping
+    import asyncpg
+
+    DB_ERRORS += (asyncpg.PostgresError, asyncpg.InterfaceError)
+except ImportError:  # pragma: no cover
+    pass
 
 
 def describe_error(exc: BaseException) -> str:

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from .blocking import run_blocking as run_blocking  # its home before blocking.py
 from .checks import check_max_running
 from .errors import HandlerExistsError, InvalidHandler, UnknownJobType
 from .handlers.cut_analysis import run_cut_analysis

@@ -21,7 +21,6 @@ from collections.abc import Coroutine, Generator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from . import progress, queue
@@ -46,13 +45,6 @@ T = TypeVar("T")
 
 NO_JOBS = {"processed": False, "message": "No pending jobs in queue"}
 _PERMANENT = (UnknownJobType, PermanentError, InvalidParams, JobCancelled)
-DB_ERRORS: tuple[type[BaseException], ...] = (SQLAlchemyError, OSError, ConnectionError)
-try:  # asyncpg raises its own errors for a dropped connection outside SQLAlchemy's wrapping
-    import asyncpg
-
-    DB_ERRORS += (asyncpg.PostgresError, asyncpg.InterfaceError)
-except ImportError:  # pragma: no cover
-    pass
 
 
 class CompletionBatcher:

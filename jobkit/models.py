@@ -61,7 +61,7 @@ ALL_STATUSES: tuple[JobStatus, ...] = tuple(JobStatus)
 #: Waiting to be claimed.
 ELIGIBLE: frozenset[JobStatus] = frozenset({JobStatus.PENDING, JobStatus.RETRY})
 #: Not finished yet.
-ACTIVE: frozenset[JobStatus] = frozenset({JobStatus.PENDING, JobStatus.RETRY, JobStatus.PROCESSING})
+ACTIVE: frozenset[JobStatus] = ELIGIBLE | {JobStatus.PROCESSING}
 #: Finished for good.
 TERMINAL: frozenset[JobStatus] = frozenset({JobStatus.COMPLETED, JobStatus.FAILED})
 #: The waiting statuses as stored text, in a fixed order (for ``status IN (...)`` filters).
@@ -148,7 +148,7 @@ JSONType = JSON().with_variant(JSONB(), "postgresql")
 
 #: The waiting filter as literal SQL: the partial claim indexes and both backends' CLAIM
 #: use this same text (a planner matches a partial index only on the identical expression).
-ELIGIBLE_SQL = "status IN ('pending', 'retry')"
+ELIGIBLE_SQL = "status IN (" + ", ".join(f"'{v}'" for v in ELIGIBLE_VALUES) + ")"
 
 #: The claim order, as (column, descending): highest priority first, then the oldest, then
 #: the id (time-ordered, so a stable tie-breaker). The claim's indexes, both backends' claim
@@ -183,7 +183,7 @@ def ahead_in_claim_order(columns: Any, row: Mapping[str, Any]) -> ColumnElement[
 def _claim_index(**columns: Any) -> list[Any]:
     """:data:`CLAIM_ORDER` as index columns (``columns``: the descending ones, by name)."""
     return [columns[name].desc() if desc else name for name, desc in CLAIM_ORDER]
-_ACTIVE_SQL = "status IN ('pending', 'retry', 'processing')"
+_ACTIVE_SQL = "status IN (" + ", ".join(f"'{v}'" for v in ACTIVE_VALUES) + ")"
 
 
 class Base(DeclarativeBase):

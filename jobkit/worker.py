@@ -25,13 +25,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from . import queue
 from .checks import check_queues
 from .config import Settings
-from .database import LazySession, describe_error, make_sessionmaker
+from .database import DB_ERRORS, LazySession, describe_error, make_sessionmaker
 from .dependencies import fail_blocked_by_failure
 from .dispatcher import DISPATCH_TABLE, Handler, handler_options
 from .errors import JobkitError
 from .events import EventBus
 from .execute import (
-    DB_ERRORS,
     NO_JOBS,
     CompletionBatcher,
     RunContext,

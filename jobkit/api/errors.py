@@ -12,9 +12,8 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from ..database import describe_error
+from ..database import DB_ERRORS, describe_error
 from ..errors import JobNotFound
-from ..execute import DB_ERRORS
 
 log = logging.getLogger("jobkit")
 

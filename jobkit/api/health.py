@@ -8,8 +8,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from .. import stats
-from ..database import describe_error
-from ..execute import DB_ERRORS
+from ..database import DB_ERRORS, describe_error
 from ..runner import Runner
 from ..shapes import health_dict
 from .models import HealthOut

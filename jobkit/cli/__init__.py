@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _exit_code(exc: BaseException) -> int:
-    from ..execute import DB_ERRORS
+    from ..database import DB_ERRORS
 
     if isinstance(exc, UsageError | ConfigError):
         return EXIT_USAGE
@@ -91,7 +91,7 @@ def _exit_code(exc: BaseException) -> int:
 
 
 def _message(exc: BaseException) -> str:
-    from ..execute import DB_ERRORS
+    from ..database import DB_ERRORS
 
     if isinstance(exc, JobNotFound):
         return f"no job with id {exc.job_id}; list jobs with `jobkit jobs`"

@@ -12,13 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import Settings
 from ..errors import ConfigError, DatabaseURLError, JobkitError
+from .registry import EXIT_USAGE as EXIT_USAGE
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
     from ..runner import Runner
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_DISABLED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_OK, EXIT_ERROR, EXIT_DISABLED, EXIT_INTERRUPTED = 0, 1, 3, 130
 EXIT_NOT_FOUND, EXIT_DATABASE = 4, 5
 
 

@@ -23,7 +23,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-EXIT_USAGE = 2
+EXIT_USAGE = 2  # bad usage; the other exit codes are in cli/common.py
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 Run = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]

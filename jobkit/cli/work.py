@@ -55,12 +55,14 @@ async def _eligible_unknown(runner: Runner, known: list[str]) -> dict[str, int]:
     """Eligible jobs per type that no handler of this process can run."""
     from sqlalchemy import func, select
 
-    from ..models import ELIGIBLE_VALUES, jobs_table, utcnow
+    from ..backends import backend_of
+    from ..models import ELIGIBLE_VALUES, jobs_table
 
     async with runner.sessions() as db:
         rows = (await db.execute(
             select(jobs_table.c.job_type, func.count())
-            .where(jobs_table.c.status.in_(ELIGIBLE_VALUES), jobs_table.c.run_at <= utcnow(),
+            .where(jobs_table.c.status.in_(ELIGIBLE_VALUES),
+                   jobs_table.c.run_at <= backend_of(db).now(),
                    jobs_table.c.job_type.not_in(known))
             .group_by(jobs_table.c.job_type))).all()
     return {str(t): int(n) for t, n in rows}
