@@ -412,3 +412,12 @@ def worker_alive(now: Any, dead_after: float) -> ColumnElement[bool]:
 def is_worker_alive(state: str, heartbeat_age_s: float, dead_after: float) -> bool:
     """The same rule in Python, for a row already read (age measured on the database clock)."""
     return state == "running" and heartbeat_age_s < dead_after
+
+
+def attempt_fence(job_id: Any, attempt: Any, worker_id: Any) -> ColumnElement[bool]:
+    """SQL: the row is still this attempt of this worker — THE fence of every statement that
+    records an attempt's outcome or progress (values, or bind parameters for a prebuilt
+    statement). Zero rows matched means the lease was lost."""
+    return and_(jobs_table.c.id == job_id, jobs_table.c.attempts == attempt,
+                jobs_table.c.locked_by == worker_id,
+                jobs_table.c.status == JobStatus.PROCESSING.value)

@@ -29,11 +29,11 @@ import uuid
 from collections.abc import AsyncIterator, Generator
 from typing import Any
 
-from sqlalchemy import and_, update
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from .backends import backend_of
-from .models import jobs_table, utcnow
+from .models import attempt_fence, jobs_table, utcnow
 
 log = logging.getLogger("jobkit")
 
@@ -163,9 +163,7 @@ class ProgressTracker:
             if value is None or value == self._written or self.lost or self.closed:
                 return False  # closed: the job's outcome is being recorded; it sets progress
             fraction, message = value
-            fence = and_(jobs_table.c.id == self.job_id, jobs_table.c.locked_by == self.worker_id,
-                         jobs_table.c.attempts == self.attempt,
-                         jobs_table.c.status == "processing")
+            fence = attempt_fence(self.job_id, self.attempt, self.worker_id)
             try:
                 async with self.engine.begin() as conn:
                     res = await conn.execute(update(jobs_table).where(fence).values(

@@ -30,7 +30,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session, configure_mappers
-from sqlalchemy.sql import ColumnElement
 
 from .backends import ClaimShape, backend_of
 from .backends.common import JOB_COLUMNS, lane_open
@@ -50,6 +49,7 @@ from .models import (
     TERMINAL,
     Job,
     JobStatus,
+    attempt_fence,
     claim_sort_key,
     dependencies_table,
     jobs_table,
@@ -500,11 +500,6 @@ async def dequeue_job(db: AsyncSession, *, worker_id: str | None = None,
 # ---------------------------------------------------------------------------
 # Finish (fenced; the caller commits)
 # ---------------------------------------------------------------------------
-def _fence(job_id: uuid.UUID, attempt: int, worker_id: str) -> ColumnElement[bool]:
-    return and_(jobs_table.c.id == job_id, jobs_table.c.attempts == attempt,
-                jobs_table.c.locked_by == worker_id, jobs_table.c.status == "processing")
-
-
 async def complete_job(db: AsyncSession, job: Job, result: Any, *, worker_id: str) -> bool:
     """Mark ``job`` completed with ``result`` if this worker still holds it. Does not commit.
 
@@ -590,7 +585,7 @@ async def fail_job(db: AsyncSession, job: Job, error: str, *, worker_id: str,
         values["run_at"] = now + timedelta(seconds=delay)
         values["finished_at"] = None
     ended = (await db.execute(update(jobs_table).where(
-        _fence(job.id, job.attempts, worker_id)).values(**values)
+        attempt_fence(job.id, job.attempts, worker_id)).values(**values)
         .returning(jobs_table.c.updated_at))).scalar_one_or_none()
     if ended is None:
         return None

@@ -11,7 +11,7 @@ from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import DBAPIError, PendingRollbackError, ResourceClosedError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ..models import JobStatus, JSONType, jobs_table
+from ..models import JobStatus, JSONType, attempt_fence, jobs_table
 
 #: Statements that only read: they run outside any SQLite transaction (see
 #: :mod:`jobkit.backends.sqlite`) and do not make a transaction count as "wrote".
@@ -83,10 +83,8 @@ _COMPLETED_VALUES = {"status": JobStatus.COMPLETED.value, "error": None, "locked
 def complete_statement(now: Any) -> Any:
     """One job's fenced completion, stamped with ``now`` (an SQL clock or a bound value)."""
     return (update(jobs_table)
-            .where(jobs_table.c.id == bindparam("job_id", type_=Uuid),
-                   jobs_table.c.attempts == bindparam("attempt", type_=Integer),
-                   jobs_table.c.locked_by == bindparam("worker_id"),
-                   jobs_table.c.status == JobStatus.PROCESSING.value)
+            .where(attempt_fence(bindparam("job_id", type_=Uuid),
+                                 bindparam("attempt", type_=Integer), bindparam("worker_id")))
             .values(result=bindparam("result", type_=JSONType), finished_at=now,
                     updated_at=now, **_COMPLETED_VALUES)
             .returning(jobs_table.c.finished_at))

@@ -73,8 +73,9 @@ async def open_runner(args: argparse.Namespace, *, create: bool = False,
 
     settings = settings or settings_of(args)
     url = settings.database_url
-    if not create:
-        path = backend_for_url(url).missing_file(url)
+    backend = backend_for_url(url)
+    if backend is not None and not create:
+        path = backend.missing_file(url)
         if path is not None:
             raise DatabaseUnavailable(f"no database at {path}; create it with `jobkit init` "
                                       "(or pass --database-url)")
@@ -119,8 +120,9 @@ async def open_engine(settings: Settings) -> AsyncEngine:
     from ..database import check_database, create_engine
 
     url = settings.database_url
+    backend = backend_for_url(url)
     engine = create_engine(url, settings=settings,
-                           connect_args=backend_for_url(url).connect_timeout(10))
+                           connect_args=backend.connect_timeout(10) if backend else {})
     try:
         await check_database(engine)
     except JobkitError as exc:
@@ -130,8 +132,8 @@ async def open_engine(settings: Settings) -> AsyncEngine:
 
 
 def backend_for_url(url: str) -> Any:
-    """The backend a URL names; for a URL no backend takes, one that checks nothing
-    (``create_engine`` then says what is wrong with the URL)."""
+    """The backend a URL names, or None for a URL no backend takes (``create_engine`` then
+    says what is wrong with it)."""
     from sqlalchemy.exc import ArgumentError
 
     from ..backends import backend_of
@@ -139,14 +141,4 @@ def backend_for_url(url: str) -> Any:
     try:
         return backend_of(url)
     except (ValueError, ArgumentError):
-        return _NoBackend
-
-
-class _NoBackend:
-    @staticmethod
-    def missing_file(url: str) -> None:
         return None
-
-    @staticmethod
-    def connect_timeout(seconds: float) -> dict[str, Any]:
-        return {}

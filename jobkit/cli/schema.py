@@ -80,7 +80,8 @@ async def _sql_start(settings: Settings) -> str:
     from ..schema import FROM_EMPTY, FROM_V010, read_state
 
     url = settings.database_url
-    if backend_for_url(url).missing_file(url) is not None:
+    backend = backend_for_url(url)
+    if backend is not None and backend.missing_file(url) is not None:
         return FROM_EMPTY
     try:
         engine = await open_engine(settings)
