@@ -76,6 +76,7 @@ class Runner:
                 except Exception:  # noqa: BLE001 - closing must not fail because of a view
                     log.exception("runner close callback %r failed", callback)
             self._close_callbacks.clear()
+            await backend_of(self.engine).release(self.engine)
             await self.engine.dispose()
 
     @property

@@ -112,9 +112,14 @@ async def test_the_fast_lane_on_postgresql_uses_the_database_clock(pg_url: str) 
         assert lease == timedelta(seconds=30)  # both from now() in the same statement
 
 
-async def test_fast_lane_cancellation_storm(db_url: str) -> None:
+@pytest.mark.parametrize("inline", [True, False], ids=["inline", "waiting"])
+async def test_fast_lane_cancellation_storm(db_url: str, inline: bool) -> None:
     """Cancelled at any moment, the fast lane lets CancelledError through and leaves every
-    connection healthy (and, on SQLite, the write gate free)."""
+    connection healthy (and, on SQLite, the write gate free).
+
+    On SQLite a statement whose lock is free runs inline (whole: nothing to cancel in the
+    middle); ``waiting`` turns the inline lane off so every statement takes the path that
+    can be cancelled in flight."""
     import asyncio
     import random
 
@@ -123,6 +128,10 @@ async def test_fast_lane_cancellation_storm(db_url: str) -> None:
     from jobkit.backends import sqlite
 
     runner = await jobkit.open(db_url, retry_backoff_base=0.0)
+    if not inline:
+        if sqlite._INLINE.pop(runner.engine.sync_engine, None) is None:  # noqa: SLF001
+            await runner.close()
+            pytest.skip("only SQLite has an inline lane")
     rng = random.Random(15)
     try:
         await runner.enqueue_many([("noop", {"i": i}) for i in range(100)], allow_unknown=True)
@@ -153,7 +162,7 @@ async def test_fast_lane_cancellation_storm(db_url: str) -> None:
                 await task
             except asyncio.CancelledError:
                 cancelled += 1
-        assert cancelled >= 30
+        assert cancelled >= (1 if inline and runner.backend == "sqlite" else 30)
         await _settle(runner)
         gate = sqlite.write_gate(runner.engine)
         assert gate is None or gate.holders == 0
@@ -197,3 +206,133 @@ async def test_a_job_finishing_during_the_done_report_wakes_a_full_worker(
     finally:
         worker.stop()
         await asyncio.wait_for(task, 30)
+
+
+# ---------------------------------------------------------------------------
+# SQLite's inline lane: statements whose lock is free run on the loop's thread
+# ---------------------------------------------------------------------------
+def _lane(runner: jobkit.Runner) -> Any:
+    from jobkit.backends import sqlite
+
+    return sqlite._INLINE[runner.engine.sync_engine]  # noqa: SLF001
+
+
+async def _statements_of(runner: jobkit.Runner, lane: Any) -> list[str]:
+    """Wrap the lane's connection so the test sees what runs inline."""
+    seen: list[str] = []
+    conn = lane._connection(runner.engine)  # noqa: SLF001
+
+    class Spy:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(conn, name)
+
+        def execute(self, sql: str, *args: Any) -> Any:
+            seen.append(sql.split()[0])
+            return conn.execute(sql, *args)
+
+    lane.conn = Spy()
+    return seen
+
+
+async def test_sqlite_inline_lane_runs_the_hot_statements_without_a_hand_off(
+        sqlite_url: str) -> None:
+    async with await jobkit.open(sqlite_url) as runner:
+        lane = _lane(runner)
+        seen = await _statements_of(runner, lane)
+        job = await runner.enqueue("noop", {"i": 1}, allow_unknown=True)
+        [claimed] = await queue.claim_alone(runner.engine, 5, worker_id="w", lease_seconds=60)
+        assert claimed.id == job.id
+        done = await queue.complete_many_alone(runner.engine, [(claimed, {"ok": 1})],
+                                               worker_id="w")
+        assert done == {job.id}
+        assert seen == ["INSERT", "UPDATE", "UPDATE"]
+        stored = await _orm_job(runner, job.id)
+        assert stored.status == JobStatus.COMPLETED and stored.result == {"ok": 1}
+
+
+async def test_sqlite_inline_lane_steps_aside_while_another_connection_writes(
+        sqlite_url: str) -> None:
+    """Another process's write transaction holds SQLite's lock: the enqueue does not block
+    the event loop (nor fail at once): it waits on aiosqlite's thread, and lands as soon
+    as the lock is free."""
+    import asyncio
+    import sqlite3
+
+    async with await jobkit.open(sqlite_url) as runner:
+        lane = _lane(runner)
+        seen = await _statements_of(runner, lane)
+        other = sqlite3.connect(sqlite_url.split("///", 1)[1], isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # holds the write lock
+        try:
+            task = asyncio.create_task(runner.enqueue("noop", {}, allow_unknown=True))
+            ticks = 0
+            while ticks < 20:  # the loop keeps running while the enqueue waits
+                await asyncio.sleep(0.005)
+                ticks += 1
+            assert not task.done(), "the enqueue waits for the lock, it does not fail"
+            assert seen == ["INSERT"], "tried inline once, found the lock taken"
+        finally:
+            other.execute("COMMIT")
+            other.close()
+        job = await asyncio.wait_for(task, 10)
+        assert (await _orm_job(runner, job.id)).status == JobStatus.PENDING
+        await runner.enqueue("noop", {}, allow_unknown=True)
+        assert seen == ["INSERT", "INSERT"], "inline again once the lock is free"
+
+
+async def test_sqlite_inline_lane_errors_are_sqlalchemy_errors(sqlite_url: str) -> None:
+    from jobkit.backends import sqlite
+
+    async with await jobkit.open(sqlite_url) as runner:
+        row = queue.build_job_row("noop", {}, default_max_retries=3)
+        await sqlite.fetch_alone(runner.engine, sqlite.INSERT_ALONE, row)
+        with pytest.raises(sqlalchemy.exc.IntegrityError):
+            await sqlite.fetch_alone(runner.engine, sqlite.INSERT_ALONE, row)
+        assert (await _orm_job(runner, row["id"])).id == row["id"]  # the first one stays
+
+
+async def test_sqlite_inline_lane_follows_the_pool_and_steps_back_for_connect_listeners(
+        sqlite_url: str) -> None:
+    from sqlalchemy import event
+
+    async with await jobkit.open(sqlite_url) as runner:
+        lane = _lane(runner)
+        first = lane._connection(runner.engine)  # noqa: SLF001
+        assert first is not None
+        await runner.engine.dispose()  # new connections from now on: the lane's too
+        second = lane._connection(runner.engine)  # noqa: SLF001
+        assert second is not None and second is not first
+
+        @event.listens_for(runner.engine.sync_engine, "connect")
+        def _setup(dbapi_conn: Any, record: Any) -> None:  # a user's per-connection setup
+            pass
+
+        assert lane._connection(runner.engine) is None  # noqa: SLF001
+        job = await runner.enqueue("noop", {}, allow_unknown=True)  # the waiting path
+        assert (await _orm_job(runner, job.id)).id == job.id
+
+
+async def test_sqlite_inline_writes_are_checkpointed_off_the_loop(
+        sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    from jobkit.backends import sqlite
+
+    calls: list[int] = []
+    real = sqlite._checkpoint  # noqa: SLF001
+
+    async def counted(engine: Any) -> None:
+        calls.append(1)
+        await real(engine)
+
+    monkeypatch.setattr(sqlite, "_checkpoint", counted)
+    monkeypatch.setattr(sqlite, "CHECKPOINT_EVERY", 10)
+    async with await jobkit.open(sqlite_url) as runner:
+        lane = _lane(runner)
+        for i in range(35):
+            await runner.enqueue("noop", {"i": i}, allow_unknown=True)
+            while lane.checkpoints:  # one at a time: a write meanwhile starts none
+                await asyncio.gather(*lane.checkpoints)
+        assert lane.writes == 35 and len(calls) == 3
+        conn = lane._connection(runner.engine)  # noqa: SLF001
+        assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0

@@ -85,6 +85,8 @@ class Backend(Protocol):
     def connect_timeout(self, seconds: float) -> dict[str, Any]: ...  # connect_args
     def missing_file(self, url: str) -> str | None: ...  # an embedded file not there yet
     def install(self, engine: AsyncEngine, kwargs: Mapping[str, Any]) -> None: ...
+    # Close the connections the engine holds outside its pool (before engine.dispose()).
+    async def release(self, engine: AsyncEngine) -> None: ...
 
     # Wake-ups from other processes.
     async def watch(self, engine: AsyncEngine, wake: Callable[[], None],

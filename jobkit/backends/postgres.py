@@ -320,6 +320,10 @@ def install(engine: AsyncEngine, kwargs: Mapping[str, Any]) -> None:
         _install_light_ping(engine)
 
 
+async def release(engine: AsyncEngine) -> None:
+    """Nothing: every connection of the engine is in its pool."""
+
+
 def _install_light_ping(engine: AsyncEngine) -> None:
     """Check every pooled connection before use, in one round trip.
 
