@@ -70,8 +70,17 @@ _wakers: dict[str, set[Callable[[], None]]] = {}
 
 
 def wake_key(db: AsyncSession | Any) -> str:
+    """The key of the in-process wake-ups for a session's or engine's database: its URL
+    without the password (rendered once per engine; an engine's URL does not change)."""
     bind: Any = db.get_bind() if isinstance(db, (AsyncSession, Session)) else db
-    return str(bind.url.render_as_string(hide_password=True))
+    engine = getattr(bind, "sync_engine", None) or getattr(bind, "engine", bind)
+    cache = getattr(engine, "__dict__", None)
+    key = None if cache is None else cache.get("_jk_wake_key")
+    if key is None:
+        key = str(bind.url.render_as_string(hide_password=True))
+        if cache is not None:
+            cache["_jk_wake_key"] = key
+    return key
 
 
 def add_waker(key: str, fn: Callable[[], None]) -> None:
@@ -266,13 +275,14 @@ async def insert_job(engine: AsyncEngine, row: dict[str, Any]) -> Job:
     What :func:`enqueue` does with ``commit=True`` and no ``dedupe_key``, without an ORM
     session around it (its creation, bookkeeping and close cost more than the INSERT):
     the fast path of ``Runner.enqueue``, on the driver's connection (the backends'
-    ``fetch_alone``). One statement is atomic on its own; on SQLite it runs without
+    ``insert_alone``). One statement is atomic on its own; on SQLite it runs without
     ``BEGIN IMMEDIATE`` (see :func:`jobkit.backends.sqlite.skip_begin`), on PostgreSQL in
-    autocommit.
+    autocommit, on a connection held for it (retried without a duplicate if that
+    connection dies in flight).
     """
     backend = backend_of(engine)
     if lane_open(engine):
-        await backend.fetch_alone(engine, backend.INSERT_ALONE, row)
+        await backend.insert_alone(engine, row)
     else:
         async with engine.connect() as conn:
             await backend.execute_alone(conn, _INSERT, row)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -16,9 +18,11 @@ from typing import Any
 from sqlalchemy import Float, Interval, Table, bindparam, event, func, select, text
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from sqlalchemy.pool import NullPool
 from sqlalchemy.util import await_only
+from sqlalchemy.util.concurrency import in_greenlet
 
 from ..jsonutil import dumps
 from ..models import (
@@ -240,7 +244,8 @@ async def fetch_alone(engine: AsyncEngine, statement: Prepared,
     The checkout pings the connection as for every other use (a terminated one is
     replaced); asyncpg prepares the statement once per connection (its statement cache).
     A cancellation or a dropped connection in flight invalidates the pooled connection, as
-    SQLAlchemy does: it is closed, never handed out again.
+    SQLAlchemy does: it is closed, never handed out again (the error then says
+    ``connection_invalidated``: the statement's outcome is unknown).
     """
     dialect = engine.sync_engine.dialect
     compiled = statement.compiled(dialect, _coltype)
@@ -251,17 +256,192 @@ async def fetch_alone(engine: AsyncEngine, statement: Prepared,
         try:
             records = await raw.fetch(compiled.sql, *args)
         except BaseException as exc:
-            if not isinstance(exc, Exception) or raw.is_closed():
+            lost = not isinstance(exc, Exception) or _connection_lost(raw, exc)
+            if lost:
                 with contextlib.suppress(Exception):  # never replace the error in flight
                     await conn.invalidate()
             if not isinstance(exc, Exception):
                 raise
-            try:  # asyncpg's error as the DBAPI adapter names it, then as SQLAlchemy's
-                type(adapted)._handle_exception_no_connection(dialect.loaded_dbapi, exc)
-            except Exception as adapted_error:  # noqa: BLE001 - it always raises
-                raise wrapped(dialect, compiled, args, adapted_error) from exc
-            raise
+            raise _sqlalchemy_error(type(adapted), dialect, compiled, args, exc,
+                                    lost) from exc
     return compiled.rows(records)
+
+
+def _connection_lost(raw: Any, exc: BaseException) -> bool:
+    """Whether ``exc`` (raised by a statement on ``raw``) came from the connection rather
+    than from the statement: the statement may or may not have run."""
+    if raw.is_closed() or isinstance(exc, (OSError, TimeoutError)):
+        return True
+    # 08: connection exceptions; 57P: the server shut down or terminated this backend.
+    return str(getattr(exc, "sqlstate", None) or "").startswith(("08", "57P"))
+
+
+def _sqlalchemy_error(adapter: Any, dialect: Any, compiled: Any, args: Sequence[Any],
+                      exc: Exception, lost: bool) -> Exception:
+    """asyncpg's error as the DBAPI adapter names it, then as SQLAlchemy's."""
+    try:
+        adapter._handle_exception_no_connection(dialect.loaded_dbapi, exc)
+    except Exception as adapted_error:  # noqa: BLE001 - it always raises
+        error = wrapped(dialect, compiled, args, adapted_error)
+        if lost and hasattr(error, "connection_invalidated"):
+            error.connection_invalidated = True
+        return error
+    return exc  # pragma: no cover - the adapter always raises
+
+
+# ---------------------------------------------------------------------------
+# The single enqueue: one INSERT on a connection held for it, idempotent if retried
+# ---------------------------------------------------------------------------
+#: The INSERT again, for a retry after the connection died in flight (its outcome
+#: unknown): the row's id was made by the client, so a row already there is this one.
+INSERT_AGAIN = Prepared(pg_dialect.insert(jobs_table).on_conflict_do_nothing(
+    index_elements=[jobs_table.c.id]), column_keys=[c.name for c in jobs_table.c])
+
+
+class _Held:
+    """The connection one engine holds for single inserts on one event loop."""
+
+    __slots__ = ("adapter", "busy", "pid", "raw", "retired", "since")
+
+    def __init__(self) -> None:
+        self.raw: Any = None  # the asyncpg connection, detached from the pool
+        self.adapter: Any = None  # SQLAlchemy's adapter class (to name its errors)
+        self.busy = False
+        self.since = 0.0  # when it was checked out (time.time(), as the pool counts)
+        self.pid = os.getpid()
+        self.retired = False  # the engine was disposed: close whatever is held afterwards
+
+
+def _held(engine: AsyncEngine) -> _Held:
+    """The engine's held-connection slot for the running loop (asyncpg connections belong
+    to the loop that opened them; the sync façade runs its own)."""
+    slots: dict[Any, _Held] = engine.sync_engine.__dict__.setdefault("_jk_held", {})
+    loop = asyncio.get_running_loop()
+    held = slots.get(loop)
+    if held is None:
+        for gone in [lp for lp in slots if lp.is_closed()]:  # their sockets went with them
+            del slots[gone]
+        held = slots[loop] = _Held()
+    return held
+
+
+async def insert_alone(engine: AsyncEngine, row: Mapping[str, Any]) -> None:
+    """Insert one job row (``queue.build_job_row``) as ONE autocommitted statement, on a
+    connection this engine holds for it on this event loop: one round trip.
+
+    A pooled connection costs a checkout ping (a second round trip, there so that a
+    connection the server dropped is never used) and the pool's bookkeeping, about as much
+    as the INSERT itself. The held connection is taken from the pool once (pinged then)
+    and detached from it; afterwards it is trusted while asyncpg does not know it closed,
+    because a lost connection is harmless here: the row's id was made by the client, so an
+    INSERT whose outcome is unknown (the connection died in flight) is retried once, on a
+    fresh pinged pooled connection, as ``INSERT … ON CONFLICT (id) DO NOTHING``: never a
+    duplicate, never a lost job. A statement's own error (a constraint, bad data) is
+    raised as SQLAlchemy's, like :func:`fetch_alone`'s.
+
+    After any error or a cancellation the held connection is closed (asyncpg cancels the
+    statement in flight first), never reused; the next call takes a new one. A call that
+    finds it busy (another task's INSERT in flight) takes a pooled connection instead of
+    waiting. The pool's ``recycle`` and its invalidation (a disconnect seen on another
+    connection) apply to it too; :func:`install` closes it when the engine is disposed.
+    """
+    held = _held(engine)
+    if held.busy or isinstance(engine.sync_engine.pool, NullPool):  # NullPool: hold nothing
+        await _insert_pooled(engine, row)
+        return
+    held.busy = True
+    try:
+        raw = held.raw
+        if raw is None or raw.is_closed() or _outdated(engine, held.since):
+            await _hold(engine, held)
+            raw = held.raw
+        dialect = engine.sync_engine.dialect
+        compiled = INSERT_ALONE.compiled(dialect, _coltype)
+        args = compiled.args(row)
+        try:
+            await raw.execute(compiled.sql, *args)
+            return
+        except BaseException as exc:
+            held.raw = None
+            lost = not isinstance(exc, Exception) or _connection_lost(raw, exc)
+            await _discard(raw)
+            if not isinstance(exc, Exception):
+                raise
+            if not lost:
+                raise _sqlalchemy_error(held.adapter, dialect, compiled, args, exc,
+                                        False) from exc
+            log.debug("jobkit: held insert connection lost (%s); inserting again",
+                      type(exc).__name__)
+    finally:
+        held.busy = False
+        if held.retired and held.raw is not None:  # disposed while this call held it
+            raw, held.raw = held.raw, None
+            await _discard(raw)
+    await fetch_alone(engine, INSERT_AGAIN, row)
+
+
+async def _insert_pooled(engine: AsyncEngine, row: Mapping[str, Any]) -> None:
+    """The INSERT on a pooled connection; once more if that connection died in flight."""
+    try:
+        await fetch_alone(engine, INSERT_ALONE, row)
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+        await fetch_alone(engine, INSERT_AGAIN, row)
+
+
+def _outdated(engine: AsyncEngine, since: float) -> bool:
+    """Whether the pool would no longer hand out a connection checked out at ``since``:
+    older than its ``recycle``, or than a disconnect it saw (which invalidates them all)."""
+    pool: Any = engine.sync_engine.pool
+    recycle = getattr(pool, "_recycle", -1)
+    return (getattr(pool, "_invalidate_time", 0) > since
+            or (recycle > -1 and time.time() - since > recycle))
+
+
+async def _hold(engine: AsyncEngine, held: _Held) -> None:
+    """Replace ``held``'s connection by one from the pool (pinged at checkout), detached
+    from it: the pool neither counts it nor hands it out."""
+    if held.raw is not None:
+        raw, held.raw = held.raw, None
+        await _discard(raw)
+    since = time.time()
+    fairy = await engine.raw_connection()
+    adapted: Any = fairy.dbapi_connection
+    fairy.detach()
+    held.raw, held.adapter, held.since = adapted.driver_connection, type(adapted), since
+
+
+async def _discard(raw: Any) -> None:
+    """Close an asyncpg connection for good: asyncpg first cancels a statement still in
+    flight (so a cancelled INSERT does not commit later), at most 2 s, else it aborts."""
+    with contextlib.suppress(Exception):
+        await raw.close(timeout=2)
+
+
+def _release_held(engine: Any) -> None:
+    """Close the engine's held connections (``engine_disposed``: ``dispose()`` closes only
+    the pool's own). The current loop's gracefully when possible; another loop's by
+    aborting its socket from that loop; a closed loop's is already gone with it."""
+    slots: dict[Any, _Held] = engine.__dict__.pop("_jk_held", {})
+    try:
+        current = asyncio.get_running_loop()
+    except RuntimeError:
+        current = None
+    for loop, held in slots.items():
+        held.retired = True
+        if held.busy:  # its call closes it when done
+            continue
+        raw, held.raw = held.raw, None
+        if raw is None or held.pid != os.getpid():  # a forked child: the parent's socket
+            continue
+        with contextlib.suppress(Exception):
+            if loop is current and in_greenlet():
+                await_only(_discard(raw))
+            elif loop is current:
+                raw.terminate()
+            elif not loop.is_closed():
+                loop.call_soon_threadsafe(raw.terminate)
 
 
 # ---------------------------------------------------------------------------
@@ -318,6 +498,7 @@ def install(engine: AsyncEngine, kwargs: Mapping[str, Any]) -> None:
     """Install this backend's hooks on a new engine (made with ``kwargs``)."""
     if not kwargs["pool_pre_ping"]:
         _install_light_ping(engine)
+    event.listen(engine.sync_engine, "engine_disposed", _release_held)
 
 
 async def release(engine: AsyncEngine) -> None:

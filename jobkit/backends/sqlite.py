@@ -833,3 +833,9 @@ async def watch(engine: AsyncEngine, wake: Callable[[], None], stop: asyncio.Eve
             if conn is not None:
                 with contextlib.suppress(sqlite3.Error):
                     conn.close()
+
+
+async def insert_alone(engine: AsyncEngine, row: Mapping[str, Any]) -> None:
+    """Insert one job row (``queue.build_job_row``) through :func:`fetch_alone` (the
+    PostgreSQL backend holds a connection for it; here the file is the pool's)."""
+    await fetch_alone(engine, INSERT_ALONE, row)

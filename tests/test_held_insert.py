@@ -1,0 +1,297 @@
+"""PostgreSQL's single enqueue on a held connection (``backends.postgres.insert_alone``).
+
+The held connection is used without a ping, so these tests kill it (``pg_terminate_backend``)
+between enqueues, during one, during a stream of concurrent ones, and lose an INSERT's
+reply after it committed: every enqueue that returned must have its row, exactly once,
+and a cancelled one must leave nothing half-done. Closing the runner closes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+from conftest import _plain_dsn
+from sqlalchemy import func, select
+from test_worker import wait_until
+
+import jobkit
+from jobkit.models import jobs_table
+
+
+@pytest.fixture
+async def admin(pg_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A plain asyncpg connection to the test's database, outside any engine."""
+    conn = await asyncpg.connect(_plain_dsn(pg_url))
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+def _held(runner: jobkit.Runner) -> Any:
+    """This loop's held connection of the runner's engine (None: none yet)."""
+    slots = runner.engine.sync_engine.__dict__.get("_jk_held", {})
+    held = slots.get(asyncio.get_running_loop())
+    return None if held is None else held.raw
+
+
+@contextlib.asynccontextmanager
+async def _jobs_locked(pg_url: str) -> AsyncIterator[None]:
+    """Hold a lock that makes every INSERT into ``jobs`` wait, on a connection of its own
+    (pg_stat_activity is read on another one: within a transaction it is a snapshot)."""
+    conn = await asyncpg.connect(_plain_dsn(pg_url))
+    try:
+        async with conn.transaction():
+            await conn.execute("LOCK TABLE jobs IN EXCLUSIVE MODE")
+            yield
+    finally:
+        await conn.close()
+
+
+async def _rows(admin: asyncpg.Connection, ids: list[uuid.UUID]) -> dict[uuid.UUID, int]:
+    """How many rows each id has (0 for a missing one)."""
+    found = await admin.fetch("SELECT id, count(*) AS n FROM jobs WHERE id = ANY($1::uuid[]) "
+                              "GROUP BY id", ids)
+    counts = {i: 0 for i in ids}
+    counts.update({r["id"]: r["n"] for r in found})
+    return counts
+
+
+async def _total(runner: jobkit.Runner) -> int:
+    async with runner.sessions() as db:
+        return int((await db.execute(select(func.count()).select_from(jobs_table))).scalar_one())
+
+
+async def _kill(admin: asyncpg.Connection, pid: int) -> None:
+    assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+
+
+async def test_enqueue_uses_one_held_connection(pg_url: str) -> None:
+    """Sequential enqueues share one connection, which the pool does not count."""
+    async with await jobkit.open(pg_url) as runner:
+        await runner.enqueue("noop", {}, allow_unknown=True)
+        raw = _held(runner)
+        assert raw is not None and not raw.is_closed()
+        for i in range(5):
+            await runner.enqueue("noop", {"i": i}, allow_unknown=True)
+        assert _held(runner) is raw
+        assert runner.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+        assert await _total(runner) == 6
+
+
+@pytest.mark.parametrize("noticed", [True, False], ids=["noticed", "unnoticed"])
+async def test_a_killed_held_connection_is_replaced(pg_url: str, admin: asyncpg.Connection,
+                                                    noticed: bool) -> None:
+    """Killed between enqueues: the next enqueue succeeds on a new connection, whether
+    asyncpg already saw the close (no attempt on it) or not (the INSERT fails, and is
+    inserted again elsewhere)."""
+    async with await jobkit.open(pg_url) as runner:
+        first = await runner.enqueue("noop", {}, allow_unknown=True)
+        raw = _held(runner)
+        if noticed:
+            await _kill(admin, raw.get_server_pid())
+            await wait_until(raw.is_closed, what="asyncpg to see the close")
+        else:  # the server's close is not read yet when the INSERT is sent
+            pid = raw.get_server_pid()
+            raw._transport.pause_reading()  # hold back the server's close
+            await _kill(admin, pid)
+            await wait_until(lambda: _gone(admin, pid), what="the backend to exit")
+            raw._transport.resume_reading()
+        second = await runner.enqueue("noop", {}, allow_unknown=True)
+        assert _held(runner) is not raw and raw.is_closed()
+        assert await _rows(admin, [first.id, second.id]) == {first.id: 1, second.id: 1}
+        third = await runner.enqueue("noop", {}, allow_unknown=True)  # healthy again
+        assert await _rows(admin, [third.id]) == {third.id: 1}
+        assert await _total(runner) == 3
+
+
+async def _gone(admin: asyncpg.Connection, pid: int) -> bool:
+    return not await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid)
+
+
+async def test_killed_during_the_insert_is_inserted_once(pg_url: str,
+                                                          admin: asyncpg.Connection) -> None:
+    """The held connection dies while its INSERT waits (on a lock): the INSERT did not
+    commit, the enqueue does not fail, the job is there once."""
+    async with await jobkit.open(pg_url) as runner:
+        await runner.enqueue("noop", {}, allow_unknown=True)
+        raw = _held(runner)
+        pid = raw.get_server_pid()
+        async with _jobs_locked(pg_url):
+            task = asyncio.ensure_future(runner.enqueue("noop", {"killed": True},
+                                                        allow_unknown=True))
+            await wait_until(lambda: _waits_for_lock(admin, pid), what="the INSERT to wait")
+            await _kill(admin, pid)
+            await wait_until(lambda: _gone(admin, pid), what="the backend to exit")
+        job = await asyncio.wait_for(task, 30)
+        assert await _rows(admin, [job.id]) == {job.id: 1}
+        assert await _total(runner) == 2
+
+
+async def _waits_for_lock(admin: asyncpg.Connection, pid: int) -> bool:
+    return bool(await admin.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND wait_event_type = 'Lock'",
+        pid))
+
+
+async def test_a_lost_reply_after_commit_is_not_a_duplicate(
+        pg_url: str, admin: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The INSERT committed but its reply was lost with the connection: the retry finds the
+    row already there (its id was made by the client) and neither duplicates nor fails."""
+    async with await jobkit.open(pg_url) as runner:
+        await runner.enqueue("noop", {}, allow_unknown=True)
+        raw = _held(runner)
+        real = asyncpg.Connection.execute
+        lost = []
+
+        async def execute_then_lose(self: asyncpg.Connection, *args: Any, **kw: Any) -> Any:
+            result = await real(self, *args, **kw)
+            if self is raw and not lost:
+                lost.append(args[0])
+                self.terminate()
+                raise asyncpg.exceptions.ConnectionDoesNotExistError(
+                    "connection was closed in the middle of operation")
+            return result
+
+        monkeypatch.setattr(asyncpg.Connection, "execute", execute_then_lose)
+        job = await runner.enqueue("noop", {"lost": "reply"}, allow_unknown=True)
+        assert lost, "the held connection was not used"
+        assert await _rows(admin, [job.id]) == {job.id: 1}
+        assert await admin.fetchval("SELECT params->>'lost' FROM jobs WHERE id = $1",
+                                    job.id) == "reply"
+        assert await _total(runner) == 2
+
+
+async def test_a_statement_error_is_raised_not_retried(pg_url: str,
+                                                       admin: asyncpg.Connection) -> None:
+    """An error of the statement itself (here: the id exists) is SQLAlchemy's error, as on
+    every other path; the held connection is replaced."""
+    import sqlalchemy.exc
+
+    from jobkit import queue
+
+    async with await jobkit.open(pg_url) as runner:
+        row = queue.build_job_row("noop", {})
+        await queue.insert_job(runner.engine, row)
+        raw = _held(runner)
+        with pytest.raises(sqlalchemy.exc.IntegrityError):
+            await queue.insert_job(runner.engine, row)
+        assert raw.is_closed()
+        job = await runner.enqueue("noop", {}, allow_unknown=True)
+        assert await _rows(admin, [row["id"], job.id]) == {row["id"]: 1, job.id: 1}
+
+
+async def test_concurrent_enqueues_survive_repeated_kills(pg_url: str,
+                                                          admin: asyncpg.Connection) -> None:
+    """Several tasks enqueue without pause (one on the held connection, the others on
+    pooled ones) while every connection of the engine is killed, five times: every enqueue
+    returns, and each returned job has exactly one row."""
+    tasks, kills = 6, 5
+    async with await jobkit.open(pg_url) as runner:
+        done: list[list[uuid.UUID]] = [[] for _ in range(tasks)]
+        stop = asyncio.Event()
+
+        async def produce(k: int) -> None:
+            while not stop.is_set():
+                job = await runner.enqueue("noop", {"task": k}, allow_unknown=True)
+                done[k].append(job.id)
+
+        producers = [asyncio.ensure_future(produce(k)) for k in range(tasks)]
+        killed_total = 0
+        try:
+            for _ in range(kills):
+                # Each task finished an enqueue since the last kill (so no retry of the
+                # last kill is still in flight: a kill never hits a retry).
+                marks = [len(d) for d in done]
+                await wait_until(lambda m=marks: all(len(d) > n + 1
+                                                     for d, n in zip(done, m, strict=True)),
+                                 what="every task to enqueue again", every=0.01)
+                killed_total += await admin.fetchval(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                    "AND state IN ('idle', 'active')")
+            marks = [len(d) for d in done]
+            await wait_until(lambda: all(len(d) > n + 2 for d, n in zip(done, marks,
+                                                                        strict=True)),
+                             what="enqueues after the last kill", every=0.01)
+        finally:
+            stop.set()
+            results = await asyncio.gather(*producers, return_exceptions=True)
+        assert [r for r in results if r is not None] == []
+        assert killed_total >= kills
+        ids = [i for d in done for i in d]
+        counts = await _rows(admin, ids)
+        assert [i for i, n in counts.items() if n != 1] == []
+        assert await _total(runner) == len(ids) == len(set(ids))
+
+
+async def test_a_cancelled_enqueue_leaves_nothing_half_done(pg_url: str,
+                                                            admin: asyncpg.Connection) -> None:
+    """Cancelled while its INSERT is in flight (waiting on a lock): CancelledError goes
+    through, the statement is cancelled on the server (the job does not appear later),
+    the held connection is closed, and the next enqueue works."""
+    async with await jobkit.open(pg_url) as runner:
+        await runner.enqueue("noop", {}, allow_unknown=True)
+        raw = _held(runner)
+        pid = raw.get_server_pid()
+        async with _jobs_locked(pg_url):
+            task = asyncio.ensure_future(runner.enqueue("noop", {"cancelled": True},
+                                                        allow_unknown=True))
+            await wait_until(lambda: _waits_for_lock(admin, pid), what="the INSERT to wait")
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(task, 30)
+            assert raw.is_closed() and _held(runner) is None
+            # Its backend left while the lock was still held: the INSERT never committed.
+            await wait_until(lambda: _gone(admin, pid), what="the cancelled backend to exit")
+        job = await runner.enqueue("noop", {}, allow_unknown=True)
+        assert await _rows(admin, [job.id]) == {job.id: 1}
+        assert await admin.fetchval(
+            "SELECT count(*) FROM jobs WHERE params ? 'cancelled'") == 0
+        assert await _total(runner) == 2
+        assert runner.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+async def test_closing_the_runner_closes_the_held_connection(
+        pg_url: str, admin: asyncpg.Connection) -> None:
+    """``Runner.close`` (``engine.dispose()``) closes the held connection too: nothing of
+    the engine stays connected to the database."""
+    runner = await jobkit.open(pg_url)
+    try:
+        await runner.enqueue("noop", {}, allow_unknown=True)
+        await asyncio.gather(*(runner.enqueue("noop", {}, allow_unknown=True)
+                               for _ in range(4)))  # pooled ones too
+        raw = _held(runner)
+        pid = raw.get_server_pid()
+    finally:
+        await runner.close()
+    assert raw.is_closed()
+    left = await admin.fetch("SELECT pid, application_name, state FROM pg_stat_activity "
+                             "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+    assert [dict(r) for r in left] == []
+    assert await _gone(admin, pid)
+
+
+async def test_disposing_mid_enqueue_closes_what_it_held(pg_url: str,
+                                                         admin: asyncpg.Connection) -> None:
+    """An engine disposed while an enqueue is on its held connection: that enqueue
+    completes, and the connection closes when it returns (not left open)."""
+    runner = await jobkit.open(pg_url)
+    await runner.enqueue("noop", {}, allow_unknown=True)
+    raw = _held(runner)
+    async with _jobs_locked(pg_url):
+        task = asyncio.ensure_future(runner.enqueue("noop", {}, allow_unknown=True))
+        await wait_until(lambda: _waits_for_lock(admin, raw.get_server_pid()),
+                         what="the INSERT to wait")
+        await runner.engine.dispose()
+        assert not raw.is_closed()  # busy: its call closes it
+    job = await asyncio.wait_for(task, 30)
+    assert raw.is_closed()
+    assert await _rows(admin, [job.id]) == {job.id: 1}
+    await runner.close()
