@@ -295,3 +295,25 @@ async def test_disposing_mid_enqueue_closes_what_it_held(pg_url: str,
     assert raw.is_closed()
     assert await _rows(admin, [job.id]) == {job.id: 1}
     await runner.close()
+
+
+def test_the_sync_facade_closes_its_held_connection(pg_url: str) -> None:
+    """The sync façade's runner lives on its own loop: it holds a connection there, and
+    closing it leaves nothing connected."""
+
+    async def others() -> list[dict[str, Any]]:
+        conn = await asyncpg.connect(_plain_dsn(pg_url))
+        try:
+            return [dict(r) for r in await conn.fetch(
+                "SELECT pid, state FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()")]
+        finally:
+            await conn.close()
+
+    with jobkit.connect_sync(pg_url) as sync:
+        ids = [sync.enqueue("noop", {"i": i}).id for i in range(5)]
+        slots = sync.runner.engine.sync_engine.__dict__["_jk_held"]
+        assert [h.raw is not None for h in slots.values()] == [True]
+        assert asyncio.run(others())  # connected while open
+    assert asyncio.run(others()) == []
+    assert len(set(ids)) == 5
