@@ -258,10 +258,11 @@ async def test_a_cancelled_enqueue_leaves_nothing_half_done(pg_url: str,
         assert runner.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize("how", ["runner", "engine"])
 async def test_closing_the_runner_closes_the_held_connection(
-        pg_url: str, admin: asyncpg.Connection) -> None:
-    """``Runner.close`` (``engine.dispose()``) closes the held connection too: nothing of
-    the engine stays connected to the database."""
+        pg_url: str, admin: asyncpg.Connection, how: str) -> None:
+    """``Runner.close`` (the backend's ``release``) and a bare ``engine.dispose()`` close
+    the held connection too: nothing of the engine stays connected to the database."""
     runner = await jobkit.open(pg_url)
     try:
         await runner.enqueue("noop", {}, allow_unknown=True)
@@ -269,13 +270,18 @@ async def test_closing_the_runner_closes_the_held_connection(
                                for _ in range(4)))  # pooled ones too
         raw = _held(runner)
         pid = raw.get_server_pid()
+        if how == "engine":
+            await runner.engine.dispose()
+        else:
+            await runner.close()
+        assert raw.is_closed()
+        left = await admin.fetch(
+            "SELECT pid, application_name, state FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        assert [dict(r) for r in left] == []
+        assert await _gone(admin, pid)
     finally:
         await runner.close()
-    assert raw.is_closed()
-    left = await admin.fetch("SELECT pid, application_name, state FROM pg_stat_activity "
-                             "WHERE datname = current_database() AND pid <> pg_backend_pid()")
-    assert [dict(r) for r in left] == []
-    assert await _gone(admin, pid)
 
 
 async def test_disposing_mid_enqueue_closes_what_it_held(pg_url: str,

@@ -343,7 +343,8 @@ async def insert_alone(engine: AsyncEngine, row: Mapping[str, Any]) -> None:
     statement in flight first), never reused; the next call takes a new one. A call that
     finds it busy (another task's INSERT in flight) takes a pooled connection instead of
     waiting. The pool's ``recycle`` and its invalidation (a disconnect seen on another
-    connection) apply to it too; :func:`install` closes it when the engine is disposed.
+    connection) apply to it too; :func:`release` closes it (``Runner.close``), and so does
+    ``engine.dispose()``.
     """
     held = _held(engine)
     if held.busy or isinstance(engine.sync_engine.pool, NullPool):  # NullPool: hold nothing
@@ -419,29 +420,40 @@ async def _discard(raw: Any) -> None:
         await raw.close(timeout=2)
 
 
-def _release_held(engine: Any) -> None:
-    """Close the engine's held connections (``engine_disposed``: ``dispose()`` closes only
-    the pool's own). The current loop's gracefully when possible; another loop's by
-    aborting its socket from that loop; a closed loop's is already gone with it."""
-    slots: dict[Any, _Held] = engine.__dict__.pop("_jk_held", {})
+def _retire_held(sync_engine: Any) -> list[Any]:
+    """Forget the engine's held connections and return the running loop's, to be closed by
+    the caller. Another loop's is aborted from that loop; a closed loop's went with it; a
+    busy one is closed by the call using it, when it returns."""
+    slots: dict[Any, _Held] = sync_engine.__dict__.pop("_jk_held", {})
     try:
         current = asyncio.get_running_loop()
     except RuntimeError:
         current = None
+    mine = []
     for loop, held in slots.items():
         held.retired = True
-        if held.busy:  # its call closes it when done
+        if held.busy:
             continue
         raw, held.raw = held.raw, None
         if raw is None or held.pid != os.getpid():  # a forked child: the parent's socket
             continue
-        with contextlib.suppress(Exception):
-            if loop is current and in_greenlet():
-                await_only(_discard(raw))
-            elif loop is current:
-                raw.terminate()
-            elif not loop.is_closed():
+        if loop is current:
+            mine.append(raw)
+        elif not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(raw.terminate)
+    return mine
+
+
+def _on_dispose(sync_engine: Any) -> None:
+    """``engine_disposed``: an engine disposed without :func:`release` first (``dispose()``
+    closes only the pool's connections) closes its held one too."""
+    for raw in _retire_held(sync_engine):
+        with contextlib.suppress(Exception):
+            if in_greenlet():  # AsyncEngine.dispose(): close it properly
+                await_only(_discard(raw))
+            else:
+                raw.terminate()
 
 
 # ---------------------------------------------------------------------------
@@ -498,11 +510,14 @@ def install(engine: AsyncEngine, kwargs: Mapping[str, Any]) -> None:
     """Install this backend's hooks on a new engine (made with ``kwargs``)."""
     if not kwargs["pool_pre_ping"]:
         _install_light_ping(engine)
-    event.listen(engine.sync_engine, "engine_disposed", _release_held)
+    event.listen(engine.sync_engine, "engine_disposed", _on_dispose)
 
 
 async def release(engine: AsyncEngine) -> None:
-    """Nothing: every connection of the engine is in its pool."""
+    """Close the connection the engine holds for single inserts (:func:`insert_alone`) on
+    this loop (``Runner.close``; the next insert would hold a new one)."""
+    for raw in _retire_held(engine.sync_engine):
+        await _discard(raw)
 
 
 def _install_light_ping(engine: AsyncEngine) -> None:
