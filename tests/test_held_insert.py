@@ -203,21 +203,27 @@ async def test_concurrent_enqueues_survive_repeated_kills(pg_url: str,
                 done[k].append(job.id)
 
         producers = [asyncio.ensure_future(produce(k)) for k in range(tasks)]
+
+        def failed() -> bool:  # a producer that stopped raised: the assertion below shows it
+            return any(p.done() for p in producers)
+
         killed_total = 0
         try:
             for _ in range(kills):
                 # Each task finished an enqueue since the last kill (so no retry of the
                 # last kill is still in flight: a kill never hits a retry).
                 marks = [len(d) for d in done]
-                await wait_until(lambda m=marks: all(len(d) > n + 1
-                                                     for d, n in zip(done, m, strict=True)),
+                await wait_until(lambda m=marks: failed() or all(
+                    len(d) > n + 1 for d, n in zip(done, m, strict=True)),
                                  what="every task to enqueue again", every=0.01)
+                if failed():
+                    break
                 killed_total += await admin.fetchval(
                     "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
                     "WHERE datname = current_database() AND pid <> pg_backend_pid() "
                     "AND state IN ('idle', 'active')")
             marks = [len(d) for d in done]
-            await wait_until(lambda: all(len(d) > n + 2 for d, n in zip(done, marks,
+            await wait_until(lambda: failed() or all(len(d) > n + 2 for d, n in zip(done, marks,
                                                                         strict=True)),
                              what="enqueues after the last kill", every=0.01)
         finally:
