@@ -272,6 +272,13 @@ def _connection_lost(raw: Any, exc: BaseException) -> bool:
     than from the statement: the statement may or may not have run."""
     if raw.is_closed() or isinstance(exc, (OSError, TimeoutError)):
         return True
+    # asyncpg's client-side errors about the connection's state ("another operation is in
+    # progress" after a kill cut a protocol exchange short): the connection is unusable
+    # and what it last sent unknown. Its DataError (bad arguments) is the statement's.
+    from asyncpg.exceptions import DataError, InterfaceError
+
+    if isinstance(exc, InterfaceError) and not isinstance(exc, DataError):
+        return True
     # 08: connection exceptions; 57P: the server shut down or terminated this backend.
     return str(getattr(exc, "sqlstate", None) or "").startswith(("08", "57P"))
 
