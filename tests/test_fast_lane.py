@@ -300,6 +300,9 @@ async def test_sqlite_inline_lane_follows_the_pool_and_steps_back_for_connect_li
         first = lane._connection(runner.engine)  # noqa: SLF001
         assert first is not None
         await runner.engine.dispose()  # new connections from now on: the lane's too
+        assert lane.conn is None
+        with pytest.raises(Exception, match="closed"):
+            first.execute("SELECT 1")
         second = lane._connection(runner.engine)  # noqa: SLF001
         assert second is not None and second is not first
 

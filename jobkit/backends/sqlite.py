@@ -489,7 +489,9 @@ def install(engine: AsyncEngine, kwargs: Mapping[str, Any]) -> None:
     """Install this backend's hooks on a new engine (made with ``kwargs``)."""
     _install_hooks(engine)
     if engine.url.get_driver_name() == "aiosqlite":
-        _INLINE[engine.sync_engine] = _InlineLane(engine)
+        lane = _INLINE[engine.sync_engine] = _InlineLane(engine)
+        # engine.dispose() closes the inline connection too (it reopens if used again).
+        event.listen(engine.sync_engine, "engine_disposed", lambda _sync: lane.close())
 
 
 def _install_hooks(engine: AsyncEngine) -> None:
