@@ -31,7 +31,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session, configure_mappers
 
-from .backends import ClaimShape, backend_of
+from .backends import Backend, ClaimShape, Prepared, backend_of
 from .backends.common import JOB_COLUMNS, lane_open
 from .checks import (
     INT32_MAX,
@@ -513,16 +513,45 @@ async def dequeue_job(db: AsyncSession, *, worker_id: str | None = None,
 async def complete_job(db: AsyncSession, job: Job, result: Any, *, worker_id: str) -> bool:
     """Mark ``job`` completed with ``result`` if this worker still holds it. Does not commit.
 
-    On success ``job.finished_at`` is set to the stored time (see :func:`jobkit.durations.attempt_ms`).
+    In ``db``'s open transaction, on its own driver connection when the fast lane is open
+    (see :func:`_in_transaction`), else through the session: atomic with what ``db`` wrote
+    either way. On success ``job.finished_at`` is set to the stored time (see
+    :func:`jobkit.durations.attempt_ms`).
     """
     backend = backend_of(db)
     params = {"job_id": job.id, "attempt": job.attempts, "worker_id": worker_id,
               "result": result, **backend.clock_params()}
-    finished = (await db.execute(backend.COMPLETE, params)).scalar_one_or_none()
+    rows = await _in_transaction(db, backend, backend.COMPLETE_ALONE, params)
+    if rows is None:
+        finished = (await db.execute(backend.COMPLETE, params)).scalar_one_or_none()
+    else:
+        finished = rows[0]["finished_at"] if rows else None
     if finished is None:
         return False
     job.finished_at = finished
     return True
+
+
+async def _in_transaction(db: AsyncSession, backend: Backend, statement: Prepared,
+                          params: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+    """Run a fast-lane ``statement`` inside ``db``'s open transaction, on its driver
+    connection (the backends' ``fetch_in_transaction``); None when it cannot (no transaction
+    open, or the fast lane closed: cursor listeners must see every statement), and then the
+    caller runs it through the session.
+
+    The handler of a job that wrote through its session completes it in that transaction:
+    the same fenced statement, atomic with the writes, without SQLAlchemy's per-statement
+    execution machinery (a large part of a small job's cost on the event loop).
+    """
+    if not db.in_transaction():
+        return None
+    sync = db.sync_session
+    if sync.autoflush and (sync.new or sync.deleted or sync.dirty):
+        await db.flush()  # what the session's own execute would autoflush first
+    conn = await db.connection()
+    if not lane_open(conn.engine):
+        return None
+    return await backend.fetch_in_transaction(conn, statement, params)
 
 
 async def complete_many(db: AsyncSession, items: Sequence[tuple[Job, Any]], *,

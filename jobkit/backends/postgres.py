@@ -267,6 +267,41 @@ async def fetch_alone(engine: AsyncEngine, statement: Prepared,
     return compiled.rows(records)
 
 
+async def fetch_in_transaction(conn: AsyncConnection, statement: Prepared,
+                               params: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+    """Run ``statement`` on ``conn``'s asyncpg connection, INSIDE the transaction ``conn``
+    has open (it commits or rolls back with it), and return its rows as a session would;
+    None, without running it, when no transaction is open (the caller goes through
+    SQLAlchemy then).
+
+    For a hot statement that must be atomic with what a session already wrote (a handler's
+    writes and its job's completion): it skips SQLAlchemy's per-statement execution
+    machinery, not the transaction. A cancellation in flight invalidates ``conn`` (as
+    :func:`fetch_alone` does): its transaction is lost, the connection never reused.
+    """
+    dialect = conn.dialect
+    compiled = statement.compiled(dialect, _coltype)
+    args = compiled.args(params)
+    adapted: Any = (await conn.get_raw_connection()).dbapi_connection
+    raw = adapted.driver_connection
+    if not raw.is_in_transaction():
+        return None
+    try:
+        records = await raw.fetch(compiled.sql, *args)
+    except BaseException as exc:
+        if not isinstance(exc, Exception) or raw.is_closed():
+            with contextlib.suppress(Exception):  # never replace the error in flight
+                await conn.invalidate()
+        if not isinstance(exc, Exception):
+            raise
+        try:  # asyncpg's error as the DBAPI adapter names it, then as SQLAlchemy's
+            type(adapted)._handle_exception_no_connection(dialect.loaded_dbapi, exc)
+        except Exception as adapted_error:  # noqa: BLE001 - it always raises
+            raise wrapped(dialect, compiled, args, adapted_error) from exc
+        raise
+    return compiled.rows(records)
+
+
 def _connection_lost(raw: Any, exc: BaseException) -> bool:
     """Whether ``exc`` (raised by a statement on ``raw``) came from the connection rather
     than from the statement: the statement may or may not have run."""

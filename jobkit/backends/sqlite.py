@@ -426,6 +426,47 @@ async def release(engine: AsyncEngine) -> None:
         lane.close()
 
 
+async def fetch_in_transaction(conn: AsyncConnection, statement: Prepared,
+                               params: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+    """Run ``statement`` on ``conn``'s aiosqlite connection, INSIDE the transaction ``conn``
+    has open in SQLite (it commits or rolls back with it), in one trip to its thread, and
+    return its rows as a session would; None, without running it, when SQLite has no
+    transaction open on it (the caller goes through SQLAlchemy then, whose hooks begin one).
+
+    For a hot statement that must be atomic with what a session already wrote (a handler's
+    writes and its job's completion): it skips SQLAlchemy's per-statement execution
+    machinery, not the transaction. A write waits for this connection's turn at the write
+    lock (at once: a transaction that wrote holds it) and keeps it: the transaction's end
+    gives it back (see :class:`_WriteGate`). A cancellation in flight invalidates ``conn``
+    (the statement may still finish in aiosqlite's thread): its transaction is lost, the
+    connection never reused.
+    """
+    dialect = conn.dialect
+    compiled = statement.compiled(dialect, _coltype)
+    args = compiled.args(params)
+    adapted: Any = (await conn.get_raw_connection()).dbapi_connection
+    aio = adapted._connection
+    try:
+        open_ = bool(aio.in_transaction)
+    except Exception:  # noqa: BLE001 - closed: let SQLAlchemy's path raise its own error
+        open_ = False
+    if not open_:
+        return None
+    gate = _GATES.get(conn.engine.sync_engine)
+    write = not compiled.sql.lstrip()[:9].upper().startswith(READ_PREFIXES)
+    try:
+        if gate is not None and write:
+            await gate.wait_turn(adapted)
+        records = await aio.execute_fetchall(compiled.sql, args)
+    except BaseException as exc:
+        if not isinstance(exc, Exception):
+            with contextlib.suppress(Exception):  # never replace the error in flight
+                await conn.invalidate()
+            raise
+        raise wrapped(dialect, compiled, args, exc) from exc
+    return compiled.rows(records)
+
+
 # ---------------------------------------------------------------------------
 # Schema: one snapshot for reads, one lock for upgrades
 # ---------------------------------------------------------------------------

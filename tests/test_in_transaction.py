@@ -1,0 +1,213 @@
+"""A job whose handler wrote is completed on its session's own driver connection, inside the
+handler's transaction (the backends' ``fetch_in_transaction``): still fenced, still atomic
+with the handler's writes, and a cancellation in flight leaves every connection healthy.
+``cut_analysis`` reads its asset in the fast lane and writes its clips with Core statements.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from typing import Any
+
+import pytest
+from helpers import count_clips
+from sqlalchemy import event, select, update
+
+import jobkit
+from jobkit import queue
+from jobkit.backends import backend_of, sqlite
+from jobkit.execute import RunContext, run_job
+from jobkit.models import Clip, Job, JobStatus, jobs_table
+
+
+def _spy(monkeypatch: pytest.MonkeyPatch, runner: jobkit.Runner) -> list[Any]:
+    """Record what each ``fetch_in_transaction`` call returned (None: it did not run)."""
+    backend = backend_of(runner.engine)
+    real = backend.fetch_in_transaction
+    calls: list[Any] = []
+
+    async def spy(conn: Any, statement: Any, params: Any) -> Any:
+        out = await real(conn, statement, params)
+        calls.append(out)
+        return out
+
+    monkeypatch.setattr(backend, "fetch_in_transaction", spy)
+    return calls
+
+
+async def _claim(runner: jobkit.Runner, wid: str) -> Job:
+    [job] = await queue.claim_alone(runner.engine, 1, worker_id=wid, lease_seconds=60)
+    return job
+
+
+async def test_a_writing_handlers_completion_commits_with_its_writes(
+        runner: jobkit.Runner, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _spy(monkeypatch, runner)
+    asset, job = await runner.upload_video("atomic.mp4", duration_ms=50_000)
+    claimed = await _claim(runner, "w-atomic")
+    ctx = RunContext("w-atomic", runner.settings, runner.handlers)
+    async with jobkit.database.LazySession(runner.sessions) as db:
+        summary = await run_job(claimed, db, ctx)
+    assert summary["status"] == "completed", summary
+    assert len(calls) == 1 and calls[0] is not None and len(calls[0]) == 1, calls
+    stored = await runner.get_job(job.id)
+    assert stored.status is JobStatus.COMPLETED and stored.result == summary["result"]
+    assert stored.finished_at == claimed.finished_at and stored.finished_at is not None
+    assert await count_clips(runner, asset.id) == 3
+    async with runner.sessions() as db:
+        ids = set((await db.execute(select(Clip.id).where(Clip.job_id == job.id))).scalars())
+    assert ids == {uuid.UUID(v["clip_id"]) for v in summary["result"]["variants"]}
+    assert runner.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+async def test_a_lost_lease_rolls_back_the_writes_with_the_completion(
+        runner: jobkit.Runner, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fence fails inside the handler's transaction: nothing of the attempt is kept."""
+    calls = _spy(monkeypatch, runner)
+    asset, job = await runner.upload_video("lost.mp4", duration_ms=50_000)
+    from jobkit.handlers.cut_analysis import run_cut_analysis
+
+    @runner.handler("cut_analysis", replace=True)
+    async def taken_over(job: Job, db: Any) -> dict[str, Any]:
+        async with runner.sessions() as other:  # meanwhile another worker took the job
+            await other.execute(update(jobs_table).where(jobs_table.c.id == job.id)
+                                .values(locked_by="w-new", attempts=job.attempts + 1))
+            await other.commit()
+        return await run_cut_analysis(job, db)  # writes 3 clips in db's transaction
+
+    claimed = await _claim(runner, "w-old")
+    ctx = RunContext("w-old", runner.settings, runner.handlers)
+    async with jobkit.database.LazySession(runner.sessions) as db:
+        summary = await run_job(claimed, db, ctx)
+    assert summary["status"] == "lost", summary
+    assert calls == [[]], "the fenced completion ran in the handler's transaction, matched nothing"
+    assert await count_clips(runner, asset.id) == 0, "the stale attempt's clips rolled back"
+    stored = await runner.get_job(job.id)
+    assert stored.status is JobStatus.PROCESSING and stored.locked_by == "w-new"
+    assert runner.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    gate = sqlite.write_gate(runner.engine)
+    assert gate is None or gate.holders == 0
+
+
+async def test_no_transaction_open_runs_nothing(runner: jobkit.Runner) -> None:
+    """Without an open transaction the statement is not run (it would commit on its own)."""
+    backend = backend_of(runner.engine)
+    job = await runner.enqueue("noop", {}, allow_unknown=True)
+    claimed = await _claim(runner, "w")
+    params = {"job_id": claimed.id, "attempt": claimed.attempts, "worker_id": "w",
+              "result": {}, **backend.clock_params()}
+    async with runner.engine.connect() as conn:
+        assert await backend.fetch_in_transaction(conn, backend.COMPLETE_ALONE, params) is None
+        await conn.rollback()
+    assert (await runner.get_job(job.id)).status is JobStatus.PROCESSING
+    # A transaction that only read has none open in SQLite (reads run outside one) and one
+    # in PostgreSQL; either way the completion goes into it or through the session.
+    async with runner.sessions() as db:
+        await db.execute(select(jobs_table.c.id).limit(1))
+        assert await queue.complete_job(db, claimed, {"ok": 1}, worker_id="w")
+        await db.rollback()
+    assert (await runner.get_job(job.id)).status is JobStatus.PROCESSING, "rolled back"
+    async with runner.sessions() as db:
+        assert await queue.complete_job(db, claimed, {"ok": 1}, worker_id="w")
+        await db.commit()
+    stored = await runner.get_job(job.id)
+    assert stored.status is JobStatus.COMPLETED and stored.result == {"ok": 1}
+
+
+async def test_with_cursor_listeners_every_statement_goes_through_sqlalchemy(
+        runner: jobkit.Runner, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tracing sees the asset read and the completion when it listens (no fast lane)."""
+    calls = _spy(monkeypatch, runner)
+    seen: list[str] = []
+
+    def listen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(statement.lstrip()[:40].upper())
+
+    event.listen(runner.engine.sync_engine, "before_cursor_execute", listen)
+    try:
+        asset, job = await runner.upload_video("traced.mp4", duration_ms=30_000)
+        claimed = await _claim(runner, "w-traced")
+        ctx = RunContext("w-traced", runner.settings, runner.handlers)
+        async with jobkit.database.LazySession(runner.sessions) as db:
+            summary = await run_job(claimed, db, ctx)
+    finally:
+        event.remove(runner.engine.sync_engine, "before_cursor_execute", listen)
+    assert summary["status"] == "completed", summary
+    assert calls == [], "the fast lane stays closed while someone listens"
+    assert any(s.startswith("SELECT") and "VIDEO_ASSETS" in s for s in seen), seen
+    assert any(s.startswith("UPDATE JOBS") for s in seen), seen
+    assert await count_clips(runner, asset.id) == 2
+
+
+async def test_cancelled_completions_leave_the_pool_healthy(
+        db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cancelled at any moment of a writing handler's completion: CancelledError goes
+    through, no connection stays checked out (nor, on SQLite, the write gate held), and
+    every job is either completed with its clips or still processing without them."""
+    from test_cancellation import _settle
+
+    runner = await jobkit.open(db_url, cut_analysis_seconds=0.0, retry_backoff_base=0.0)
+    rng = random.Random(15)
+    try:
+        assets = []
+        for i in range(40):
+            asset, _ = await runner.upload_video(f"c{i}.mp4", duration_ms=20_000)
+            assets.append(asset)
+        wid = "w-cancel"
+        ctx = RunContext(wid, runner.settings, runner.handlers)
+        entered = asyncio.Event()
+        backend = backend_of(runner.engine)
+        real = backend.fetch_in_transaction
+        mid: list[bool] = []
+
+        async def marked(conn: Any, statement: Any, params: Any) -> Any:
+            entered.set()
+            try:
+                return await real(conn, statement, params)
+            except asyncio.CancelledError:
+                mid.append(True)
+                raise
+
+        monkeypatch.setattr(backend, "fetch_in_transaction", marked)
+        cancelled = 0
+        for _ in range(40):
+            claimed = await _claim(runner, wid)
+            entered.clear()
+
+            async def one(job: Job = claimed) -> Any:
+                async with jobkit.database.LazySession(runner.sessions) as db:
+                    return await run_job(job, db, ctx)
+
+            task = asyncio.ensure_future(one())
+            await entered.wait()  # the completion is under way
+            for _ in range(rng.randrange(0, 6)):
+                await asyncio.sleep(0)
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                cancelled += 1
+        monkeypatch.undo()
+        assert cancelled >= 10 and mid, (cancelled, len(mid))
+        await _settle(runner)
+        gate = sqlite.write_gate(runner.engine)
+        assert gate is None or gate.holders == 0
+        async with runner.sessions() as db:
+            rows = (await db.execute(select(jobs_table.c.id, jobs_table.c.status))).all()
+            clips = {j for (j,) in (await db.execute(select(Clip.job_id))).all()}
+        for job_id, status in rows:
+            assert (status == JobStatus.COMPLETED.value) == (job_id in clips), (job_id, status)
+        # Still healthy: the interrupted jobs run again once their lease is given back.
+        async with runner.sessions() as db:
+            await db.execute(update(jobs_table).where(jobs_table.c.status == "processing")
+                             .values(status="pending", locked_by=None, locked_until=None))
+            await db.commit()
+        stats = await runner.drain(concurrency=4, progress=False)
+        assert stats.failed == 0 and stats.lost == 0
+        assert await count_clips(runner) == 40
+        await _settle(runner)
+    finally:
+        await runner.close()
+
