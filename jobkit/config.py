@@ -59,6 +59,7 @@ class Settings:
     video_max_width: int = 3840
     video_max_height: int = 2160
     video_max_seconds: float = 4 * 3600.0
+    db_pool_size: int = 50  # connections per process, each kept open once made
 
     def __post_init__(self) -> None:
         check_url(_env_name("database_url"), self.database_url)
@@ -77,6 +78,8 @@ class Settings:
         for name in ("video_max_width", "video_max_height"):
             if getattr(self, name) < 1:
                 raise ConfigError(_env_name(name), getattr(self, name), "a whole number >= 1")
+        if self.db_pool_size < 1:
+            raise ConfigError(_env_name("db_pool_size"), self.db_pool_size, "a whole number >= 1")
         for name in ("alert_retries", "health_min_workers"):
             if getattr(self, name) < 0:
                 raise ConfigError(_env_name(name), getattr(self, name), "a whole number >= 0")

@@ -411,11 +411,27 @@ def test_invalid_database_urls() -> None:
     ("JOBKIT_CUT_ANALYSIS_SECONDS", "-0.5", ">= 0"),
     ("JOBKIT_DATABASE_URL", "redis://localhost", "postgresql+asyncpg"),
     ("JOBKIT_LEASE_SECONDS", "0", "> 0"),
+    ("JOBKIT_DB_POOL_SIZE", "0", ">= 1"),
 ])
 def test_bad_settings_name_the_variable(var: str, value: str, words: str) -> None:
     with pytest.raises(ConfigError) as info:
         Settings.from_env({var: value})
     assert var in str(info.value) and words in str(info.value)
+
+
+async def test_the_pool_keeps_its_connections(sqlite_url: str) -> None:
+    """Up to JOBKIT_DB_POOL_SIZE connections, none opened and closed per burst."""
+    engine = jobkit.create_engine(sqlite_url, settings=Settings.from_env(
+        {"JOBKIT_DB_POOL_SIZE": "7"}, database_url=sqlite_url))
+    try:
+        pool: Any = engine.sync_engine.pool
+        assert pool.size() == 7 and pool._max_overflow == 0  # noqa: SLF001
+        conns = [await engine.connect() for _ in range(5)]
+        for c in conns:
+            await c.close()
+        assert pool.checkedin() == 5  # kept, not closed
+    finally:
+        await engine.dispose()
 
 
 def test_settings_from_env_and_arguments() -> None:

@@ -420,17 +420,26 @@ async def insert_alone(engine: AsyncEngine, row: Mapping[str, Any]) -> None:
         if held.retired and held.raw is not None:  # disposed while this call held it
             raw, held.raw = held.raw, None
             await _discard(raw)
-    await fetch_alone(engine, INSERT_AGAIN, row)
+    await _insert_pooled(engine, row, again=True)
 
 
-async def _insert_pooled(engine: AsyncEngine, row: Mapping[str, Any]) -> None:
-    """The INSERT on a pooled connection; once more if that connection died in flight."""
-    try:
-        await fetch_alone(engine, INSERT_ALONE, row)
-    except DBAPIError as exc:
-        if not exc.connection_invalidated:
-            raise
-        await fetch_alone(engine, INSERT_AGAIN, row)
+#: Tries of an INSERT on pooled connections that each died in flight (a server killing
+#: every connection can kill the next one between its checkout ping and the INSERT).
+POOLED_TRIES = 3
+
+
+async def _insert_pooled(engine: AsyncEngine, row: Mapping[str, Any],
+                         again: bool = False) -> None:
+    """The INSERT on a pooled connection; again (``ON CONFLICT (id) DO NOTHING``) on a new
+    one while the connection dies in flight, up to :data:`POOLED_TRIES` tries."""
+    for tries_left in range(POOLED_TRIES - 1, -1, -1):
+        try:
+            await fetch_alone(engine, INSERT_AGAIN if again else INSERT_ALONE, row)
+            return
+        except DBAPIError as exc:
+            if not exc.connection_invalidated or not tries_left:
+                raise
+            again = True
 
 
 def _outdated(engine: AsyncEngine, since: float) -> bool:
