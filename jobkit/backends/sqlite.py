@@ -279,21 +279,30 @@ async def fetch_alone(engine: AsyncEngine, statement: Prepared,
             return compiled.rows(records)
     async with engine.connect() as conn:
         adapted = (await conn.get_raw_connection()).dbapi_connection
-        aio = adapted._connection  # type: ignore[union-attr]
         try:
-            if gate is not None and write:
-                await gate.wait_turn(adapted)
-            records = await aio.execute_fetchall(compiled.sql, args)
-        except BaseException as exc:
-            if not isinstance(exc, Exception):
-                with contextlib.suppress(Exception):  # never replace the error in flight
-                    await conn.invalidate()
-                raise
-            raise wrapped(dialect, compiled, args, exc) from exc
+            records = await _execute_on(conn, adapted, compiled, args, gate, write)
         finally:
             if gate is not None:
                 gate.release(adapted)
     return compiled.rows(records)
+
+
+async def _execute_on(conn: AsyncConnection, adapted: Any, compiled: Any, args: Sequence[Any],
+                      gate: _WriteGate | None, write: bool) -> list[Any]:
+    """Run one statement on ``conn``'s aiosqlite connection (``adapted``) in one trip to its
+    thread, a write after this process's turn at the write lock (kept: the caller gives it
+    back). A cancellation in flight invalidates ``conn`` (the statement may still finish in
+    aiosqlite's thread) and goes through; an error is raised as SQLAlchemy's."""
+    try:
+        if gate is not None and write:
+            await gate.wait_turn(adapted)
+        return list(await adapted._connection.execute_fetchall(compiled.sql, args))
+    except BaseException as exc:
+        if not isinstance(exc, Exception):
+            with contextlib.suppress(Exception):  # never replace the error in flight
+                await conn.invalidate()
+            raise
+        raise wrapped(conn.dialect, compiled, args, exc) from exc
 
 
 #: SQLite's primary result codes that mean "another connection holds a lock": the inline
@@ -454,17 +463,7 @@ async def fetch_in_transaction(conn: AsyncConnection, statement: Prepared,
         return None
     gate = _GATES.get(conn.engine.sync_engine)
     write = not compiled.sql.lstrip()[:9].upper().startswith(READ_PREFIXES)
-    try:
-        if gate is not None and write:
-            await gate.wait_turn(adapted)
-        records = await aio.execute_fetchall(compiled.sql, args)
-    except BaseException as exc:
-        if not isinstance(exc, Exception):
-            with contextlib.suppress(Exception):  # never replace the error in flight
-                await conn.invalidate()
-            raise
-        raise wrapped(dialect, compiled, args, exc) from exc
-    return compiled.rows(records)
+    return compiled.rows(await _execute_on(conn, adapted, compiled, args, gate, write))
 
 
 # ---------------------------------------------------------------------------
