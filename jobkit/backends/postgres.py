@@ -252,19 +252,27 @@ async def fetch_alone(engine: AsyncEngine, statement: Prepared,
     args = compiled.args(params)
     async with engine.connect() as conn:
         adapted: Any = (await conn.get_raw_connection()).dbapi_connection
-        raw = adapted.driver_connection
-        try:
-            records = await raw.fetch(compiled.sql, *args)
-        except BaseException as exc:
-            lost = not isinstance(exc, Exception) or _connection_lost(raw, exc)
-            if lost:
-                with contextlib.suppress(Exception):  # never replace the error in flight
-                    await conn.invalidate()
-            if not isinstance(exc, Exception):
-                raise
-            raise _sqlalchemy_error(type(adapted), dialect, compiled, args, exc,
-                                    lost) from exc
+        records = await _fetch_on(conn, adapted, compiled, args)
     return compiled.rows(records)
+
+
+async def _fetch_on(conn: AsyncConnection, adapted: Any, compiled: Any,
+                    args: Sequence[Any]) -> list[Any]:
+    """Run one statement on ``conn``'s asyncpg connection (``adapted``: SQLAlchemy's adapter
+    around it). A cancellation or a lost connection in flight invalidates ``conn`` (the
+    error then says ``connection_invalidated``); errors are raised as SQLAlchemy's."""
+    raw = adapted.driver_connection
+    try:
+        return list(await raw.fetch(compiled.sql, *args))
+    except BaseException as exc:
+        lost = not isinstance(exc, Exception) or _connection_lost(raw, exc)
+        if lost:
+            with contextlib.suppress(Exception):  # never replace the error in flight
+                await conn.invalidate()
+        if not isinstance(exc, Exception):
+            raise
+        raise _sqlalchemy_error(type(adapted), conn.dialect, compiled, args, exc,
+                                lost) from exc
 
 
 async def fetch_in_transaction(conn: AsyncConnection, statement: Prepared,
@@ -283,23 +291,9 @@ async def fetch_in_transaction(conn: AsyncConnection, statement: Prepared,
     compiled = statement.compiled(dialect, _coltype)
     args = compiled.args(params)
     adapted: Any = (await conn.get_raw_connection()).dbapi_connection
-    raw = adapted.driver_connection
-    if not raw.is_in_transaction():
+    if not adapted.driver_connection.is_in_transaction():
         return None
-    try:
-        records = await raw.fetch(compiled.sql, *args)
-    except BaseException as exc:
-        if not isinstance(exc, Exception) or raw.is_closed():
-            with contextlib.suppress(Exception):  # never replace the error in flight
-                await conn.invalidate()
-        if not isinstance(exc, Exception):
-            raise
-        try:  # asyncpg's error as the DBAPI adapter names it, then as SQLAlchemy's
-            type(adapted)._handle_exception_no_connection(dialect.loaded_dbapi, exc)
-        except Exception as adapted_error:  # noqa: BLE001 - it always raises
-            raise wrapped(dialect, compiled, args, adapted_error) from exc
-        raise
-    return compiled.rows(records)
+    return compiled.rows(await _fetch_on(conn, adapted, compiled, args))
 
 
 def _connection_lost(raw: Any, exc: BaseException) -> bool:
