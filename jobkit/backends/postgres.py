@@ -225,7 +225,7 @@ async def execute_alone(conn: AsyncConnection, statement: Any, params: Any) -> N
 
 
 # ---------------------------------------------------------------------------
-# The fast lane: one statement, autocommitted, on asyncpg's own connection
+# The fast lane: one statement, autocommitted, on a connection held for it
 # ---------------------------------------------------------------------------
 #: The type code asyncpg reports for a ``Float`` column (``double precision``): SQLAlchemy's
 #: numeric result processors need it (floats come back as they are).
@@ -238,22 +238,99 @@ def _coltype(impl: Any) -> Any:
 
 async def fetch_alone(engine: AsyncEngine, statement: Prepared,
                       params: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Run ``statement`` as its own transaction (autocommit: no BEGIN, no COMMIT) on a
-    pooled connection's asyncpg connection, and return its rows as a session would.
+    """Run ``statement`` as its own transaction (autocommit: no BEGIN, no COMMIT) on the
+    driver's connection, and return its rows as a session would: the worker's claim and
+    completion batch, the single enqueue, cut_analysis's asset read.
 
-    The checkout pings the connection as for every other use (a terminated one is
-    replaced); asyncpg prepares the statement once per connection (its statement cache).
-    A cancellation or a dropped connection in flight invalidates the pooled connection, as
-    SQLAlchemy does: it is closed, never handed out again (the error then says
-    ``connection_invalidated``: the statement's outcome is unknown).
+    It runs on one of the few connections this engine holds for the fast lane on this event
+    loop (:data:`HELD_PER_LOOP`, detached from the pool): one round trip. A pooled
+    connection costs a checkout ping (a second round trip, there so that a connection the
+    server dropped is never used) and the pool's bookkeeping, about as much as the
+    statement itself. A held connection is pinged when it is taken from the pool and
+    trusted afterwards while asyncpg does not know it closed; a connection that dies in
+    flight is closed and the statement's outcome is unknown, so what happens next depends
+    on the statement (:func:`_again`):
+
+    - an INSERT of a job (its id made by the client) runs again on a pinged pooled
+      connection as ``INSERT … ON CONFLICT (id) DO NOTHING``: never a duplicate, never a
+      lost job;
+    - a fenced completion runs again as :data:`COMPLETE_MANY_AGAIN`, which also reports
+      the jobs the lost attempt already completed (completed at this attempt), so they are
+      not reported lost;
+    - a read runs again as it is;
+    - anything else (the claim) raises SQLAlchemy's error flagged
+      ``connection_invalidated``: a claim cut off in flight may have claimed jobs nobody
+      runs, and their lease recovers them, as after any lost claim.
+
+    When every held connection is busy (statements of several tasks in flight) the
+    statement takes a pooled connection instead of waiting. A statement's own error (a
+    constraint, bad data) is raised as SQLAlchemy's. After any error or a cancellation the
+    held connection is closed (asyncpg cancels the statement in flight first), never
+    reused. The pool's ``recycle`` and its invalidation (a disconnect seen on another
+    connection) apply to held connections too; :func:`release` closes them
+    (``Runner.close``), and so does ``engine.dispose()``.
     """
     dialect = engine.sync_engine.dialect
     compiled = statement.compiled(dialect, _coltype)
     args = compiled.args(params)
-    async with engine.connect() as conn:
-        adapted: Any = (await conn.get_raw_connection()).dbapi_connection
-        records = await _fetch_on(conn, adapted, compiled, args)
-    return compiled.rows(records)
+    held = None if isinstance(engine.sync_engine.pool, NullPool) else _free_held(engine)
+    if held is None:  # NullPool (hold nothing), or all busy
+        return await _fetch_pooled(engine, statement, params)
+    again = None
+    held.busy = True
+    try:
+        raw = held.raw
+        if raw is None or raw.is_closed() or _outdated(engine, held.since):
+            await _hold(engine, held)
+            raw = held.raw
+        try:
+            records = await raw.fetch(compiled.sql, *args)
+        except BaseException as exc:
+            held.raw = None
+            lost = not isinstance(exc, Exception) or _connection_lost(raw, exc)
+            await _discard(raw)
+            if not isinstance(exc, Exception):
+                raise
+            again = _again(statement, compiled) if lost else None
+            if again is None:
+                raise _sqlalchemy_error(held.adapter, dialect, compiled, args, exc,
+                                        lost) from exc
+            log.debug("jobkit: held connection lost (%s); running the statement again",
+                      type(exc).__name__)
+    finally:
+        held.busy = False
+        if held.retired and held.raw is not None:  # disposed while this call held it
+            raw, held.raw = held.raw, None
+            await _discard(raw)
+    if again is None:
+        return compiled.rows(records)
+    return await _fetch_pooled(engine, again[0], again[1](params))
+
+
+#: Tries of a statement on pooled connections that each died in flight (a server killing
+#: every connection can kill the next one between its checkout ping and the statement).
+POOLED_TRIES = 3
+
+
+async def _fetch_pooled(engine: AsyncEngine, statement: Prepared,
+                        params: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The statement on a pooled connection (pinged at checkout); while the connection dies
+    in flight, again as :func:`_again` says on a new one, up to :data:`POOLED_TRIES`."""
+    dialect = engine.sync_engine.dialect
+    for tries_left in range(POOLED_TRIES - 1, -1, -1):
+        compiled = statement.compiled(dialect, _coltype)
+        args = compiled.args(params)
+        try:
+            async with engine.connect() as conn:
+                adapted: Any = (await conn.get_raw_connection()).dbapi_connection
+                records = await _fetch_on(conn, adapted, compiled, args)
+            return compiled.rows(records)
+        except DBAPIError as exc:
+            again = _again(statement, compiled) if exc.connection_invalidated else None
+            if again is None or not tries_left:
+                raise
+            statement, params = again[0], again[1](params)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 async def _fetch_on(conn: AsyncConnection, adapted: Any, compiled: Any,
@@ -326,16 +403,77 @@ def _sqlalchemy_error(adapter: Any, dialect: Any, compiled: Any, args: Sequence[
 
 
 # ---------------------------------------------------------------------------
-# The single enqueue: one INSERT on a connection held for it, idempotent if retried
+# Statements run again after their connection died in flight (see fetch_alone)
 # ---------------------------------------------------------------------------
 #: The INSERT again, for a retry after the connection died in flight (its outcome
 #: unknown): the row's id was made by the client, so a row already there is this one.
 INSERT_AGAIN = Prepared(pg_dialect.insert(jobs_table).on_conflict_do_nothing(
     index_elements=[jobs_table.c.id]), column_keys=[c.name for c in jobs_table.c])
 
+# The fenced completions again: completes the jobs still ours, and also returns those
+# completed at this attempt (by the lost statement, which committed before its reply was
+# lost: nobody else completes an attempt of ours). Both parts read one snapshot, so a job
+# this statement completes is not seen completed by its SELECT, and is returned once.
+COMPLETE_MANY_AGAIN = Prepared(text("""
+    WITH v (id, att, res) AS (
+        SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:attempts AS integer[]),
+                             CAST(:results AS jsonb[]))),
+    done AS (
+        UPDATE jobs SET status = 'completed', result = v.res, error = NULL,
+               finished_at = now(), updated_at = now(), locked_by = NULL,
+               locked_until = NULL, progress = 1
+        FROM v
+        WHERE jobs.id = v.id AND jobs.attempts = v.att AND jobs.locked_by = :worker_id
+          AND jobs.status = 'processing'
+        RETURNING jobs.id, jobs.finished_at)
+    SELECT id, finished_at FROM done
+    UNION ALL
+    SELECT jobs.id, jobs.finished_at FROM jobs JOIN v ON jobs.id = v.id
+    WHERE jobs.attempts = v.att AND jobs.status = 'completed'""").columns(
+    jobs_table.c.id, jobs_table.c.finished_at), (jobs_table.c.id, jobs_table.c.finished_at))
+
+
+def _one_as_many(params: Mapping[str, Any]) -> dict[str, Any]:
+    """:data:`COMPLETE`'s bound values as :data:`COMPLETE_MANY_AGAIN`'s."""
+    return {"ids": [params["job_id"]], "attempts": [params["attempt"]],
+            "results": [dumps(params.get("result"))], "worker_id": params["worker_id"]}
+
+
+def _same(params: Mapping[str, Any]) -> Mapping[str, Any]:
+    return params
+
+
+#: What runs again after a connection died in flight under a statement: (statement, its
+#: bound values from the first one's).
+_AGAIN: dict[int, tuple[Prepared, Callable[[Mapping[str, Any]], Mapping[str, Any]]]] = {
+    id(INSERT_ALONE): (INSERT_AGAIN, _same),
+    id(INSERT_AGAIN): (INSERT_AGAIN, _same),
+    id(COMPLETE_ALONE): (COMPLETE_MANY_AGAIN, _one_as_many),
+    id(COMPLETE_MANY_ALONE): (COMPLETE_MANY_AGAIN, _same),
+    id(COMPLETE_MANY_AGAIN): (COMPLETE_MANY_AGAIN, _same),
+}
+
+
+def _again(statement: Prepared, compiled: Any
+           ) -> tuple[Prepared, Callable[[Mapping[str, Any]], Mapping[str, Any]]] | None:
+    """What to run after ``statement``'s connection died in flight (its outcome unknown);
+    None: nothing (raise). A read runs again as it is."""
+    found = _AGAIN.get(id(statement))
+    if found is None and compiled.sql.lstrip()[:6].upper() == "SELECT":
+        return statement, _same
+    return found
+
+
+# ---------------------------------------------------------------------------
+# The held connections
+# ---------------------------------------------------------------------------
+#: Connections an engine holds for the fast lane on each event loop, besides its pool: the
+#: worker's claim and its completion batch, and an enqueue, can each have one at once.
+HELD_PER_LOOP = 2
+
 
 class _Held:
-    """The connection one engine holds for single inserts on one event loop."""
+    """One connection an engine holds for the fast lane on one event loop."""
 
     __slots__ = ("adapter", "busy", "pid", "raw", "retired", "since")
 
@@ -348,92 +486,31 @@ class _Held:
         self.retired = False  # the engine was disposed: close whatever is held afterwards
 
 
-def _held(engine: AsyncEngine) -> _Held:
-    """The engine's held-connection slot for the running loop (asyncpg connections belong
-    to the loop that opened them; the sync façade runs its own)."""
-    slots: dict[Any, _Held] = engine.sync_engine.__dict__.setdefault("_jk_held", {})
+def _free_held(engine: AsyncEngine) -> _Held | None:
+    """A held-connection slot of the engine for the running loop that no call is using (one
+    already connected first), or None when all are busy. (asyncpg connections belong to the
+    loop that opened them; the sync façade runs its own.)"""
+    slots: dict[Any, list[_Held]] = engine.sync_engine.__dict__.setdefault("_jk_held", {})
     loop = asyncio.get_running_loop()
-    held = slots.get(loop)
-    if held is None:
+    helds = slots.get(loop)
+    if helds is None:
         for gone in [lp for lp in slots if lp.is_closed()]:  # their sockets went with them
             del slots[gone]
-        held = slots[loop] = _Held()
-    return held
+        helds = slots[loop] = [_Held() for _ in range(HELD_PER_LOOP)]
+    free = None
+    for held in helds:
+        if not held.busy:
+            if held.raw is not None:
+                return held
+            free = free or held
+    return free
 
 
 async def insert_alone(engine: AsyncEngine, row: Mapping[str, Any]) -> None:
-    """Insert one job row (``queue.build_job_row``) as ONE autocommitted statement, on a
-    connection this engine holds for it on this event loop: one round trip.
-
-    A pooled connection costs a checkout ping (a second round trip, there so that a
-    connection the server dropped is never used) and the pool's bookkeeping, about as much
-    as the INSERT itself. The held connection is taken from the pool once (pinged then)
-    and detached from it; afterwards it is trusted while asyncpg does not know it closed,
-    because a lost connection is harmless here: the row's id was made by the client, so an
-    INSERT whose outcome is unknown (the connection died in flight) is retried once, on a
-    fresh pinged pooled connection, as ``INSERT … ON CONFLICT (id) DO NOTHING``: never a
-    duplicate, never a lost job. A statement's own error (a constraint, bad data) is
-    raised as SQLAlchemy's, like :func:`fetch_alone`'s.
-
-    After any error or a cancellation the held connection is closed (asyncpg cancels the
-    statement in flight first), never reused; the next call takes a new one. A call that
-    finds it busy (another task's INSERT in flight) takes a pooled connection instead of
-    waiting. The pool's ``recycle`` and its invalidation (a disconnect seen on another
-    connection) apply to it too; :func:`release` closes it (``Runner.close``), and so does
-    ``engine.dispose()``.
-    """
-    held = _held(engine)
-    if held.busy or isinstance(engine.sync_engine.pool, NullPool):  # NullPool: hold nothing
-        await _insert_pooled(engine, row)
-        return
-    held.busy = True
-    try:
-        raw = held.raw
-        if raw is None or raw.is_closed() or _outdated(engine, held.since):
-            await _hold(engine, held)
-            raw = held.raw
-        dialect = engine.sync_engine.dialect
-        compiled = INSERT_ALONE.compiled(dialect, _coltype)
-        args = compiled.args(row)
-        try:
-            await raw.execute(compiled.sql, *args)
-            return
-        except BaseException as exc:
-            held.raw = None
-            lost = not isinstance(exc, Exception) or _connection_lost(raw, exc)
-            await _discard(raw)
-            if not isinstance(exc, Exception):
-                raise
-            if not lost:
-                raise _sqlalchemy_error(held.adapter, dialect, compiled, args, exc,
-                                        False) from exc
-            log.debug("jobkit: held insert connection lost (%s); inserting again",
-                      type(exc).__name__)
-    finally:
-        held.busy = False
-        if held.retired and held.raw is not None:  # disposed while this call held it
-            raw, held.raw = held.raw, None
-            await _discard(raw)
-    await _insert_pooled(engine, row, again=True)
-
-
-#: Tries of an INSERT on pooled connections that each died in flight (a server killing
-#: every connection can kill the next one between its checkout ping and the INSERT).
-POOLED_TRIES = 3
-
-
-async def _insert_pooled(engine: AsyncEngine, row: Mapping[str, Any],
-                         again: bool = False) -> None:
-    """The INSERT on a pooled connection; again (``ON CONFLICT (id) DO NOTHING``) on a new
-    one while the connection dies in flight, up to :data:`POOLED_TRIES` tries."""
-    for tries_left in range(POOLED_TRIES - 1, -1, -1):
-        try:
-            await fetch_alone(engine, INSERT_AGAIN if again else INSERT_ALONE, row)
-            return
-        except DBAPIError as exc:
-            if not exc.connection_invalidated or not tries_left:
-                raise
-            again = True
+    """Insert one job row (``queue.build_job_row``) as ONE autocommitted statement in the
+    fast lane (:func:`fetch_alone`): one round trip on a held connection, run again as
+    ``INSERT … ON CONFLICT (id) DO NOTHING`` if that connection dies in flight."""
+    await fetch_alone(engine, INSERT_ALONE, row)
 
 
 def _outdated(engine: AsyncEngine, since: float) -> bool:
@@ -467,26 +544,27 @@ async def _discard(raw: Any) -> None:
 
 def _retire_held(sync_engine: Any) -> list[Any]:
     """Forget the engine's held connections and return the running loop's, to be closed by
-    the caller. Another loop's is aborted from that loop; a closed loop's went with it; a
+    the caller. Another loop's are aborted from that loop; a closed loop's went with it; a
     busy one is closed by the call using it, when it returns."""
-    slots: dict[Any, _Held] = sync_engine.__dict__.pop("_jk_held", {})
+    slots: dict[Any, list[_Held]] = sync_engine.__dict__.pop("_jk_held", {})
     try:
         current = asyncio.get_running_loop()
     except RuntimeError:
         current = None
     mine = []
-    for loop, held in slots.items():
-        held.retired = True
-        if held.busy:
-            continue
-        raw, held.raw = held.raw, None
-        if raw is None or held.pid != os.getpid():  # a forked child: the parent's socket
-            continue
-        if loop is current:
-            mine.append(raw)
-        elif not loop.is_closed():
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(raw.terminate)
+    for loop, helds in slots.items():
+        for held in helds:
+            held.retired = True
+            if held.busy:
+                continue
+            raw, held.raw = held.raw, None
+            if raw is None or held.pid != os.getpid():  # a forked child: the parent's socket
+                continue
+            if loop is current:
+                mine.append(raw)
+            elif not loop.is_closed():
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(raw.terminate)
     return mine
 
 
@@ -559,8 +637,8 @@ def install(engine: AsyncEngine, kwargs: Mapping[str, Any]) -> None:
 
 
 async def release(engine: AsyncEngine) -> None:
-    """Close the connection the engine holds for single inserts (:func:`insert_alone`) on
-    this loop (``Runner.close``; the next insert would hold a new one)."""
+    """Close the connections the engine holds for the fast lane (:func:`fetch_alone`) on
+    this loop (``Runner.close``; the next statement would hold a new one)."""
     for raw in _retire_held(engine.sync_engine):
         await _discard(raw)
 

@@ -1,9 +1,12 @@
-"""PostgreSQL's single enqueue on a held connection (``backends.postgres.insert_alone``).
+"""PostgreSQL's fast lane on held connections (``backends.postgres.fetch_alone``): the
+single enqueue, the worker's claim and its completions.
 
-The held connection is used without a ping, so these tests kill it (``pg_terminate_backend``)
+A held connection is used without a ping, so these tests kill it (``pg_terminate_backend``)
 between enqueues, during one, during a stream of concurrent ones, and lose an INSERT's
 reply after it committed: every enqueue that returned must have its row, exactly once,
-and a cancelled one must leave nothing half-done. Closing the runner closes it.
+and a cancelled one must leave nothing half-done. A completion whose connection dies
+before or after it ran is neither lost nor done twice; a claim cut off before it reached
+the server costs no attempt. Closing the runner closes them.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+import sqlalchemy.exc
 from conftest import _plain_dsn
 from sqlalchemy import func, select
 from test_worker import wait_until
@@ -35,10 +39,10 @@ async def admin(pg_url: str) -> AsyncIterator[asyncpg.Connection]:
 
 
 def _held(runner: jobkit.Runner) -> Any:
-    """This loop's held connection of the runner's engine (None: none yet)."""
+    """This loop's (first) held connection of the runner's engine (None: none yet)."""
     slots = runner.engine.sync_engine.__dict__.get("_jk_held", {})
-    held = slots.get(asyncio.get_running_loop())
-    return None if held is None else held.raw
+    raws = [h.raw for h in slots.get(asyncio.get_running_loop(), ()) if h.raw is not None]
+    return raws[0] if raws else None
 
 
 @contextlib.asynccontextmanager
@@ -147,10 +151,10 @@ async def test_a_lost_reply_after_commit_is_not_a_duplicate(
     async with await jobkit.open(pg_url) as runner:
         await runner.enqueue("noop", {}, allow_unknown=True)
         raw = _held(runner)
-        real = asyncpg.Connection.execute
+        real = asyncpg.Connection.fetch
         lost = []
 
-        async def execute_then_lose(self: asyncpg.Connection, *args: Any, **kw: Any) -> Any:
+        async def fetch_then_lose(self: asyncpg.Connection, *args: Any, **kw: Any) -> Any:
             result = await real(self, *args, **kw)
             if self is raw and not lost:
                 lost.append(args[0])
@@ -159,7 +163,7 @@ async def test_a_lost_reply_after_commit_is_not_a_duplicate(
                     "connection was closed in the middle of operation")
             return result
 
-        monkeypatch.setattr(asyncpg.Connection, "execute", execute_then_lose)
+        monkeypatch.setattr(asyncpg.Connection, "fetch", fetch_then_lose)
         job = await runner.enqueue("noop", {"lost": "reply"}, allow_unknown=True)
         assert lost, "the held connection was not used"
         assert await _rows(admin, [job.id]) == {job.id: 1}
@@ -172,8 +176,6 @@ async def test_a_statement_error_is_raised_not_retried(pg_url: str,
                                                        admin: asyncpg.Connection) -> None:
     """An error of the statement itself (here: the id exists) is SQLAlchemy's error, as on
     every other path; the held connection is replaced."""
-    import sqlalchemy.exc
-
     from jobkit import queue
 
     async with await jobkit.open(pg_url) as runner:
@@ -325,7 +327,173 @@ def test_the_sync_facade_closes_its_held_connection(pg_url: str) -> None:
     with jobkit.connect_sync(pg_url) as sync:
         ids = [sync.enqueue("noop", {"i": i}).id for i in range(5)]
         slots = sync.runner.engine.sync_engine.__dict__["_jk_held"]
-        assert [h.raw is not None for h in slots.values()] == [True]
+        assert [any(h.raw is not None for h in helds) for helds in slots.values()] == [True]
         assert asyncio.run(others())  # connected while open
     assert asyncio.run(others()) == []
     assert len(set(ids)) == 5
+
+
+# ---------------------------------------------------------------------------
+# The worker's claim and completions
+# ---------------------------------------------------------------------------
+def _held_raws(engine: Any) -> set[int]:
+    """ids of the asyncpg connections the engine holds on this loop right now."""
+    slots = engine.sync_engine.__dict__.get("_jk_held", {})
+    return {id(h.raw) for h in slots.get(asyncio.get_running_loop(), ()) if h.raw is not None}
+
+
+def _kind(sql: str) -> str:
+    """Which of the worker's statements ``sql`` is (by what it sets)."""
+    sets = sql.split("WHERE")[0]
+    if "UNION ALL" in sql:
+        return "complete again"
+    if "status = 'processing'" in sets:
+        return "claim"
+    if "result" in sets:
+        return "complete"
+    return "other"
+
+
+def _spy_fetch(monkeypatch: pytest.MonkeyPatch, engine: Any,
+               lose: Any = None) -> list[tuple[str, bool]]:
+    """Record (kind, on a held connection) of every ``asyncpg.Connection.fetch``; ``lose(kind,
+    held)`` returning "before"/"after": the connection dies before the statement reaches the
+    server, or after it ran (its reply lost), on that call."""
+    real = asyncpg.Connection.fetch
+    calls: list[tuple[str, bool]] = []
+
+    async def fetch(self: asyncpg.Connection, sql: str, *args: Any, **kw: Any) -> Any:
+        kind, held = _kind(sql), id(self) in _held_raws(engine)
+        calls.append((kind, held))
+        when = lose(kind, held) if lose is not None else None
+        if when == "before":
+            self.terminate()
+            raise asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed")
+        result = await real(self, sql, *args, **kw)
+        if when == "after":
+            self.terminate()
+            raise asyncpg.exceptions.ConnectionDoesNotExistError(
+                "connection was closed in the middle of operation")
+        return result
+
+    monkeypatch.setattr(asyncpg.Connection, "fetch", fetch)
+    return calls
+
+
+def _once(kind: str, when: str) -> Any:
+    """A ``lose`` that loses the first statement of ``kind`` on a held connection."""
+    done: list[bool] = []
+
+    def lose(k: str, held: bool) -> str | None:
+        if k == kind and held and not done:
+            done.append(True)
+            return when
+        return None
+    return lose
+
+
+async def _attempts(admin: asyncpg.Connection) -> dict[str, int]:
+    """How many jobs have each ``status/attempts``."""
+    rows = await admin.fetch("SELECT status || '/' || attempts AS k, count(*) AS n FROM jobs "
+                             "GROUP BY 1")
+    return {r["k"]: r["n"] for r in rows}
+
+
+async def test_the_worker_claims_and_completes_on_held_connections(
+        pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One job at a time: every claim and every completion runs on a held connection
+    (no pooled checkout, no ping), and the engine holds no more than HELD_PER_LOOP."""
+    from jobkit.backends import postgres
+
+    async with await jobkit.open(pg_url, handlers={"noop": _noop}) as runner:
+        await runner.enqueue_many([("noop", {"i": i}) for i in range(20)])
+        calls = _spy_fetch(monkeypatch, runner.engine)
+        stats = await runner.worker(concurrency=1, burst=True).run()
+        assert stats.completed == 20 and stats.lost == 0
+        kinds = [k for k, _ in calls]
+        assert kinds.count("claim") >= 20 and kinds.count("complete") == 20
+        assert all(held for k, held in calls if k in ("claim", "complete")), calls
+        assert 1 <= len(_held_raws(runner.engine)) <= postgres.HELD_PER_LOOP
+        assert runner.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+async def _noop(job: jobkit.Job, db: Any) -> dict[str, Any]:
+    return {"i": job.params["i"]}
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+async def test_a_completion_whose_connection_died_is_not_lost(
+        pg_url: str, admin: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch,
+        when: str) -> None:
+    """The completion's held connection dies before the statement reached the server, or
+    after it committed (its reply lost): it runs again on a pooled connection, and the job
+    is reported completed, not lost, with its result, at attempt 1."""
+    async with await jobkit.open(pg_url, handlers={"noop": _noop}) as runner:
+        await runner.enqueue_many([("noop", {"i": i}) for i in range(3)])
+        calls = _spy_fetch(monkeypatch, runner.engine, _once("complete", when))
+        stats = await runner.worker(concurrency=1, burst=True).run()
+        assert ("complete again", False) in calls, calls
+        assert stats.completed == 3 and stats.lost == 0, stats.as_dict()
+        assert await _attempts(admin) == {"completed/1": 3}
+        assert sorted(await admin.fetch("SELECT (result->>'i')::int AS i FROM jobs")) == [
+            (0,), (1,), (2,)]
+
+
+async def test_a_claim_cut_off_before_the_server_costs_nothing(
+        pg_url: str, admin: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A claim whose held connection died before the statement left: SQLAlchemy's error
+    flagged ``connection_invalidated``, the worker retries after its back-off, and every
+    job still runs once, at attempt 1."""
+    from jobkit import queue
+
+    async with await jobkit.open(pg_url, handlers={"noop": _noop}) as runner:
+        await runner.enqueue_many([("noop", {"i": i}) for i in range(5)])
+        _spy_fetch(monkeypatch, runner.engine, _once("claim", "before"))
+        with pytest.raises(sqlalchemy.exc.DBAPIError) as err:
+            await queue.claim_alone(runner.engine, 1, worker_id="w", lease_seconds=30)
+        assert err.value.connection_invalidated
+        stats = await runner.worker(concurrency=2, burst=True).run()
+        assert stats.completed == 5 and stats.lost == 0
+        assert await _attempts(admin) == {"completed/1": 5}
+
+
+async def test_a_read_whose_connection_died_is_read_again(
+        pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read in the fast lane (cut_analysis's asset) cut off in flight is read again."""
+    from jobkit.backends import postgres
+    from jobkit.backends.common import Prepared
+
+    read = Prepared(select(jobs_table.c.id).where(jobs_table.c.job_type == "noop"),
+                    (jobs_table.c.id,))
+    async with await jobkit.open(pg_url) as runner:
+        job = await runner.enqueue("noop", {}, allow_unknown=True)
+        calls = _spy_fetch(monkeypatch, runner.engine, lambda k, held: "after" if held else None)
+        rows = await postgres.fetch_alone(runner.engine, read, {})
+        assert rows == [{"id": job.id}]
+        assert [held for _, held in calls] == [True, False]
+
+
+async def test_a_third_statement_at_once_takes_a_pooled_connection(
+        pg_url: str, admin: asyncpg.Connection) -> None:
+    """HELD_PER_LOOP statements in flight hold that many connections; one more at the same
+    time does not wait for them: it takes a pooled connection."""
+    from jobkit.backends import postgres
+
+    async with await jobkit.open(pg_url) as runner:
+        await runner.enqueue("noop", {}, allow_unknown=True)
+        n = postgres.HELD_PER_LOOP + 1
+        async with _jobs_locked(pg_url):
+            tasks = [asyncio.ensure_future(runner.enqueue("noop", {"k": k}, allow_unknown=True))
+                     for k in range(n)]
+            await wait_until(lambda: _lock_waiters(admin, n), what=f"{n} INSERTs to wait")
+            slots = runner.engine.sync_engine.__dict__["_jk_held"][asyncio.get_running_loop()]
+            assert [h.busy for h in slots] == [True] * postgres.HELD_PER_LOOP
+            assert runner.engine.pool.checkedout() == 1  # type: ignore[attr-defined]
+        jobs = await asyncio.wait_for(asyncio.gather(*tasks), 30)
+        assert await _rows(admin, [j.id for j in jobs]) == {j.id: 1 for j in jobs}
+
+
+async def _lock_waiters(admin: asyncpg.Connection, n: int) -> bool:
+    return bool(await admin.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+        "AND datname = current_database()") >= n)
