@@ -652,6 +652,24 @@ async def release_jobs(db: AsyncSession, worker_id: str, job_ids: Iterable[uuid.
     return int(res.rowcount)  # type: ignore[attr-defined]
 
 
+async def release_unrun(db: AsyncSession, worker_id: str, running: Iterable[uuid.UUID]) -> int:
+    """Give back, without burning an attempt, the jobs this worker holds but does not run:
+    those a claim cut off in flight claimed (its reply lost with the connection), which
+    nobody would run before their lease expired. Commits."""
+    now = backend_of(db).now()
+    where = [jobs_table.c.locked_by == worker_id, jobs_table.c.status == "processing"]
+    ids = list(running)
+    if ids:
+        where.append(jobs_table.c.id.not_in(ids))
+    res = await db.execute(
+        update(jobs_table).where(*where)
+        .values(status=case((jobs_table.c.attempts > 1, "retry"), else_="pending"),
+                attempts=jobs_table.c.attempts - 1, locked_by=None, locked_until=None,
+                run_at=now, updated_at=now, started_at=None))
+    await db.commit()
+    return int(res.rowcount)  # type: ignore[attr-defined]
+
+
 async def extend_leases(db: AsyncSession, worker_id: str, job_ids: Iterable[uuid.UUID],
                         lease_seconds: float) -> tuple[set[uuid.UUID], set[uuid.UUID]]:
     """Extend this worker's leases. Returns (ids still held, ids asked to cancel). Commits."""

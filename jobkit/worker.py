@@ -175,6 +175,7 @@ class Worker:
         self._ctx = RunContext(self.id, self.settings, self.handlers, events, self._batcher)
         self._signals_seen = 0
         self._want_slot = False
+        self._claim_lost = False
         self._reported_done = 0
         self._reported_at = 0.0
 
@@ -289,6 +290,15 @@ class Worker:
         types = self.claimable_types() if filtered else None
         limited = self._claimable_limited()
         try:
+            if self._claim_lost:
+                # The last claim was cut off in flight: it may have claimed jobs nobody
+                # runs. Give them back now rather than after their lease.
+                async with self.sessions() as db:
+                    given = await queue.release_unrun(db, self.id, list(self._tasks))
+                self._claim_lost = False
+                if given:
+                    log.warning("jobkit worker %s: gave back %s job(s) claimed by a claim cut "
+                                "off in flight", self.id, given)
             if queue.claims_alone(self.engine, types, self.queues, limited):
                 # The usual claim: one statement on the driver's connection, no session.
                 jobs = await queue.claim_alone(self.engine, n, worker_id=self.id,
@@ -317,6 +327,9 @@ class Worker:
                         job_types=self.claimable_types(), queues=self.queues,
                         limited=limited)
         except DB_ERRORS as exc:
+            # Its outcome unknown when the connection died under it (see release_unrun).
+            self._claim_lost = self._claim_lost or bool(
+                getattr(exc, "connection_invalidated", False))
             self._db_trouble("claim jobs", exc)
             return []
         self._db_ok()

@@ -497,3 +497,17 @@ async def _lock_waiters(admin: asyncpg.Connection, n: int) -> bool:
     return bool(await admin.fetchval(
         "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
         "AND datname = current_database()") >= n)
+
+
+async def test_a_claim_whose_reply_was_lost_gives_its_jobs_back(
+        pg_url: str, admin: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A claim that committed but whose reply was lost with its connection claimed jobs
+    this worker never heard of: its next claim gives them back (attempt unburnt), so they
+    run now, not after their 300 s lease."""
+    async with await jobkit.open(pg_url, handlers={"noop": _noop}, lease_seconds=300) as runner:
+        await runner.enqueue_many([("noop", {"i": i}) for i in range(5)])
+        calls = _spy_fetch(monkeypatch, runner.engine, _once("claim", "after"))
+        stats = await asyncio.wait_for(runner.worker(concurrency=2, burst=True).run(), 60)
+        assert calls[0] == ("claim", True)
+        assert stats.completed == 5 and stats.lost == 0, stats.as_dict()
+        assert await _attempts(admin) == {"completed/1": 5}
