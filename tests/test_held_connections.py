@@ -58,6 +58,20 @@ async def _jobs_locked(pg_url: str) -> AsyncIterator[None]:
         await conn.close()
 
 
+@contextlib.asynccontextmanager
+async def _enqueue_waiting(runner: jobkit.Runner, admin: asyncpg.Connection, pg_url: str,
+                           params: dict[str, Any]) -> AsyncIterator[tuple[Any, Any, int]]:
+    """An enqueue of ``params`` in flight on the held connection, waiting on a lock held
+    until the block ends: (its task, the connection, its server pid)."""
+    await runner.enqueue("noop", {}, allow_unknown=True)
+    raw = _held(runner)
+    pid = raw.get_server_pid()
+    async with _jobs_locked(pg_url):
+        task = asyncio.ensure_future(runner.enqueue("noop", params, allow_unknown=True))
+        await wait_until(lambda: _waits_for_lock(admin, pid), what="the INSERT to wait")
+        yield task, raw, pid
+
+
 async def _rows(admin: asyncpg.Connection, ids: list[uuid.UUID]) -> dict[uuid.UUID, int]:
     """How many rows each id has (0 for a missing one)."""
     found = await admin.fetch("SELECT id, count(*) AS n FROM jobs WHERE id = ANY($1::uuid[]) "
@@ -124,13 +138,7 @@ async def test_killed_during_the_insert_is_inserted_once(pg_url: str,
     """The held connection dies while its INSERT waits (on a lock): the INSERT did not
     commit, the enqueue does not fail, the job is there once."""
     async with await jobkit.open(pg_url) as runner:
-        await runner.enqueue("noop", {}, allow_unknown=True)
-        raw = _held(runner)
-        pid = raw.get_server_pid()
-        async with _jobs_locked(pg_url):
-            task = asyncio.ensure_future(runner.enqueue("noop", {"killed": True},
-                                                        allow_unknown=True))
-            await wait_until(lambda: _waits_for_lock(admin, pid), what="the INSERT to wait")
+        async with _enqueue_waiting(runner, admin, pg_url, {"killed": True}) as (task, _, pid):
             await _kill(admin, pid)
             await wait_until(lambda: _gone(admin, pid), what="the backend to exit")
         job = await asyncio.wait_for(task, 30)
@@ -245,13 +253,8 @@ async def test_a_cancelled_enqueue_leaves_nothing_half_done(pg_url: str,
     through, the statement is cancelled on the server (the job does not appear later),
     the held connection is closed, and the next enqueue works."""
     async with await jobkit.open(pg_url) as runner:
-        await runner.enqueue("noop", {}, allow_unknown=True)
-        raw = _held(runner)
-        pid = raw.get_server_pid()
-        async with _jobs_locked(pg_url):
-            task = asyncio.ensure_future(runner.enqueue("noop", {"cancelled": True},
-                                                        allow_unknown=True))
-            await wait_until(lambda: _waits_for_lock(admin, pid), what="the INSERT to wait")
+        async with _enqueue_waiting(runner, admin, pg_url,
+                                    {"cancelled": True}) as (task, raw, pid):
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await asyncio.wait_for(task, 30)
