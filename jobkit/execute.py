@@ -28,6 +28,7 @@ from .backends.common import lane_open
 from .config import Settings
 from .database import attach_settings, session_used, session_wrote, settings_of
 from .dispatcher import DISPATCH_TABLE, Handler, dispatch_job
+from .durations import attempt_ms
 from .errors import (
     InvalidParams,
     JobCancelled,
@@ -165,25 +166,32 @@ def _watch_blocking(coro: Coroutine[Any, Any, T], job: Job) -> Generator[Any, An
 
 async def run_job(job: Job, db: AsyncSession, ctx: RunContext) -> dict[str, Any]:
     """Run one claimed job with ``db`` and record its outcome; returns its summary dict."""
-    log.info("Processing job %s (type: %s)", job.id, job.job_type)
+    job_id = job.id
+    log.info("Processing job %s (type: %s)", job_id, job.job_type)
     attach_settings(db, ctx.settings)
     db.info["jobkit.job"] = job  # not write-only: a handler may read it (tests do)
     started = time.perf_counter()
     claimed_mark = job.updated_at  # replaced by the stored time once the outcome is recorded
-    timeout = job.timeout if job.timeout is not None else ctx.settings.job_timeout
+    timeout = job.timeout
+    if timeout is None:
+        timeout = ctx.settings.job_timeout
     error: str | None = None
     permanent = False
     retry_delay: float | None = None
     result: Any = None
+    deadline: asyncio.Timeout | None = None
     try:
         # report_progress() inside the handler writes to this attempt of this job.
         async with progress.tracking_session(db, job, ctx.worker_id,
                                              interval=ctx.settings.progress_interval):
-            async with asyncio.timeout(timeout) as deadline:
+            if timeout is None:  # (asyncio.timeout(None) would never expire: skip it)
                 result = await _watch_blocking(dispatch_job(job, db, ctx.table), job)
+            else:
+                async with asyncio.timeout(timeout) as deadline:
+                    result = await _watch_blocking(dispatch_job(job, db, ctx.table), job)
         result = queue.check_result(result)
     except TimeoutError as exc:
-        if deadline.expired():
+        if deadline is not None and deadline.expired():
             error = f"TimeoutError: job timed out after {timeout:g} s"
         else:
             error = error_text(exc)
@@ -194,16 +202,7 @@ async def run_job(job: Job, db: AsyncSession, ctx: RunContext) -> dict[str, Any]
     except Exception as exc:  # noqa: BLE001 - any handler error is a failed attempt
         error = error_text(exc)
     # CancelledError (shutdown, lost lease, cancel request) propagates to the caller.
-    ctx.finishing.add(job.id)  # from here on, a lease the heartbeat misses is our own finish
-
-    def elapsed_ms() -> int:
-        """The attempt's duration as ``show`` and ``explain`` report it (durations.attempt_ms):
-        claim to stored outcome; the local clock only if nothing was stored."""
-        from .durations import attempt_ms
-
-        recorded = job.updated_at if job.updated_at is not claimed_mark else None
-        ms = attempt_ms(job.started_at, job.finished_at or recorded)
-        return ms if ms is not None else int((time.perf_counter() - started) * 1000)
+    ctx.finishing.add(job_id)  # from here on, a lease the heartbeat misses is our own finish
 
     if error is None:
         if ctx.batcher is not None and not session_wrote(db):
@@ -217,10 +216,11 @@ async def run_job(job: Job, db: AsyncSession, ctx: RunContext) -> dict[str, Any]
                 await db.commit()
             else:
                 await db.rollback()
-        ms = elapsed_ms()
+        ms = _elapsed_ms(job, claimed_mark, started)
         if ok:
-            log.info("Job %s completed successfully in %sms", job.id, ms)
-            await emit(ctx, "completed", job, status="completed", result=result)
+            log.info("Job %s completed successfully in %sms", job_id, ms)
+            if ctx.events:
+                await emit(ctx, "completed", job, status="completed", result=result)
             return summary_of(job, "completed", result, ms, None)
         return await lost_result(ctx, job, ms)
 
@@ -229,7 +229,7 @@ async def run_job(job: Job, db: AsyncSession, ctx: RunContext) -> dict[str, Any]
         db, job, error, worker_id=ctx.worker_id, permanent=permanent, retry_delay=retry_delay,
         backoff_base=ctx.settings.retry_backoff_base, backoff_max=ctx.settings.retry_backoff_max)
     await db.commit()
-    ms = elapsed_ms()
+    ms = _elapsed_ms(job, claimed_mark, started)
     short = last_line(error)
     if status is None:
         return await lost_result(ctx, job, ms)
@@ -243,6 +243,17 @@ async def run_job(job: Job, db: AsyncSession, ctx: RunContext) -> dict[str, Any]
     else:
         await emit(ctx, "failed", job, status="failed", error=short, full_error=error)
     return summary_of(job, status.value, None, ms, short)
+
+
+def _elapsed_ms(job: Job, claimed_mark: Any, started: float) -> int:
+    """The attempt's duration as ``show`` and ``explain`` report it (durations.attempt_ms):
+    claim to stored outcome; the local clock only if nothing was stored (``claimed_mark``:
+    ``job.updated_at`` as claimed, replaced by the stored time once the outcome is recorded).
+    """
+    updated = job.updated_at
+    ms = attempt_ms(job.started_at, job.finished_at or
+                    (updated if updated is not claimed_mark else None))
+    return ms if ms is not None else int((time.perf_counter() - started) * 1000)
 
 
 async def lost_result(ctx: RunContext, job: Job, ms: int) -> dict[str, Any]:

@@ -105,9 +105,16 @@ def check_params(params: Any) -> dict[str, Any]:
     return check_json(params, "params")  # type: ignore[no-any-return]
 
 
+# json.dumps with these options makes a new encoder on every call; one is enough (an
+# encoder keeps no state between calls).
+_ENCODER = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+
+
 def dumps(value: Any) -> str:
     """The canonical encoding used for every JSON column."""
-    return json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+    if value is None:
+        return "null"
+    return _ENCODER.encode(value)
 
 
 def _refuse_constant(name: str) -> Any:

@@ -124,11 +124,17 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(UTC)
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value.astimezone(UTC)
+        return as_utc(value)
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """A loaded datetime as timezone-aware UTC (:class:`UTCDateTime`'s loading): a naive
+    one is UTC already (how SQLite stores it)."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
 
 
 class StatusType(TypeDecorator[JobStatus]):
@@ -167,6 +173,16 @@ def claim_sort_key(job: Any) -> tuple[Any, ...]:
     """
     return tuple(-getattr(job, name) if desc else getattr(job, name)
                  for name, desc in CLAIM_ORDER)
+
+
+def claim_row_key(row: Mapping[str, Any]) -> tuple[Any, ...]:
+    """:func:`claim_sort_key` of a row ``{column: value}`` (a claim's ``RETURNING``), spelt
+    out: the claim sorts its rows with it before making them jobs."""
+    return (-row["priority"], row["created_at"], row["id"])
+
+
+if CLAIM_ORDER != (("priority", True), ("created_at", False), ("id", False)):
+    raise AssertionError("CLAIM_ORDER changed: change claim_row_key with it")
 
 
 def ahead_in_claim_order(columns: Any, row: Mapping[str, Any]) -> ColumnElement[bool]:

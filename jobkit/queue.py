@@ -50,6 +50,7 @@ from .models import (
     Job,
     JobStatus,
     attempt_fence,
+    claim_row_key,
     claim_sort_key,
     dependencies_table,
     jobs_table,
@@ -493,9 +494,9 @@ async def claim_alone(engine: AsyncEngine, n: int, *, worker_id: str, lease_seco
         params["queue"] = queues[0]  # type: ignore[index]
     rows = await backend.fetch_alone(engine, backend.CLAIM_ALONE[ClaimShape(False, queued, False)],
                                      params)
-    jobs = [job_from_row(r) for r in rows]
-    jobs.sort(key=claim_sort_key)
-    return jobs
+    if len(rows) > 1:
+        rows = sorted(rows, key=claim_row_key)
+    return [job_from_row(r) for r in rows]
 
 
 async def dequeue_job(db: AsyncSession, *, worker_id: str | None = None,

@@ -354,10 +354,13 @@ class Worker:
         self._db_backoff = 0.0
 
     def _start(self, job: Job) -> None:
-        task = asyncio.get_running_loop().create_task(self._run_one(job), name=f"job-{job.id}")
-        self._tasks[job.id] = task
-        self.stats.max_active = max(self.stats.max_active, len(self._tasks))
-        task.add_done_callback(functools.partial(self._finished, job.id, job.job_type))
+        job_id = job.id
+        task = asyncio.get_running_loop().create_task(self._run_one(job), name=f"job-{job_id}")
+        tasks = self._tasks
+        tasks[job_id] = task
+        if len(tasks) > self.stats.max_active:
+            self.stats.max_active = len(tasks)
+        task.add_done_callback(functools.partial(self._finished, job_id, job.job_type))
 
     def _finished(self, job_id: uuid.UUID, job_type: str, _task: object = None) -> None:
         self._tasks.pop(job_id, None)

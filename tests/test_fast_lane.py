@@ -343,3 +343,97 @@ async def test_sqlite_inline_writes_are_checkpointed_off_the_loop(
         assert lane.writes == 35 and len(calls) == 3
         conn = lane._connection(runner.engine)  # noqa: SLF001
         assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+
+
+# -- SQLite's row conversion: the fast converters equal SQLAlchemy's processors ------------
+_SQLITE_SAMPLES: dict[str, list[Any]] = {
+    "datetime": ["2026-11-30 18:20:18.123456", "2026-11-30 18:20:18", "2026-11-30T18:20",
+                 "2026-11-30", "2026-11-30T18", "20261130T182018",
+                 "2026-11-30 18:20:18.123456+01:00", "2026-11-30 18:20:18Z",
+                 "2026-11-30 18:20:18-05:30", "garbage", "", "2026-11-30 18:20:18+"],
+    "uuid": [uuid.uuid4().hex, str(uuid.uuid4()), uuid.uuid4().hex.upper(),
+             "{" + str(uuid.uuid4()) + "}", "urn:uuid:" + str(uuid.uuid4()), "g" * 32,
+             "0" * 31, "+" + "0" * 31, "0_" * 16, " " + "0" * 31],
+    "json": ['{"a": 1}', ' {"a": 1} ', "null", "1", "1.5", '"x"', "[1,2] x", "\ufeff{}", "",
+             '{"k": "é ✓", "n": [1, null, true]}', "[]", 5, 2.5, "NaN"],
+    "status": [s.value for s in JobStatus] + ["bogus", "PENDING", ""],
+    "bool": [0, 1],
+}
+
+
+def _outcome(fn: Any, value: Any) -> tuple[str, Any]:
+    try:
+        out = fn(value)
+    except Exception as exc:  # noqa: BLE001 - the error is the outcome compared
+        return "raised", type(exc)
+    return type(out).__name__, out
+
+
+def test_sqlite_fast_converters_equal_sqlalchemys_processors() -> None:
+    from sqlalchemy.dialects import sqlite
+
+    from jobkit.backends import sqlite as backend
+
+    dialect = sqlite.dialect()
+    kinds = {"id": "uuid", "status": "status", "params": "json", "result": "json",
+             "cancel_requested": "bool"}
+    checked = set()
+    for col in JOB_COLUMNS:
+        proc = col.type.dialect_impl(dialect).result_processor(dialect, None)
+        fast = backend._fast_converter(col.type, dialect)
+        if proc is None:
+            assert fast is None, col.name
+            continue
+        kind = kinds.get(col.name, "datetime")
+        if kind == "bool":
+            assert fast is None  # SQLAlchemy's own (C) processor is kept
+            continue
+        assert fast is not None, col.name
+        checked.add(kind)
+        assert proc(None) is None  # the rows skip Nones: the fast converter never sees one
+        for value in _SQLITE_SAMPLES[kind]:
+            got, want = _outcome(fast, value), _outcome(proc, value)
+            assert got == want, f"{col.name} {value!r}: fast {got} != SQLAlchemy {want}"
+            if kind == "datetime" and got[0] == "datetime":
+                assert got[1].tzinfo is UTC, value
+    assert checked == {"uuid", "status", "json", "datetime"}
+
+
+def test_sqlite_rows_equal_the_compiled_rows() -> None:
+    from sqlalchemy.dialects import sqlite
+
+    from jobkit.backends import sqlite as backend
+
+    dialect = sqlite.dialect()
+    stmt = next(iter(backend.CLAIM_ALONE.values()))
+    compiled = stmt.compiled(dialect, backend._coltype)
+    plan = backend._Rows.of(stmt, compiled, dialect)
+    assert plan is not None and backend._Rows.of(stmt, compiled, dialect) is plan
+    now = "2026-11-30 18:20:18.123456"
+    record = (uuid.uuid4().hex, "t", "default", "processing", '{"i": 1}', "null", None, 1, 4,
+              -3, 2.5, "k", 1, now, now, now, now, None, "w", "2026-11-30 18:21:18", 0.5,
+              "half", now)
+    assert len(record) == len(JOB_COLUMNS)
+    records = [record, tuple(None if i >= 5 and v is not None and i not in (7, 8, 9, 12)
+                             else v for i, v in enumerate(record))]
+    got, want = plan.rows(records), compiled.rows(records)
+    assert got == want
+    assert [[type(v) for v in r.values()] for r in got] == \
+        [[type(v) for v in r.values()] for r in want]
+    with pytest.raises(ValueError):
+        plan.rows([record[:-1]])
+    done = backend.COMPLETE_MANY_ALONE.compiled(dialect, backend._coltype)
+    rows = backend._rows_of(backend.COMPLETE_MANY_ALONE, done, dialect, [(record[0], now)])
+    assert rows == done.rows([(record[0], now)])
+
+
+def test_claim_row_key_is_the_claim_sort_key() -> None:
+    from jobkit.models import claim_row_key, claim_sort_key
+
+    base = datetime(2026, 1, 1, tzinfo=UTC)
+    rows = [{"priority": p, "created_at": base + timedelta(seconds=s), "id": uuid.UUID(int=i)}
+            for i, (p, s) in enumerate([(0, 2), (5, 1), (0, 1), (9, 9), (5, 1), (-1, 0)])]
+    assert sorted(rows, key=claim_row_key) == \
+        sorted(rows, key=lambda r: claim_sort_key(queue.job_from_row(r)))
+    assert [claim_row_key(r) for r in rows] == \
+        [claim_sort_key(queue.job_from_row(r)) for r in rows]
