@@ -370,10 +370,12 @@ class _Rows:
     @classmethod
     def of(cls, statement: Prepared, compiled: Any, dialect: Any) -> _Rows | None:
         """The plan of ``statement`` (cached on the dialect); None: use ``compiled.rows``."""
-        cache: dict[int, _Rows | None] = dialect.__dict__.setdefault("_jk_sqlite_rows", {})
-        key = id(statement)
-        if key in cache:
-            return cache[key]
+        # Keyed as Prepared.compiled keys its cache; kept with the Compiled it was made for.
+        cache: dict[int, tuple[Any, _Rows | None]] = dialect.__dict__.setdefault(
+            "_jk_sqlite_rows", {})
+        found = cache.get(id(statement))
+        if found is not None and found[0] is compiled:
+            return found[1]
         names = tuple(name for name, _ in compiled.columns)
         plan: _Rows | None = None
         if len(set(names)) == len(names) and len(statement.returns) == len(names):
@@ -384,7 +386,7 @@ class _Rows:
                 fast = _fast_converter(col.type, dialect)
                 converters.append((name, proc, False) if fast is None else (name, fast, True))
             plan = cls(names, tuple(converters))
-        cache[key] = plan
+        cache[id(statement)] = (compiled, plan)
         return plan
 
     def rows(self, records: Iterable[Sequence[Any]]) -> list[dict[str, Any]]:
