@@ -372,7 +372,7 @@ def _outcome(fn: Any, value: Any) -> tuple[str, Any]:
 def test_sqlite_fast_converters_equal_sqlalchemys_processors() -> None:
     from sqlalchemy.dialects import sqlite
 
-    from jobkit.backends import sqlite as backend
+    from jobkit.backends import sqlite_rows
 
     dialect = sqlite.dialect()
     kinds = {"id": "uuid", "status": "status", "params": "json", "result": "json",
@@ -380,7 +380,7 @@ def test_sqlite_fast_converters_equal_sqlalchemys_processors() -> None:
     checked = set()
     for col in JOB_COLUMNS:
         proc = col.type.dialect_impl(dialect).result_processor(dialect, None)
-        fast = backend._fast_converter(col.type, dialect)
+        fast = sqlite_rows.fast_converter(col.type, dialect)
         if proc is None:
             assert fast is None, col.name
             continue
@@ -403,12 +403,13 @@ def test_sqlite_rows_equal_the_compiled_rows() -> None:
     from sqlalchemy.dialects import sqlite
 
     from jobkit.backends import sqlite as backend
+    from jobkit.backends import sqlite_rows
 
     dialect = sqlite.dialect()
     stmt = next(iter(backend.CLAIM_ALONE.values()))
     compiled = stmt.compiled(dialect, backend._coltype)
-    plan = backend._Rows.of(stmt, compiled, dialect)
-    assert plan is not None and backend._Rows.of(stmt, compiled, dialect) is plan
+    plan = sqlite_rows.Rows.of(stmt, compiled, dialect)
+    assert plan is not None and sqlite_rows.Rows.of(stmt, compiled, dialect) is plan
     now = "2026-11-30 18:20:18.123456"
     record = (uuid.uuid4().hex, "t", "default", "processing", '{"i": 1}', "null", None, 1, 4,
               -3, 2.5, "k", 1, now, now, now, now, None, "w", "2026-11-30 18:21:18", 0.5,
@@ -423,7 +424,7 @@ def test_sqlite_rows_equal_the_compiled_rows() -> None:
     with pytest.raises(ValueError):
         plan.rows([record[:-1]])
     done = backend.COMPLETE_MANY_ALONE.compiled(dialect, backend._coltype)
-    rows = backend._rows_of(backend.COMPLETE_MANY_ALONE, done, dialect, [(record[0], now)])
+    rows = sqlite_rows.rows_of(backend.COMPLETE_MANY_ALONE, done, dialect, [(record[0], now)])
     assert rows == done.rows([(record[0], now)])
 
 
