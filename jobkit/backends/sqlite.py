@@ -309,6 +309,11 @@ async def _execute_on(conn: AsyncConnection, adapted: Any, compiled: Any, args: 
 #: SQLite's primary result codes that mean "another connection holds a lock": the inline
 #: lane steps aside for the waiting path (see :class:`_InlineLane`).
 _BUSY_CODES = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED
+
+
+def _busy(exc: sqlite3.Error) -> bool:
+    """Whether ``exc`` says another connection holds a lock (nothing was done)."""
+    return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _BUSY_CODES
 #: Inline writes between two checkpoints run in aiosqlite's thread (see _InlineLane).
 CHECKPOINT_EVERY = 200
 
@@ -382,7 +387,7 @@ class _InlineLane:
             finally:
                 cur.close()
         except sqlite3.OperationalError as exc:
-            if (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _BUSY_CODES:
+            if _busy(exc):
                 return None  # SQLite rolled the statement back: take the waiting path
             raise
         if write:
@@ -854,7 +859,7 @@ async def watch(engine: AsyncEngine, wake: Callable[[], None], stop: asyncio.Eve
                 try:
                     row = conn.execute("PRAGMA data_version").fetchone()
                 except sqlite3.OperationalError as exc:
-                    if (getattr(exc, "sqlite_errorcode", 0) & 0xFF) not in _BUSY_CODES:
+                    if not _busy(exc):
                         raise
                     row = None  # a writer is recovering the WAL index: look again soon
                 value = row[0] if row else last
