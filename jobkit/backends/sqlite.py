@@ -309,13 +309,13 @@ async def _execute_on(conn: AsyncConnection, adapted: Any, compiled: Any, args: 
 #: SQLite's primary result codes that mean "another connection holds a lock": the inline
 #: lane steps aside for the waiting path (see :class:`_InlineLane`).
 _BUSY_CODES = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED
+#: Inline writes between two checkpoints run in aiosqlite's thread (see _InlineLane).
+CHECKPOINT_EVERY = 200
 
 
 def _busy(exc: sqlite3.Error) -> bool:
     """Whether ``exc`` says another connection holds a lock (nothing was done)."""
     return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _BUSY_CODES
-#: Inline writes between two checkpoints run in aiosqlite's thread (see _InlineLane).
-CHECKPOINT_EVERY = 200
 
 
 class _InlineLane:
