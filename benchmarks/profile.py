@@ -21,7 +21,7 @@ from .common import Databases
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-async def main(backend: str, scenario: str, n: int, tag: str) -> None:
+async def main(backend: str, scenario: str, n: int, tag: str, show_all: bool = False) -> None:
     from pyinstrument import Profiler
 
     dbs = Databases()
@@ -54,7 +54,7 @@ async def main(backend: str, scenario: str, n: int, tag: str) -> None:
         print(f"{backend} {scenario}: {n} jobs in {dt:.2f}s = {n / dt:.0f} jobs/s")
         out = os.path.join(HERE, "results", f"profile-{tag}-{backend}-{scenario}")
         with open(out + ".txt", "w") as f:
-            f.write(profiler.output_text(unicode=False, color=False, show_all=False))
+            f.write(profiler.output_text(unicode=False, color=False, show_all=show_all))
         with open(out + ".html", "w") as f:
             f.write(profiler.output_html())
         print("wrote", out + ".txt")
@@ -69,5 +69,6 @@ if __name__ == "__main__":
                                         "cut", "enqueue", "enqueue_many"])
     p.add_argument("-n", type=int, default=2000)
     p.add_argument("--tag", default="before")
+    p.add_argument("--all", action="store_true", help="show library frames too")
     a: Any = p.parse_args()
-    asyncio.run(main(a.backend, a.scenario, a.n, a.tag))
+    asyncio.run(main(a.backend, a.scenario, a.n, a.tag, a.all))

@@ -211,10 +211,8 @@ async def run_job(job: Job, db: AsyncSession, ctx: RunContext) -> dict[str, Any]
                 await db.rollback()  # nothing to keep; frees the connection
             ok = await ctx.batcher.complete(job, result)
         else:
-            ok = await queue.complete_job(db, job, result, worker_id=ctx.worker_id)
-            if ok:
-                await db.commit()
-            else:
+            ok = await queue.complete_job(db, job, result, worker_id=ctx.worker_id, commit=True)
+            if not ok:
                 await db.rollback()
         ms = _elapsed_ms(job, claimed_mark, started)
         if ok:

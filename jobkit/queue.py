@@ -511,18 +511,21 @@ async def dequeue_job(db: AsyncSession, *, worker_id: str | None = None,
 # ---------------------------------------------------------------------------
 # Finish (fenced; the caller commits)
 # ---------------------------------------------------------------------------
-async def complete_job(db: AsyncSession, job: Job, result: Any, *, worker_id: str) -> bool:
-    """Mark ``job`` completed with ``result`` if this worker still holds it. Does not commit.
+async def complete_job(db: AsyncSession, job: Job, result: Any, *, worker_id: str,
+                       commit: bool = False) -> bool:
+    """Mark ``job`` completed with ``result`` if this worker still holds it.
 
     In ``db``'s open transaction, on its own driver connection when the fast lane is open
     (see :func:`_in_transaction`), else through the session: atomic with what ``db`` wrote
     either way. On success ``job.finished_at`` is set to the stored time (see
-    :func:`jobkit.durations.attempt_ms`).
+    :func:`jobkit.durations.attempt_ms`). Does not commit, unless ``commit``: then, on
+    success, the transaction is committed too (on SQLite the COMMIT travels with the
+    statement); on failure it is left open for the caller to roll back.
     """
     backend = backend_of(db)
     params = {"job_id": job.id, "attempt": job.attempts, "worker_id": worker_id,
               "result": result, **backend.clock_params()}
-    rows = await _in_transaction(db, backend, backend.COMPLETE_ALONE, params)
+    rows = await _in_transaction(db, backend, backend.COMPLETE_ALONE, params, commit)
     if rows is None:
         finished = (await db.execute(backend.COMPLETE, params)).scalar_one_or_none()
     else:
@@ -530,11 +533,14 @@ async def complete_job(db: AsyncSession, job: Job, result: Any, *, worker_id: st
     if finished is None:
         return False
     job.finished_at = finished
+    if commit:
+        await db.commit()  # after a COMMIT in the statement's trip: bookkeeping, no trip
     return True
 
 
 async def _in_transaction(db: AsyncSession, backend: Backend, statement: Prepared,
-                          params: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+                          params: Mapping[str, Any],
+                          commit: bool = False) -> list[dict[str, Any]] | None:
     """Run a fast-lane ``statement`` inside ``db``'s open transaction, on its driver
     connection (the backends' ``fetch_in_transaction``); None when it cannot (no transaction
     open, or the fast lane closed: cursor listeners must see every statement), and then the
@@ -547,12 +553,16 @@ async def _in_transaction(db: AsyncSession, backend: Backend, statement: Prepare
     if not db.in_transaction():
         return None
     sync = db.sync_session
-    if sync.autoflush and (sync.new or sync.deleted or sync.dirty):
-        await db.flush()  # what the session's own execute would autoflush first
+    if (sync.autoflush or commit) and (sync.new or sync.deleted or sync.dirty):
+        await db.flush()  # what the session's own execute (or commit) would flush first
     conn = await db.connection()
     if not lane_open(conn.engine):
         return None
-    return await backend.fetch_in_transaction(conn, statement, params)
+    # Committing with the statement stands for the session's commit only while that
+    # commit would add nothing: no listener that may write first, nothing left to flush.
+    commit = commit and not (sync.dispatch.before_commit or sync.new or sync.deleted
+                             or sync.dirty)
+    return await backend.fetch_in_transaction(conn, statement, params, commit=commit)
 
 
 async def complete_many(db: AsyncSession, items: Sequence[tuple[Job, Any]], *,

@@ -28,8 +28,8 @@ def _spy(monkeypatch: pytest.MonkeyPatch, runner: jobkit.Runner) -> list[Any]:
     real = backend.fetch_in_transaction
     calls: list[Any] = []
 
-    async def spy(conn: Any, statement: Any, params: Any) -> Any:
-        out = await real(conn, statement, params)
+    async def spy(conn: Any, statement: Any, params: Any, **kw: Any) -> Any:
+        out = await real(conn, statement, params, **kw)
         calls.append(out)
         return out
 
@@ -162,10 +162,10 @@ async def test_cancelled_completions_leave_the_pool_healthy(
         real = backend.fetch_in_transaction
         mid: list[bool] = []
 
-        async def marked(conn: Any, statement: Any, params: Any) -> Any:
+        async def marked(conn: Any, statement: Any, params: Any, **kw: Any) -> Any:
             entered.set()
             try:
-                return await real(conn, statement, params)
+                return await real(conn, statement, params, **kw)
             except asyncio.CancelledError:
                 mid.append(True)
                 raise
@@ -211,3 +211,45 @@ async def test_cancelled_completions_leave_the_pool_healthy(
     finally:
         await runner.close()
 
+
+
+async def test_on_sqlite_a_writing_handlers_transaction_takes_two_trips(
+        sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each hand-off to aiosqlite's thread costs more than a small statement: a handler's
+    transaction of one write takes two, ``BEGIN IMMEDIATE`` with the write and the fenced
+    completion with ``COMMIT``. Both still happen: the job and the row commit together,
+    and nothing is left open or holding the write gate."""
+    import aiosqlite
+    from sqlalchemy import text
+
+    async def write_one(job: Job, db: Any) -> dict[str, int]:
+        await db.execute(text("INSERT INTO notes (job_id) VALUES (:j)"), {"j": str(job.id)})
+        return {"wrote": 1}
+
+    async with await jobkit.open(sqlite_url, handlers={"write_one": write_one}) as runner:
+        async with runner.engine.begin() as conn:
+            await conn.execute(text("CREATE TABLE notes (job_id TEXT NOT NULL)"))
+        job = await runner.enqueue("write_one", {})
+        claimed = await _claim(runner, "w-trips")
+        trips: list[str] = []
+        real = aiosqlite.Connection._execute
+
+        async def counted(self: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
+            trips.append(getattr(fn, "__name__", repr(fn)))
+            return await real(self, fn, *args, **kwargs)
+
+        monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
+        ctx = RunContext("w-trips", runner.settings, runner.handlers)
+        async with jobkit.database.LazySession(runner.sessions) as db:
+            summary = await run_job(claimed, db, ctx)
+        monkeypatch.undo()
+        assert summary["status"] == "completed", summary
+        assert trips == ["run", "_fetch_then_commit"], trips
+        stored = await runner.get_job(job.id)
+        assert stored.status is JobStatus.COMPLETED and stored.result == {"wrote": 1}
+        async with runner.engine.connect() as conn:
+            rows = (await conn.execute(text("SELECT job_id FROM notes"))).scalars().all()
+        assert rows == [str(job.id)]
+        gate = sqlite.write_gate(runner.engine)
+        assert gate is not None and gate.holders == 0 and not gate.busy()
+        assert runner.engine.pool.checkedout() == 0  # type: ignore[attr-defined]

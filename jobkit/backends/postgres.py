@@ -353,11 +353,13 @@ async def _fetch_on(conn: AsyncConnection, adapted: Any, compiled: Any,
 
 
 async def fetch_in_transaction(conn: AsyncConnection, statement: Prepared,
-                               params: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+                               params: Mapping[str, Any], *,
+                               commit: bool = False) -> list[dict[str, Any]] | None:
     """Run ``statement`` on ``conn``'s asyncpg connection, INSIDE the transaction ``conn``
     has open (it commits or rolls back with it), and return its rows as a session would;
     None, without running it, when no transaction is open (the caller goes through
-    SQLAlchemy then).
+    SQLAlchemy then). ``commit`` changes nothing here: the caller's COMMIT is its own
+    round trip either way.
 
     For a hot statement that must be atomic with what a session already wrote (a handler's
     writes and its job's completion): it skips SQLAlchemy's per-statement execution

@@ -289,21 +289,37 @@ async def fetch_alone(engine: AsyncEngine, statement: Prepared,
 
 
 async def _execute_on(conn: AsyncConnection, adapted: Any, compiled: Any, args: Sequence[Any],
-                      gate: _WriteGate | None, write: bool) -> list[Any]:
+                      gate: _WriteGate | None, write: bool, commit: bool = False) -> list[Any]:
     """Run one statement on ``conn``'s aiosqlite connection (``adapted``) in one trip to its
     thread, a write after this process's turn at the write lock (kept: the caller gives it
-    back). A cancellation in flight invalidates ``conn`` (the statement may still finish in
-    aiosqlite's thread) and goes through; an error is raised as SQLAlchemy's."""
+    back), and with ``commit`` a ``COMMIT`` after it if it returned rows. A cancellation in
+    flight invalidates ``conn`` (the statement may still finish in aiosqlite's thread) and
+    goes through; an error is raised as SQLAlchemy's."""
     try:
         if gate is not None and write:
             await gate.wait_turn(adapted)
-        return list(await adapted._connection.execute_fetchall(compiled.sql, args))
+        aio = adapted._connection
+        if commit:
+            return await aio._execute(_fetch_then_commit, aio._conn, compiled.sql, args)
+        return list(await aio.execute_fetchall(compiled.sql, args))
     except BaseException as exc:
         if not isinstance(exc, Exception):
             with contextlib.suppress(Exception):  # never replace the error in flight
                 await conn.invalidate()
             raise
         raise wrapped(conn.dialect, compiled, args, exc) from exc
+
+
+def _fetch_then_commit(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> list[Any]:
+    """In aiosqlite's thread: the statement's rows, then ``COMMIT`` if there are any."""
+    cur = conn.execute(sql, args)
+    try:
+        rows = cur.fetchall()
+    finally:
+        cur.close()
+    if rows:
+        conn.execute("COMMIT")
+    return rows
 
 
 #: SQLite's primary result codes that mean "another connection holds a lock": the inline
@@ -442,11 +458,16 @@ async def release(engine: AsyncEngine) -> None:
 
 
 async def fetch_in_transaction(conn: AsyncConnection, statement: Prepared,
-                               params: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+                               params: Mapping[str, Any], *,
+                               commit: bool = False) -> list[dict[str, Any]] | None:
     """Run ``statement`` on ``conn``'s aiosqlite connection, INSIDE the transaction ``conn``
     has open in SQLite (it commits or rolls back with it), in one trip to its thread, and
     return its rows as a session would; None, without running it, when SQLite has no
     transaction open on it (the caller goes through SQLAlchemy then, whose hooks begin one).
+
+    ``commit``: when the statement returns rows, ``COMMIT`` in the same trip (the caller
+    commits at once then; SQLAlchemy's commit finds nothing open and sends nothing, see
+    the hooks' ``_commit``). With no rows the transaction stays open for the caller.
 
     For a hot statement that must be atomic with what a session already wrote (a handler's
     writes and its job's completion): it skips SQLAlchemy's per-statement execution
@@ -469,7 +490,7 @@ async def fetch_in_transaction(conn: AsyncConnection, statement: Prepared,
         return None
     gate = _GATES.get(conn.engine.sync_engine)
     write = not compiled.sql.lstrip()[:9].upper().startswith(READ_PREFIXES)
-    records = await _execute_on(conn, adapted, compiled, args, gate, write)
+    records = await _execute_on(conn, adapted, compiled, args, gate, write, commit)
     return rows_of(statement, compiled, dialect, records)
 
 
@@ -571,7 +592,11 @@ def _install_hooks(engine: AsyncEngine) -> None:
         if conn.info.get("jk_sqlite_begun", True) or not conn.in_transaction():
             return
         conn.info["jk_sqlite_begun"] = True
-        cursor.execute("BEGIN IMMEDIATE")
+        begin_first = getattr(cursor, "begin_first", None)  # a one-trip cursor's
+        if begin_first is not None:
+            begin_first()  # BEGIN IMMEDIATE travels with this statement: one trip, not two
+        else:
+            cursor.execute("BEGIN IMMEDIATE")
 
     @event.listens_for(sync_engine, "after_cursor_execute")
     def _after(conn: Connection, cursor: Any, statement: str, params: Any,
@@ -746,7 +771,9 @@ def _one_trip_aiosqlite() -> Any:
     from sqlalchemy.util import EMPTY_DICT
 
     def run(conn: sqlite3.Connection, operation: Any, parameters: Any,
-            many: bool) -> tuple[Any, int, Any, list[Any] | None]:
+            many: bool, begin: bool) -> tuple[Any, int, Any, list[Any] | None]:
+        if begin:
+            conn.execute("BEGIN IMMEDIATE")  # raises (nothing begun) or the statement follows
         cur = conn.cursor()
         try:
             if many:
@@ -762,7 +789,7 @@ def _one_trip_aiosqlite() -> Any:
             cur.close()
 
     class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
-        __slots__ = ("_desc", "_rowcount", "_lastrowid", "_size")
+        __slots__ = ("_begin", "_desc", "_rowcount", "_lastrowid", "_size")
 
         def __init__(self, adapt_connection: Any) -> None:  # no aiosqlite cursor: no trip
             self._adapt_connection = adapt_connection
@@ -774,6 +801,12 @@ def _one_trip_aiosqlite() -> Any:
             self._rowcount = -1
             self._lastrowid: Any = None
             self._size = 1
+            self._begin = False
+
+        def begin_first(self) -> None:
+            """Open the transaction (``BEGIN IMMEDIATE``) in the same trip as the next
+            statement, just before it: the hooks' BEGIN without a trip of its own."""
+            self._begin = True
 
         @property
         def description(self) -> Any:
@@ -796,10 +829,11 @@ def _one_trip_aiosqlite() -> Any:
             self._size = value
 
         async def _run(self, operation: Any, parameters: Any, many: bool) -> None:
+            begin, self._begin = self._begin, False
             async with self._adapt_connection._execute_mutex:
                 aio = self._connection
                 self._desc, self._rowcount, self._lastrowid, rows = await aio._execute(
-                    run, aio._conn, operation, parameters, many)
+                    run, aio._conn, operation, parameters, many, begin)
             self._rows = collections.deque(rows or ())
 
         async def _execute_async(self, operation: Any, parameters: Any) -> Any:
