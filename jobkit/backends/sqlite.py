@@ -300,7 +300,9 @@ async def _execute_on(conn: AsyncConnection, adapted: Any, compiled: Any, args: 
             await gate.wait_turn(adapted)
         aio = adapted._connection
         if commit:
-            return await aio._execute(_fetch_then_commit, aio._conn, compiled.sql, args)
+            rows: list[Any] = await aio._execute(_fetch_then_commit, aio._conn, compiled.sql,
+                                                 args)
+            return rows
         return list(await aio.execute_fetchall(compiled.sql, args))
     except BaseException as exc:
         if not isinstance(exc, Exception):
