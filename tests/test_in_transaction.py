@@ -253,3 +253,54 @@ async def test_on_sqlite_a_writing_handlers_transaction_takes_two_trips(
         gate = sqlite.write_gate(runner.engine)
         assert gate is not None and gate.holders == 0 and not gate.busy()
         assert runner.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+async def test_cut_analysis_replaces_clips_its_job_already_has(
+        runner: jobkit.Runner, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The clip DELETE runs only when the asset read (fast lane) saw clips of this job: a
+    job with none writes one INSERT; one with clips left over (a handler of the past that
+    committed early) ends with this run's clips only."""
+    from jobkit.models import new_id, utcnow
+
+    seen: list[str] = []
+
+    def listen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(statement.lstrip()[:20].upper())
+
+    asset, fresh = await runner.upload_video("fresh.mp4", duration_ms=50_000)
+    asset2, stale = await runner.upload_video("stale.mp4", duration_ms=50_000)
+    async with runner.sessions() as db:
+        db.add_all([Clip(id=new_id(), video_asset_id=asset2.id, job_id=stale.id, start_ms=s,
+                         end_ms=s + 1000, visual_score=0.5, created_at=utcnow())
+                    for s in range(0, 5000, 1000)])
+        await db.commit()
+    assert await count_clips(runner, asset2.id) == 5
+    ctx = RunContext("w-clips", runner.settings, runner.handlers)
+    for expected_delete in (False, True):
+        claimed = await _claim(runner, "w-clips")
+        seen.clear()
+        # Listening to the session's statements only (the fast lane stays open: its
+        # statements are not seen, which would close it for every statement).
+        monkeypatch.setattr(jobkit.database.LazySession, "_materialise", _listening(listen))
+        async with jobkit.database.LazySession(runner.sessions) as db:
+            summary = await run_job(claimed, db, ctx)
+        monkeypatch.undo()
+        assert summary["status"] == "completed", summary
+        deletes = [s for s in seen if s.startswith("DELETE")]
+        assert bool(deletes) is expected_delete, (claimed.id, seen)
+    assert await count_clips(runner, asset.id) == 3
+    async with runner.sessions() as db:
+        left = set((await db.execute(select(Clip.id).where(Clip.job_id == stale.id))).scalars())
+    assert len(left) == 3, "the five clips of the past were replaced by this run's three"
+
+
+def _listening(listen: Any) -> Any:
+    """LazySession._materialise that also listens to the session's own statements."""
+    real = jobkit.database.LazySession._materialise
+
+    def materialise(self: Any) -> None:
+        real(self)
+        event.listen(self.sync_session, "do_orm_execute",
+                     lambda state: listen(None, None, str(state.statement)))
+
+    return materialise

@@ -14,7 +14,7 @@ import hashlib
 import uuid
 from typing import Any
 
-from sqlalchemy import Table, Uuid, bindparam, delete, insert, select, update
+from sqlalchemy import Table, Uuid, bindparam, delete, exists, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from ..backends import backend_of
@@ -28,8 +28,11 @@ CLIP_MS = 20_000
 
 _assets: Table = VideoAsset.__table__  # type: ignore[assignment]
 _clips: Table = Clip.__table__  # type: ignore[assignment]
-_ASSET_COLUMNS = (_assets.c.filename, _assets.c.duration_ms, _assets.c.stored_path)
-#: The asset's three columns the analysis needs, read in the fast lane (see _read_asset).
+_HAS_CLIPS = exists().where(
+    _clips.c.job_id == bindparam("job_id", type_=Uuid)).label("has_clips")
+_ASSET_COLUMNS = (_assets.c.filename, _assets.c.duration_ms, _assets.c.stored_path, _HAS_CLIPS)
+#: The asset's three columns the analysis needs, and whether the job already has clips, read
+#: in the fast lane (see _read_asset).
 _READ_ASSET = Prepared(select(*_ASSET_COLUMNS).where(_assets.c.id == bindparam("id", type_=Uuid)),
                        _ASSET_COLUMNS)
 # Built once: building a statement (and its cache key) costs more than running it here.
@@ -73,17 +76,20 @@ async def run_cut_analysis(job: Job, db: AsyncSession) -> dict[str, Any]:
         asset_id = raw if isinstance(raw, uuid.UUID) else uuid.UUID(str(raw))
     except ValueError:
         raise PermanentError(f"video_asset_id {raw!r} is not a valid UUID") from None
-    filename, duration, stored_path = await _read_asset(db, asset_id)
+    filename, duration, stored_path, had_clips = await _read_asset(db, asset_id, job.id)
     if stored_path:
         return await _analyse_file(job, db, asset_id, stored_path)
 
     await asyncio.sleep(settings_of(db).cut_analysis_seconds)  # the simulated analysis
 
-    # Clips of an earlier attempt of this job were rolled back with it; this delete only
-    # guards against a handler of the past that committed early. Core statements, one
-    # INSERT for the clips: the result needs no ORM objects, and making, flushing and
-    # tracking three of them per job cost more than the two statements themselves.
-    await db.execute(_DELETE_CLIPS, {"job_id": job.id})
+    # Clips of an earlier attempt that failed were rolled back with it; those of a
+    # completed run of this job (run again: ``retry_job``) are replaced. Only then is there
+    # anything to delete: no clip of this job can appear after the read but by another
+    # attempt's completion, and then this attempt's fenced completion fails and rolls back.
+    # Core statements, one INSERT for the clips: the result needs no ORM objects, and
+    # making, flushing and tracking three of them per job cost more than the statements.
+    if had_clips:
+        await db.execute(_DELETE_CLIPS, {"job_id": job.id})
     clips = [(new_id(), start, end, visual_score(filename, duration, i))
              for i, (start, end) in enumerate(clip_bounds(duration))]
     now = utcnow()
@@ -94,10 +100,12 @@ async def run_cut_analysis(job: Job, db: AsyncSession) -> dict[str, Any]:
     return {**_result(clips, duration), "analysis": "simulated"}
 
 
-async def _read_asset(db: AsyncSession, asset_id: uuid.UUID) -> tuple[str, int, str | None]:
-    """The asset's filename, duration and stored path, read in its own transaction: no
-    connection or snapshot is held while the video is analysed. Raises PermanentError when
-    there is no such asset or it cannot be cut.
+async def _read_asset(db: AsyncSession, asset_id: uuid.UUID,
+                      job_id: uuid.UUID) -> tuple[str, int, str | None, bool]:
+    """The asset's filename, duration and stored path, and whether job ``job_id`` has clips
+    already (True when not known), read in its own transaction: no connection or snapshot
+    is held while the video is analysed. Raises PermanentError when there is no such asset
+    or it cannot be cut.
 
     In the fast lane (one autocommitted statement on the driver's connection, see
     ``fetch_alone``) when it is open and the session has no transaction of its own (whose
@@ -108,10 +116,13 @@ async def _read_asset(db: AsyncSession, asset_id: uuid.UUID) -> tuple[str, int, 
     lane = engine is not None and lane_open(engine) and not (
         session_used(db) and db.in_transaction())
     found: tuple[str, int | None, str | None] | None = None
+    had_clips = True
     if lane and engine is not None:
-        rows = await backend_of(engine).fetch_alone(engine, _READ_ASSET, {"id": asset_id})
+        rows = await backend_of(engine).fetch_alone(engine, _READ_ASSET,
+                                                    {"id": asset_id, "job_id": job_id})
         if rows:
             found = rows[0]["filename"], rows[0]["duration_ms"], rows[0]["stored_path"]
+            had_clips = bool(rows[0]["has_clips"])
     else:
         asset = await db.get(VideoAsset, asset_id)
         if asset is not None:
@@ -125,7 +136,7 @@ async def _read_asset(db: AsyncSession, asset_id: uuid.UUID) -> tuple[str, int, 
             "a video must last more than 0 ms to be cut")
     if not lane:
         await db.commit()  # end the read transaction
-    return filename, duration, stored_path
+    return filename, duration, stored_path, had_clips
 
 
 def _result(clips: list[tuple[uuid.UUID, int, int, float]], duration: int) -> dict[str, Any]:
