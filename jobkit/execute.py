@@ -122,6 +122,10 @@ class RunContext:
     batcher: CompletionBatcher | None = None
     # Jobs whose handler has returned and whose outcome is being recorded.
     finishing: set[uuid.UUID] = field(default_factory=set)
+    # Of those, the ones waiting for the batcher's statement: their slot is free already.
+    batched: set[uuid.UUID] = field(default_factory=set)
+    # Called when a job's slot frees before its task ends (it joined the batcher).
+    on_slot_free: Any = None
 
 
 BLOCKED_LOOP_WARNING_S = 0.5
@@ -209,7 +213,13 @@ async def run_job(job: Job, db: AsyncSession, ctx: RunContext) -> dict[str, Any]
             # (An unused LazySession has no transaction: asking would create the session.)
             if session_used(db) and db.in_transaction():
                 await db.rollback()  # nothing to keep; frees the connection
-            ok = await ctx.batcher.complete(job, result)
+            ctx.batched.add(job_id)
+            if ctx.on_slot_free is not None:
+                ctx.on_slot_free()
+            try:
+                ok = await ctx.batcher.complete(job, result)
+            finally:
+                ctx.batched.discard(job_id)
         else:
             ok = await queue.complete_job(db, job, result, worker_id=ctx.worker_id, commit=True)
             if not ok:

@@ -173,6 +173,7 @@ class Worker:
         self._db_backoff = 0.0
         self._batcher = CompletionBatcher(self.sessions, self.id)
         self._ctx = RunContext(self.id, self.settings, self.handlers, events, self._batcher)
+        self._ctx.on_slot_free = self._slot_freed
         self._signals_seen = 0
         self._want_slot = False
         self._claim_lost = False
@@ -253,7 +254,7 @@ class Worker:
         poll = self.settings.worker_poll_interval
         while not self._stopping.is_set():
             self._wake.clear()
-            free = self.concurrency - len(self._tasks)
+            free = self.concurrency - len(self._tasks) + len(self._ctx.batched)
             claimed: list[Job] = []
             drained = False
             if free > 0:
@@ -358,9 +359,14 @@ class Worker:
         task = asyncio.get_running_loop().create_task(self._run_one(job), name=f"job-{job_id}")
         tasks = self._tasks
         tasks[job_id] = task
-        if len(tasks) > self.stats.max_active:
-            self.stats.max_active = len(tasks)
+        active = len(tasks) - len(self._ctx.batched)  # (those only wait for their record)
+        if active > self.stats.max_active:
+            self.stats.max_active = active
         task.add_done_callback(functools.partial(self._finished, job_id, job.job_type))
+
+    def _slot_freed(self) -> None:
+        if self._want_slot:
+            self._wake.set()
 
     def _finished(self, job_id: uuid.UUID, job_type: str, _task: object = None) -> None:
         self._tasks.pop(job_id, None)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import pytest
 from helpers import count_jobs
-from sqlalchemy import event, update
+from sqlalchemy import event, select, update
 
 import jobkit
 from jobkit import queue
@@ -70,3 +72,55 @@ async def test_batched_completion_is_fenced_per_job(runner: jobkit.Runner) -> No
     assert (await runner.get_job(jobs[2].id)).result == {"n": 2}
     taken = await runner.get_job(jobs[1].id)
     assert taken.status is JobStatus.PROCESSING and taken.locked_by == "other"
+
+
+async def test_the_next_claim_overlaps_the_last_completion(
+        db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job whose handler wrote nothing frees its slot when it joins the completion batch:
+    the worker claims the next job while that statement is in flight, instead of after it
+    (two round trips one after the other per cycle, each waiting for its commit). Still
+    one handler at a time at concurrency 1, every job completed once."""
+    running: list[int] = []
+    peak: list[int] = []
+    claims = 0
+    first_done_at: int | None = None  # claims made when the first job's handler returned
+    claimed_again = asyncio.Event()
+
+    async def counted(job: jobkit.Job, db: Any) -> dict[str, Any]:
+        nonlocal first_done_at
+        running.append(1)
+        peak.append(len(running))
+        await asyncio.sleep(0)
+        running.pop()
+        if job.params["i"] == 0:
+            first_done_at = claims
+        return {"i": job.params["i"]}
+
+    real_claim, real_complete = queue.claim_alone, queue.complete_many_alone
+
+    async def claim(*args: Any, **kwargs: Any) -> Any:
+        nonlocal claims
+        claims += 1
+        if first_done_at is not None and claims > first_done_at:
+            claimed_again.set()
+        return await real_claim(*args, **kwargs)
+
+    async def complete(engine: Any, items: Any, **kwargs: Any) -> Any:
+        if items[0][0].params["i"] == 0:
+            # Record the first job only once the worker has claimed again: without the
+            # overlap it never would (its only slot is taken until this returns).
+            await asyncio.wait_for(claimed_again.wait(), 30)
+        return await real_complete(engine, items, **kwargs)
+
+    monkeypatch.setattr(queue, "claim_alone", claim)
+    monkeypatch.setattr(queue, "complete_many_alone", complete)
+    async with await jobkit.open(db_url, handlers={"counted": counted}) as runner:
+        await runner.enqueue_many([("counted", {"i": i}) for i in range(5)])
+        stats = await asyncio.wait_for(runner.worker(concurrency=1, burst=True).run(), 60)
+        assert claimed_again.is_set()
+        assert stats.completed == 5 and stats.max_active == 1, stats.as_dict()
+        assert max(peak) == 1, "one handler at a time"
+        assert await count_jobs(runner, status="completed") == 5
+        async with runner.sessions() as db:
+            attempts = (await db.execute(select(jobs_table.c.attempts))).scalars().all()
+        assert sorted(attempts) == [1] * 5
