@@ -53,7 +53,9 @@ class CompletionBatcher:
 
     Every job finishing in the same event-loop turn joins one fenced ``UPDATE … FROM
     (VALUES …)``, run alone on the driver's connection (no session); each caller awaits
-    its own outcome.
+    its own outcome. One statement is in flight at a time: completions arriving meanwhile
+    go together in the next one, as soon as it returns (so a worker has at most one
+    completion and one claim in flight, and a busy one writes bigger batches).
     """
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession], worker_id: str,
@@ -63,30 +65,37 @@ class CompletionBatcher:
         self.worker_id = worker_id
         self.max_batch = max_batch
         self._items: list[tuple[Job, Any, asyncio.Future[bool]]] = []
-        self._scheduled = False
+        self._scheduled = False  # a flush is scheduled or running: it takes new items too
         self._flushes: set[asyncio.Task[None]] = set()  # strong refs until done
 
     async def complete(self, job: Job, result: Any) -> bool:
         fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._items.append((job, result, fut))
-        if len(self._items) >= self.max_batch:
+        if not self._scheduled:
             self._scheduled = True
-            self._spawn_flush()
-        elif not self._scheduled:
-            self._scheduled = True
+            # The next loop turn: every job finishing in this one joins the statement.
             asyncio.get_running_loop().call_soon(self._spawn_flush)
         return await fut
 
     def _spawn_flush(self) -> None:
-        task = asyncio.get_running_loop().create_task(self._flush())
+        task = asyncio.get_running_loop().create_task(self._flush_all())
         self._flushes.add(task)
         task.add_done_callback(self._flushes.discard)
 
-    async def _flush(self) -> None:
-        items, self._items = self._items, []
-        self._scheduled = False
-        if not items:
-            return
+    async def _flush_all(self) -> None:
+        try:
+            while self._items:
+                items = self._items[:self.max_batch]
+                del self._items[:self.max_batch]
+                await self._flush(items)
+        finally:
+            self._scheduled = False
+            if self._items:  # left by a cancellation (the loop closing): not stranded
+                self._scheduled = True
+                with contextlib.suppress(RuntimeError):
+                    asyncio.get_running_loop().call_soon(self._spawn_flush)
+
+    async def _flush(self, items: list[tuple[Job, Any, asyncio.Future[bool]]]) -> None:
         try:
             if lane_open(self.engine):
                 # One fenced statement on the driver's connection: no session (see

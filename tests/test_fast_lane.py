@@ -438,3 +438,62 @@ def test_claim_row_key_is_the_claim_sort_key() -> None:
         sorted(rows, key=lambda r: claim_sort_key(queue.job_from_row(r)))
     assert [claim_row_key(r) for r in rows] == \
         [claim_sort_key(queue.job_from_row(r)) for r in rows]
+
+
+async def test_sqlite_a_fast_write_waits_its_turn_then_runs_inline(
+        sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While another connection of the process writes (it holds the write gate), a
+    fast-lane write waits for its turn and then runs inline all the same, not in
+    aiosqlite's thread; cancelled while it waits, it leaves the gate free."""
+    import asyncio
+
+    from sqlalchemy import update
+
+    from jobkit.backends import sqlite
+
+    async with await jobkit.open(sqlite_url) as runner:
+        await runner.enqueue_many([("noop", {"i": i}) for i in range(2)], allow_unknown=True)
+        threaded: list[str] = []
+        real = sqlite._execute_on
+
+        async def spy(*args: Any, **kwargs: Any) -> Any:
+            threaded.append(args[2].sql[:20])
+            return await real(*args, **kwargs)
+
+        monkeypatch.setattr(sqlite, "_execute_on", spy)
+        turns = 0
+        two_waiting = asyncio.Event()
+        real_turn = sqlite._WriteGate.wait_turn
+
+        async def turn(self: Any, conn: Any) -> None:
+            nonlocal turns
+            turns += 1
+            if turns == 2:
+                two_waiting.set()
+            await real_turn(self, conn)
+
+        monkeypatch.setattr(sqlite._WriteGate, "wait_turn", turn)
+        gate = sqlite.write_gate(runner.engine)
+        assert gate is not None
+        async with runner.sessions() as db:  # a writer holding its turn
+            await db.execute(update(jobs_table).where(jobs_table.c.id == uuid.uuid4())
+                             .values(priority=1))
+            assert gate.holders == 1
+            waiting = asyncio.ensure_future(
+                queue.claim_alone(runner.engine, 1, worker_id="w", lease_seconds=60))
+            cancelled = asyncio.ensure_future(
+                queue.claim_alone(runner.engine, 1, worker_id="w2", lease_seconds=60))
+            await asyncio.wait_for(two_waiting.wait(), 10)  # both wait for their turn
+            assert not waiting.done() and not cancelled.done()
+            cancelled.cancel()
+            await db.commit()
+        [job] = await asyncio.wait_for(waiting, 10)
+        assert cancelled.cancelled()
+        assert threaded == [], "the claim ran inline once it had its turn"
+        assert gate.holders == 0 and not gate.busy()
+        stored = await _orm_job(runner, job.id)
+        assert stored.status == JobStatus.PROCESSING and stored.locked_by == "w"
+        async with runner.sessions() as db:
+            claimed = (await db.execute(select(jobs_table.c.locked_by)
+                                        .where(jobs_table.c.status == "processing"))).all()
+        assert claimed == [("w",)], "the cancelled claim claimed nothing"

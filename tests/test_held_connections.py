@@ -414,7 +414,8 @@ async def test_the_worker_claims_and_completes_on_held_connections(
         stats = await runner.worker(concurrency=1, burst=True).run()
         assert stats.completed == 20 and stats.lost == 0
         kinds = [k for k, _ in calls]
-        assert kinds.count("claim") >= 20 and kinds.count("complete") == 20
+        # (A completion may take several jobs: the next claim overlaps the last completion.)
+        assert kinds.count("claim") >= 20 and 1 <= kinds.count("complete") <= 20
         assert all(held for k, held in calls if k in ("claim", "complete")), calls
         assert 1 <= len(_held_raws(runner.engine)) <= postgres.HELD_PER_LOOP
         assert runner.engine.pool.checkedout() == 0  # type: ignore[attr-defined]

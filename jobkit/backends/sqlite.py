@@ -257,13 +257,14 @@ async def fetch_alone(engine: AsyncEngine, statement: Prepared,
 
     It runs *inline* (:class:`_InlineLane`: on the event loop's thread, no hand-off) when
     SQLite's write lock is free: in one process's turn-taking, nobody holds it
-    (:class:`_WriteGate`), and SQLite itself answers at once rather than waiting (a busy
-    timeout of 0). Otherwise, on a pooled connection's aiosqlite connection, in one trip to
-    its thread: a write takes this process's turn at SQLite's write lock first, exactly as
-    the hooks do for a lone write statement, and gives it back when the statement ends. A
-    cancellation in flight invalidates the pooled connection, as SQLAlchemy does (the
-    statement may still finish in aiosqlite's thread); an inline statement cannot be
-    interrupted half-way.
+    (:class:`_WriteGate`; a write waits for its turn there first when another connection
+    of this process is writing), and SQLite itself answers at once rather than waiting (a
+    busy timeout of 0: another process holds the lock). Otherwise, on a pooled
+    connection's aiosqlite connection, in one trip to its thread: a write takes this
+    process's turn at SQLite's write lock first, exactly as the hooks do for a lone write
+    statement, and gives it back when the statement ends. A cancellation in flight
+    invalidates the pooled connection, as SQLAlchemy does (the statement may still finish
+    in aiosqlite's thread); an inline statement cannot be interrupted half-way.
     """
     dialect = engine.sync_engine.dialect
     compiled = statement.compiled(dialect, _coltype)
@@ -271,11 +272,20 @@ async def fetch_alone(engine: AsyncEngine, statement: Prepared,
     gate = _GATES.get(engine.sync_engine)
     write = not compiled.sql.lstrip()[:9].upper().startswith(READ_PREFIXES)
     lane = _INLINE.get(engine.sync_engine)
-    if lane is not None and not (write and gate is not None and gate.busy()):
+    if lane is not None:
+        queued = write and gate is not None and gate.busy()
+        if queued and gate is not None:
+            # Another connection of this process is writing: wait for our turn, then run
+            # inline all the same (in aiosqlite's thread it would wait for the same turn,
+            # and then cost a hand-off to that thread and back).
+            await gate.wait_turn(lane)
         try:
             records = lane.run(engine, compiled.sql, args, write)
         except sqlite3.Error as exc:
             raise wrapped(dialect, compiled, args, exc) from exc
+        finally:
+            if queued and gate is not None:
+                gate.release(lane)
         if records is not None:
             return rows_of(statement, compiled, dialect, records)
     async with engine.connect() as conn:
