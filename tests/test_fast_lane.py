@@ -372,7 +372,7 @@ def _outcome(fn: Any, value: Any) -> tuple[str, Any]:
 def test_sqlite_fast_converters_equal_sqlalchemys_processors() -> None:
     from sqlalchemy.dialects import sqlite
 
-    from jobkit.backends import sqlite_rows
+    from jobkit.backends import rows as sqlite_rows
 
     dialect = sqlite.dialect()
     kinds = {"id": "uuid", "status": "status", "params": "json", "result": "json",
@@ -399,17 +399,25 @@ def test_sqlite_fast_converters_equal_sqlalchemys_processors() -> None:
     assert checked == {"uuid", "status", "json", "datetime"}
 
 
-def test_sqlite_rows_equal_the_compiled_rows() -> None:
+def _sqlalchemys_rows(compiled: Any, records: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
+    """The rows as SQLAlchemy's own result processors make them (the reference)."""
+    return [{name: v if proc is None else proc(v)
+             for (name, proc), v in zip(compiled.columns, rec, strict=True)} for rec in records]
+
+
+def test_sqlite_fast_lane_rows_equal_sqlalchemys() -> None:
+    """``Compiled.rows`` (one step per column, Nones skipped) equals SQLAlchemy's own
+    processors, value for value and type for type."""
     from sqlalchemy.dialects import sqlite
 
     from jobkit.backends import sqlite as backend
-    from jobkit.backends import sqlite_rows
 
     dialect = sqlite.dialect()
     stmt = next(iter(backend.CLAIM_ALONE.values()))
-    compiled = stmt.compiled(dialect, backend._coltype)
-    plan = sqlite_rows.Rows.of(stmt, compiled, dialect)
-    assert plan is not None and sqlite_rows.Rows.of(stmt, compiled, dialect) is plan
+    compiled = stmt.compiled(dialect, backend._coltype, backend.fast_converter)
+    assert stmt.compiled(dialect, backend._coltype, backend.fast_converter) is compiled
+    assert {name for name, _, skip in compiled.converters if skip} >= {"id", "status",
+                                                                      "params", "created_at"}
     now = "2026-11-30 18:20:18.123456"
     record = (uuid.uuid4().hex, "t", "default", "processing", '{"i": 1}', "null", None, 1, 4,
               -3, 2.5, "k", 1, now, now, now, now, None, "w", "2026-11-30 18:21:18", 0.5,
@@ -417,15 +425,37 @@ def test_sqlite_rows_equal_the_compiled_rows() -> None:
     assert len(record) == len(JOB_COLUMNS)
     records = [record, tuple(None if i >= 5 and v is not None and i not in (7, 8, 9, 12)
                              else v for i, v in enumerate(record))]
-    got, want = plan.rows(records), compiled.rows(records)
+    got, want = compiled.rows(records), _sqlalchemys_rows(compiled, records)
     assert got == want
     assert [[type(v) for v in r.values()] for r in got] == \
         [[type(v) for v in r.values()] for r in want]
     with pytest.raises(ValueError):
-        plan.rows([record[:-1]])
-    done = backend.COMPLETE_MANY_ALONE.compiled(dialect, backend._coltype)
-    rows = sqlite_rows.rows_of(backend.COMPLETE_MANY_ALONE, done, dialect, [(record[0], now)])
-    assert rows == done.rows([(record[0], now)])
+        compiled.rows([record[:-1]])
+    done = backend.COMPLETE_MANY_ALONE.compiled(dialect, backend._coltype,
+                                                 backend.fast_converter)
+    assert done.rows([(record[0], now)]) == _sqlalchemys_rows(done, [(record[0], now)])
+
+
+def test_postgresql_fast_lane_rows_equal_sqlalchemys() -> None:
+    """The same on asyncpg's values: timestamps come as aware datetimes, given back in UTC."""
+    from datetime import timezone
+
+    from sqlalchemy.dialects.postgresql import asyncpg as pg
+
+    from jobkit.backends import postgres as backend
+
+    dialect = pg.dialect()
+    stmt = next(iter(backend.CLAIM_ALONE.values()))
+    compiled = stmt.compiled(dialect, backend._coltype, backend.fast_converter)
+    paris = datetime(2026, 11, 30, 19, 20, 18, 123456, tzinfo=timezone(timedelta(hours=1)))
+    record = (uuid.uuid4(), "t", "default", "processing", {"i": 1}, None, None, 1, 4, -3,
+              2.5, "k", True, paris, paris, paris, paris, None, "w", paris, 0.5, "half", None)
+    assert len(record) == len(JOB_COLUMNS)
+    got, want = compiled.rows([record]), _sqlalchemys_rows(compiled, [record])
+    assert got == want
+    assert [[type(v) for v in r.values()] for r in got] == \
+        [[type(v) for v in r.values()] for r in want]
+    assert got[0]["created_at"].tzinfo is UTC and got[0]["status"] is JobStatus.PROCESSING
 
 
 def test_claim_row_key_is_the_claim_sort_key() -> None:

@@ -117,8 +117,13 @@ class Compiled(NamedTuple):
     sql: str
     #: (name, default value, bind processor) per positional parameter, in order.
     binds: tuple[tuple[str, Any, Any], ...]
-    #: (column name, result processor) per returned column, in order.
+    #: (column name, SQLAlchemy's result processor) per returned column, in order.
     columns: tuple[tuple[str, Any], ...]
+    #: The returned columns' names, in order.
+    names: tuple[str, ...] = ()
+    #: (column name, converter, skip None) per returned column that has a processor: the
+    #: backend's faster equivalent of SQLAlchemy's where it has one, else SQLAlchemy's.
+    converters: tuple[tuple[str, Callable[[Any], Any], bool], ...] = ()
 
     def args(self, params: Mapping[str, Any]) -> list[Any]:
         """The positional values of ``params`` (defaults for the statement's own values)."""
@@ -129,10 +134,28 @@ class Compiled(NamedTuple):
         return out
 
     def rows(self, records: Iterable[Sequence[Any]]) -> list[dict[str, Any]]:
-        """The driver's rows as ``{column: value}``, each value as a session returns it."""
-        columns = self.columns
-        return [{name: v if proc is None else proc(v)
-                 for (name, proc), v in zip(columns, rec, strict=True)} for rec in records]
+        """The driver's rows as ``{column: value}``, each value as a session returns it
+        (columns without a processor as they come; a None stays None without a call where
+        the converter maps None to None)."""
+        names, converters = self.names, self.converters
+        out = []
+        for record in records:
+            row = dict(zip(names, record, strict=True))
+            for name, convert, skip_none in converters:
+                value = row[name]
+                if value is not None or not skip_none:
+                    row[name] = convert(value)
+            out.append(row)
+        return out
+
+
+def _keeps_none(proc: Callable[[Any], Any]) -> bool:
+    """Whether SQLAlchemy's result processor ``proc`` maps None to None (then rows skip it
+    for a None)."""
+    try:
+        return proc(None) is None
+    except Exception:  # noqa: BLE001 - it does not: let it see every None
+        return False
 
 
 class Prepared:
@@ -151,9 +174,12 @@ class Prepared:
         self.returns = tuple(returns)
         self.column_keys = None if column_keys is None else list(column_keys)
 
-    def compiled(self, dialect: Dialect, coltype: Callable[[Any], Any]) -> Compiled:
+    def compiled(self, dialect: Dialect, coltype: Callable[[Any], Any],
+                 fast: Callable[[Any, Dialect], Callable[[Any], Any] | None] | None = None,
+                 ) -> Compiled:
         """This statement for ``dialect`` (``coltype``: the driver's type code of a column
-        type, which some result processors need)."""
+        type, which some result processors need; ``fast``: the backend's faster converter
+        for a column type, None to keep SQLAlchemy's, mapping None to None)."""
         # Kept on the dialect (one per engine), so it goes when the engine goes.
         cache: dict[int, Compiled] = dialect.__dict__.setdefault("_jk_prepared", {})
         found = cache.get(id(self))
@@ -167,10 +193,20 @@ class Prepared:
                 raise ValueError(f"{name}: expanding parameters are not prepared")
             binds.append((name, bind.value, bind.type.dialect_impl(dialect).bind_processor(dialect)))
         columns = []
+        converters: list[tuple[str, Callable[[Any], Any], bool]] = []
         for col in self.returns:
             impl = col.type.dialect_impl(dialect)
-            columns.append((col.name, impl.result_processor(dialect, coltype(impl))))
-        out = Compiled(compiled.string, tuple(binds), tuple(columns))
+            proc = impl.result_processor(dialect, coltype(impl))
+            columns.append((col.name, proc))
+            if proc is None:
+                continue
+            quick = fast(col.type, dialect) if fast is not None else None
+            converters.append((col.name, proc, _keeps_none(proc)) if quick is None
+                              else (col.name, quick, True))
+        names = tuple(name for name, _ in columns)
+        if len(set(names)) != len(names):
+            raise ValueError(f"a Prepared statement returns two columns of one name: {names}")
+        out = Compiled(compiled.string, tuple(binds), tuple(columns), names, tuple(converters))
         cache[id(self)] = out
         return out
 

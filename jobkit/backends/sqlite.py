@@ -43,7 +43,7 @@ from .common import (
     prepared_claims,
     wrapped,
 )
-from .sqlite_rows import rows_of
+from .rows import fast_converter
 
 log = logging.getLogger("jobkit")
 
@@ -267,7 +267,7 @@ async def fetch_alone(engine: AsyncEngine, statement: Prepared,
     in aiosqlite's thread); an inline statement cannot be interrupted half-way.
     """
     dialect = engine.sync_engine.dialect
-    compiled = statement.compiled(dialect, _coltype)
+    compiled = statement.compiled(dialect, _coltype, fast_converter)
     args = compiled.args(params)
     gate = _GATES.get(engine.sync_engine)
     write = not compiled.sql.lstrip()[:9].upper().startswith(READ_PREFIXES)
@@ -287,7 +287,7 @@ async def fetch_alone(engine: AsyncEngine, statement: Prepared,
             if queued and gate is not None:
                 gate.release(lane)
         if records is not None:
-            return rows_of(statement, compiled, dialect, records)
+            return compiled.rows(records)
     async with engine.connect() as conn:
         adapted = (await conn.get_raw_connection()).dbapi_connection
         try:
@@ -295,7 +295,7 @@ async def fetch_alone(engine: AsyncEngine, statement: Prepared,
         finally:
             if gate is not None:
                 gate.release(adapted)
-    return rows_of(statement, compiled, dialect, records)
+    return compiled.rows(records)
 
 
 async def _execute_on(conn: AsyncConnection, adapted: Any, compiled: Any, args: Sequence[Any],
@@ -490,7 +490,7 @@ async def fetch_in_transaction(conn: AsyncConnection, statement: Prepared,
     connection never reused.
     """
     dialect = conn.dialect
-    compiled = statement.compiled(dialect, _coltype)
+    compiled = statement.compiled(dialect, _coltype, fast_converter)
     args = compiled.args(params)
     adapted: Any = (await conn.get_raw_connection()).dbapi_connection
     aio = adapted._connection
@@ -503,7 +503,7 @@ async def fetch_in_transaction(conn: AsyncConnection, statement: Prepared,
     gate = _GATES.get(conn.engine.sync_engine)
     write = not compiled.sql.lstrip()[:9].upper().startswith(READ_PREFIXES)
     records = await _execute_on(conn, adapted, compiled, args, gate, write, commit)
-    return rows_of(statement, compiled, dialect, records)
+    return compiled.rows(records)
 
 
 # ---------------------------------------------------------------------------

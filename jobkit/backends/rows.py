@@ -1,6 +1,8 @@
-"""SQLite's fast-lane rows: the driver's rows of a :class:`~jobkit.backends.common.Prepared`
-statement as ``{column: value}``, each value exactly as a session returns it, in one step
-per column for the types of jobkit's own tables (see :func:`rows_of`).
+"""The fast lane's rows: the driver's values of a :class:`~jobkit.backends.common.Prepared`
+statement's columns converted exactly as a session converts them, in one step per column
+for the types of jobkit's own tables (:func:`fast_converter`, the ``fast`` hook of
+``Prepared.compiled``; ``Compiled.rows`` applies them). Most of it is SQLite's (its
+datetimes, UUIDs and JSON are text); PostgreSQL's driver returns the Python types already.
 """
 
 from __future__ import annotations
@@ -8,7 +10,7 @@ from __future__ import annotations
 import json
 import numbers
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,7 +19,6 @@ from sqlalchemy.dialects.sqlite import base as sqlite_base
 from sqlalchemy.engine.processors import str_to_datetime
 
 from ..models import JobStatus, StatusType, UTCDateTime, as_utc
-from .common import Prepared
 
 # The fast lane's rows. SQLAlchemy's result processors of a claimed job's columns cost
 # ~25 us a row (a TypeDecorator's closure around the driver type's processor around
@@ -44,6 +45,8 @@ def fast_converter(type_: Any, dialect: Any) -> Callable[[Any], Any] | None:
     impl = type_.dialect_impl(dialect)
     if type(type_) is UTCDateTime:
         parse = impl.impl_instance.result_processor(dialect, None)
+        if parse is None:  # the driver returns datetimes (asyncpg): process_result_value
+            return as_utc
         if parse is not str_to_datetime:  # a custom storage format: keep SQLAlchemy's
             return None
 
@@ -91,56 +94,3 @@ def fast_converter(type_: Any, dialect: Any) -> Callable[[Any], Any] | None:
                 raise
         return json_value
     return None
-
-
-class Rows:
-    """How one statement's driver rows become ``{column: value}`` as a session returns them
-    (:meth:`Compiled.rows <jobkit.backends.common.Compiled.rows>`, faster)."""
-
-    __slots__ = ("names", "converters")
-
-    def __init__(self, names: tuple[str, ...],
-                 converters: tuple[tuple[str, Callable[[Any], Any], bool], ...]) -> None:
-        self.names = names
-        #: (column, converter, skip None) per column that has a processor.
-        self.converters = converters
-
-    @classmethod
-    def of(cls, statement: Prepared, compiled: Any, dialect: Any) -> Rows | None:
-        """The plan of ``statement`` (cached on the dialect); None: use ``compiled.rows``."""
-        # Keyed as Prepared.compiled keys its cache; kept with the Compiled it was made for.
-        cache: dict[int, tuple[Any, Rows | None]] = dialect.__dict__.setdefault(
-            "_jk_sqlite_rows", {})
-        found = cache.get(id(statement))
-        if found is not None and found[0] is compiled:
-            return found[1]
-        names = tuple(name for name, _ in compiled.columns)
-        plan: Rows | None = None
-        if len(set(names)) == len(names) and len(statement.returns) == len(names):
-            converters = []
-            for (name, proc), col in zip(compiled.columns, statement.returns, strict=True):
-                if proc is None:
-                    continue
-                fast = fast_converter(col.type, dialect)
-                converters.append((name, proc, False) if fast is None else (name, fast, True))
-            plan = cls(names, tuple(converters))
-        cache[id(statement)] = (compiled, plan)
-        return plan
-
-    def rows(self, records: Iterable[Sequence[Any]]) -> list[dict[str, Any]]:
-        names, converters = self.names, self.converters
-        out = []
-        for record in records:
-            row = dict(zip(names, record, strict=True))
-            for name, convert, skip_none in converters:
-                value = row[name]
-                if value is not None or not skip_none:
-                    row[name] = convert(value)
-            out.append(row)
-        return out
-
-
-def rows_of(statement: Prepared, compiled: Any, dialect: Any,
-             records: list[Any]) -> list[dict[str, Any]]:
-    plan = Rows.of(statement, compiled, dialect)
-    return compiled.rows(records) if plan is None else plan.rows(records)
