@@ -372,7 +372,7 @@ def _outcome(fn: Any, value: Any) -> tuple[str, Any]:
 def test_sqlite_fast_converters_equal_sqlalchemys_processors() -> None:
     from sqlalchemy.dialects import sqlite
 
-    from jobkit.backends import rows as sqlite_rows
+    from jobkit.backends import rows
 
     dialect = sqlite.dialect()
     kinds = {"id": "uuid", "status": "status", "params": "json", "result": "json",
@@ -380,7 +380,7 @@ def test_sqlite_fast_converters_equal_sqlalchemys_processors() -> None:
     checked = set()
     for col in JOB_COLUMNS:
         proc = col.type.dialect_impl(dialect).result_processor(dialect, None)
-        fast = sqlite_rows.fast_converter(col.type, dialect)
+        fast = rows.fast_converter(col.type, dialect)
         if proc is None:
             assert fast is None, col.name
             continue
