@@ -17,7 +17,7 @@ import logging
 import time
 import types
 import uuid
-from collections.abc import Coroutine, Generator
+from collections.abc import Callable, Coroutine, Generator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -134,7 +134,7 @@ class RunContext:
     # Of those, the ones waiting for the batcher's statement: their slot is free already.
     batched: set[uuid.UUID] = field(default_factory=set)
     # Called when a job's slot frees before its task ends (it joined the batcher).
-    on_slot_free: Any = None
+    on_slot_free: Callable[[], None] | None = None
 
 
 BLOCKED_LOOP_WARNING_S = 0.5

@@ -559,9 +559,9 @@ async def _in_transaction(db: AsyncSession, backend: Backend, statement: Prepare
     if not lane_open(conn.engine):
         return None
     # Committing with the statement stands for the session's commit only while that
-    # commit would add nothing: no listener that may write first, nothing left to flush.
-    commit = commit and not (sync.dispatch.before_commit or sync.new or sync.deleted
-                             or sync.dirty)
+    # commit would add nothing: nothing left to flush (flushed above), no listener that may
+    # write first.
+    commit = commit and not sync.dispatch.before_commit
     return await backend.fetch_in_transaction(conn, statement, params, commit=commit)
 
 

@@ -213,17 +213,25 @@ async def test_cancelled_completions_leave_the_pool_healthy(
 
 
 
+@pytest.mark.parametrize("before_commit", [False, True], ids=["plain", "before_commit"])
 async def test_on_sqlite_a_writing_handlers_transaction_takes_two_trips(
-        sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        sqlite_url: str, monkeypatch: pytest.MonkeyPatch, before_commit: bool) -> None:
     """Each hand-off to aiosqlite's thread costs more than a small statement: a handler's
     transaction of one write takes two, ``BEGIN IMMEDIATE`` with the write and the fenced
     completion with ``COMMIT``. Both still happen: the job and the row commit together,
-    and nothing is left open or holding the write gate."""
+    and nothing is left open or holding the write gate. With a ``before_commit`` listener
+    on the session (it may write before the commit), the COMMIT waits for the session's
+    own commit, and the listener's row commits with the rest."""
     import aiosqlite
     from sqlalchemy import text
 
+    def also_write(session: Any) -> None:
+        session.execute(text("INSERT INTO notes (job_id) VALUES ('listener')"))
+
     async def write_one(job: Job, db: Any) -> dict[str, int]:
         await db.execute(text("INSERT INTO notes (job_id) VALUES (:j)"), {"j": str(job.id)})
+        if before_commit:
+            event.listen(db.sync_session, "before_commit", also_write)
         return {"wrote": 1}
 
     async with await jobkit.open(sqlite_url, handlers={"write_one": write_one}) as runner:
@@ -244,12 +252,15 @@ async def test_on_sqlite_a_writing_handlers_transaction_takes_two_trips(
             summary = await run_job(claimed, db, ctx)
         monkeypatch.undo()
         assert summary["status"] == "completed", summary
-        assert trips == ["run", "_fetch_then_commit"], trips
+        if before_commit:
+            assert trips == ["run", "_execute_fetchall", "run", "commit"], trips
+        else:
+            assert trips == ["run", "_fetch_then_commit"], trips
         stored = await runner.get_job(job.id)
         assert stored.status is JobStatus.COMPLETED and stored.result == {"wrote": 1}
         async with runner.engine.connect() as conn:
             rows = (await conn.execute(text("SELECT job_id FROM notes"))).scalars().all()
-        assert rows == [str(job.id)]
+        assert rows == [str(job.id)] + (["listener"] if before_commit else [])
         gate = sqlite.write_gate(runner.engine)
         assert gate is not None and gate.holders == 0 and not gate.busy()
         assert runner.engine.pool.checkedout() == 0  # type: ignore[attr-defined]

@@ -273,19 +273,19 @@ async def fetch_alone(engine: AsyncEngine, statement: Prepared,
     write = not compiled.sql.lstrip()[:9].upper().startswith(READ_PREFIXES)
     lane = _INLINE.get(engine.sync_engine)
     if lane is not None:
-        queued = write and gate is not None and gate.busy()
-        if queued and gate is not None:
-            # Another connection of this process is writing: wait for our turn, then run
-            # inline all the same (in aiosqlite's thread it would wait for the same turn,
-            # and then cost a hand-off to that thread and back).
-            await gate.wait_turn(lane)
+        # Another connection of this process is writing: wait for our turn, then run
+        # inline all the same (in aiosqlite's thread it would wait for the same turn, and
+        # then cost a hand-off to that thread and back).
+        turn = gate if write and gate is not None and gate.busy() else None
+        if turn is not None:
+            await turn.wait_turn(lane)
         try:
             records = lane.run(engine, compiled.sql, args, write)
         except sqlite3.Error as exc:
             raise wrapped(dialect, compiled, args, exc) from exc
         finally:
-            if queued and gate is not None:
-                gate.release(lane)
+            if turn is not None:
+                turn.release(lane)
         if records is not None:
             return compiled.rows(records)
     async with engine.connect() as conn:
