@@ -515,3 +515,75 @@ async def test_a_claim_whose_reply_was_lost_gives_its_jobs_back(
         assert calls[0] == ("claim", True)
         assert stats.completed == 5 and stats.lost == 0, stats.as_dict()
         assert await _attempts(admin) == {"completed/1": 5}
+
+
+# ------------------------------------------------------------------------------------
+# Pooled connections (a handler's session): the checkout ping
+# ------------------------------------------------------------------------------------
+def _count_pings(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the checkout pings (the light ping's ``await_only``)."""
+    from jobkit.backends import postgres
+
+    pings: list[int] = []
+    real = postgres.await_only
+
+    def counting(awaitable: Any) -> Any:
+        pings.append(1)
+        return real(awaitable)
+
+    monkeypatch.setattr(postgres, "await_only", counting)
+    return pings
+
+
+async def _pooled_pid(runner: jobkit.Runner) -> tuple[Any, int]:
+    """A session's connection (asyncpg's) and its server pid, after one statement."""
+    async with runner.sessions() as db:
+        conn = await db.connection()
+        raw = (await conn.get_raw_connection()).driver_connection
+        pid = int((await db.execute(select(func.pg_backend_pid()))).scalar_one())
+    return raw, pid
+
+
+async def test_a_connection_returned_just_now_is_not_pinged(
+        pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checkout ping is skipped for a connection returned less than TRUSTED_FOR_S ago
+    (the same connection comes back, no round trip); one idle longer is pinged."""
+    from jobkit.backends import postgres
+
+    async with await jobkit.open(pg_url) as runner:
+        pings = _count_pings(monkeypatch)
+        _, pid = await _pooled_pid(runner)
+        after_first = len(pings)
+        _, again = await _pooled_pid(runner)
+        assert again == pid and len(pings) == after_first
+        monkeypatch.setattr(postgres, "TRUSTED_FOR_S", 0.0)  # as if idle for a long time
+        _, idle = await _pooled_pid(runner)
+        assert idle == pid and len(pings) == after_first + 1
+
+
+@pytest.mark.parametrize("noticed", [True, False], ids=["noticed", "unnoticed"])
+async def test_a_pooled_connection_killed_while_idle_is_replaced(
+        pg_url: str, admin: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch,
+        noticed: bool) -> None:
+    """Killed in the pool: the next session gets a new connection and its statement
+    succeeds, whether asyncpg saw the close (trusted or not: no ping needed) or not (a
+    connection idle longer than TRUSTED_FOR_S: the ping finds it dead)."""
+    from jobkit.backends import postgres
+
+    async with await jobkit.open(pg_url) as runner:
+        raw, pid = await _pooled_pid(runner)
+        pings = _count_pings(monkeypatch)
+        if noticed:
+            await _kill(admin, pid)
+            await wait_until(raw.is_closed, what="asyncpg to see the close")
+        else:
+            monkeypatch.setattr(postgres, "TRUSTED_FOR_S", 0.0)
+            raw._transport.pause_reading()  # hold back the server's close
+            await _kill(admin, pid)
+            await wait_until(lambda: _gone(admin, pid), what="the backend to exit")
+            raw._transport.resume_reading()
+        _, new_pid = await _pooled_pid(runner)
+        assert new_pid != pid and raw.is_closed()
+        # Noticed: the dead one is dropped unpinged, and its replacement, new, is pinged.
+        # Unnoticed: the ping finds the dead one, then the new one is pinged.
+        assert len(pings) == (1 if noticed else 2)
