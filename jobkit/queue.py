@@ -492,8 +492,8 @@ async def claim_alone(engine: AsyncEngine, n: int, *, worker_id: str, lease_seco
                               **backend.lease_params(lease_seconds)}
     if queued:
         params["queue"] = queues[0]  # type: ignore[index]
-    rows = await backend.fetch_alone(engine, backend.CLAIM_ALONE[ClaimShape(False, queued, False)],
-                                     params)
+    rows = await backend.fetch_alone(
+        engine, backend.claim_alone_statement(ClaimShape(False, queued, False), n), params)
     if len(rows) > 1:
         rows = sorted(rows, key=claim_row_key)
     return [job_from_row(r) for r in rows]

@@ -587,3 +587,45 @@ async def test_a_pooled_connection_killed_while_idle_is_replaced(
         # Noticed: the dead one is dropped unpinged, and its replacement, new, is pinged.
         # Unnoticed: the ping finds the dead one, then the new one is pinged.
         assert len(pings) == (1 if noticed else 2)
+
+
+# ------------------------------------------------------------------------------------
+# The claim's plan
+# ------------------------------------------------------------------------------------
+def test_the_fast_lane_claim_writes_its_limit_into_the_sql() -> None:
+    """One prepared statement per LIMIT up to LITERAL_LIMIT_MAX (the same object each
+    time: its compiled SQL is cached by identity); a larger claim takes the parameter."""
+    from sqlalchemy.dialects import postgresql as pg
+
+    from jobkit.backends import postgres
+    from jobkit.backends.common import ClaimShape
+
+    shape = ClaimShape(False, 1, False)
+    seven = postgres.claim_alone_statement(shape, 7)
+    assert postgres.claim_alone_statement(shape, 7) is seven
+    sql = str(seven.statement.compile(dialect=pg.asyncpg.dialect()))
+    assert "LIMIT 7" in sql and "queue = $" in sql
+    big = postgres.claim_alone_statement(shape, postgres.LITERAL_LIMIT_MAX + 1)
+    assert big is postgres.CLAIM_ALONE[shape]
+    assert "LIMIT $" in str(big.statement.compile(dialect=pg.asyncpg.dialect()))
+
+
+async def test_the_server_keeps_a_generic_plan_for_the_claim(
+        pg_url: str, admin: asyncpg.Connection) -> None:
+    """With its LIMIT in the SQL, the claim is planned five times and then runs on the
+    server's generic plan (pg_prepared_statements counts both). With ``LIMIT $n`` and a
+    few thousand waiting jobs the server planned it anew on every run (the generic plan
+    could not know the LIMIT, so it looked costlier). Every job still runs once."""
+    async with await jobkit.open(pg_url, handlers={"noop": _noop}) as runner:
+        await runner.enqueue_many([("noop", {"i": i}) for i in range(3000)])  # (and ANALYZE)
+        stats = await runner.worker(concurrency=10, burst=True).run()
+        assert stats.completed == 3000 and stats.claimed == 3000
+        slots = runner.engine.sync_engine.__dict__["_jk_held"][asyncio.get_running_loop()]
+        plans = [(r["generic_plans"], r["custom_plans"])
+                 for h in slots if h.raw is not None
+                 for r in await h.raw.fetch(
+                     "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+                     "WHERE statement LIKE '%FOR UPDATE SKIP LOCKED%'")]
+        generic, custom = sum(g for g, _ in plans), sum(c for _, c in plans)
+        assert generic >= 100 and custom <= 5 * len(plans) + 5, plans
+    assert await _attempts(admin) == {"completed/1": 3000}

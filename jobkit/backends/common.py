@@ -51,29 +51,40 @@ def claim_statements(template: str, *, deps_done: str, unlimited: str, room_limi
     ``room_limit`` is the limited claim's LIMIT with a ``{room}`` slot; ``index``: the
     index for every queue / for one queue (SQLite's ``INDEXED BY``).
     """
-    out = {}
-    for typed in (False, True):
-        for queued in (0, 1, 2):
-            for limited in (False, True):
-                filters = []
-                shape_binds = [bindparam("n", type_=Integer), *binds]
-                if typed:
-                    filters.append("job_type IN :types")
-                    shape_binds.append(bindparam("types", expanding=True))
-                if queued == 1:
-                    filters.append("queue = :queue")
-                elif queued > 1:
-                    filters.append("queue IN :queues")
-                    shape_binds.append(bindparam("queues", expanding=True))
-                filters.append("job_type = :limited" if limited else unlimited)
-                filters.append(deps_done)
-                sql = template.format(
-                    filters="".join(f"\n          AND {f}" for f in filters),
-                    limit=room_limit.format(room=ROOM) if limited else ":n",
-                    index=index[1] if queued == 1 else index[0], columns=_RETURNING)
-                out[ClaimShape(typed, queued, limited)] = (
-                    text(sql).bindparams(*shape_binds).columns(*JOB_COLUMNS))
-    return out
+    return {shape: claim_statement(template, shape, deps_done=deps_done, unlimited=unlimited,
+                                   room_limit=room_limit, binds=binds, index=index)
+            for shape in (ClaimShape(typed, queued, limited) for typed in (False, True)
+                          for queued in (0, 1, 2) for limited in (False, True))}
+
+
+def claim_statement(template: str, shape: ClaimShape, *, deps_done: str, unlimited: str,
+                    room_limit: str, binds: tuple[Any, ...], index: tuple[str, str] = ("", ""),
+                    limit: int | None = None) -> TextualSelect:
+    """One shape of the claim (see :func:`claim_statements`); ``limit``: the LIMIT written
+    into the SQL instead of the ``:n`` parameter (an unlimited shape only)."""
+    typed, queued, limited = shape
+    filters = []
+    shape_binds = [*binds]
+    if limit is None:
+        shape_binds.append(bindparam("n", type_=Integer))
+    elif limited:
+        raise ValueError("a limited claim's LIMIT is its room: it takes :n")
+    if typed:
+        filters.append("job_type IN :types")
+        shape_binds.append(bindparam("types", expanding=True))
+    if queued == 1:
+        filters.append("queue = :queue")
+    elif queued > 1:
+        filters.append("queue IN :queues")
+        shape_binds.append(bindparam("queues", expanding=True))
+    filters.append("job_type = :limited" if limited else unlimited)
+    filters.append(deps_done)
+    sql = template.format(
+        filters="".join(f"\n          AND {f}" for f in filters),
+        limit=(room_limit.format(room=ROOM) if limited
+               else ":n" if limit is None else str(int(limit))),
+        index=index[1] if queued == 1 else index[0], columns=_RETURNING)
+    return text(sql).bindparams(*shape_binds).columns(*JOB_COLUMNS)
 
 
 _COMPLETED_VALUES = {"status": JobStatus.COMPLETED.value, "error": None, "locked_by": None,
