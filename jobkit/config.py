@@ -59,7 +59,7 @@ class Settings:
     video_max_width: int = 3840
     video_max_height: int = 2160
     video_max_seconds: float = 4 * 3600.0
-    db_pool_size: int = 10  # connections per process, each kept open once made
+    db_pool_size: int = 50  # connections per process, each kept open once made
 
     def __post_init__(self) -> None:
         check_url(_env_name("database_url"), self.database_url)

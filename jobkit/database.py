@@ -8,6 +8,7 @@ ping) is in :mod:`jobkit.backends`; this module makes engines and sessions with 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,6 +21,8 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry
+from sqlalchemy.util import queue as sqla_queue
 
 from .backends import backend_of
 from .backends.common import READ_PREFIXES, open_lane
@@ -32,22 +35,58 @@ from .urls import check_url, redact_url
 log = logging.getLogger("jobkit")
 
 
+#: While connections are in use, the pool opens at most one more per this many seconds
+#: (see :class:`ReusingPool`).
+OPEN_EVERY_S = 0.05
+
+
+class ReusingPool(AsyncAdaptedQueuePool):
+    """The engine's pool: SQLAlchemy's, except that while some of its connections are in
+    use it opens at most one more per :data:`OPEN_EVERY_S`; a checkout meanwhile waits for
+    one in use to come back, or for its turn to open one.
+
+    Connections are kept once opened (``max_overflow=0``). Opening one for every checkout
+    that found none idle, 100 handlers whose short transactions started at the same
+    moment opened as many as the pool allowed (PostgreSQL forks a server process for
+    each, about 5 ms, and each prepares its statements anew): 500 cut_analysis jobs at
+    concurrency 100 took 3.1-3.6 s with up to 50 connections, 2.9-3.0 s with 10 kept,
+    and 2.9-3.0 s with this pool of 50. A burst of short transactions shares the few
+    connections it needs, and the pool grows only while checkouts keep waiting. Handlers
+    that hold their session across long waits (and the worker's heartbeat beside them)
+    still get a connection each, up to ``pool_size``: the k-th opened while the others
+    are in use waits at most k × 50 ms, once (connections are kept).
+    """
+
+    _last_open = 0.0
+
+    def _do_get(self) -> ConnectionPoolEntry:
+        while self._overflow < self._max_overflow and self.checkedout() > 0:
+            since = time.monotonic() - self._last_open
+            if since >= OPEN_EVERY_S:
+                try:
+                    return self._pool.get(False)
+                except sqla_queue.Empty:
+                    self._last_open = time.monotonic()
+                    break  # our turn: open one (below)
+            try:
+                return self._pool.get(True, OPEN_EVERY_S - since)
+            except sqla_queue.Empty:
+                continue
+        return super()._do_get()
+
+
 def create_engine(url: str | None = None, *, settings: Settings | None = None,
                   pool_size: int | None = None, max_overflow: int = 0,
                   **kwargs: Any) -> AsyncEngine:
     """An async engine for ``url`` (default: the settings' database URL), ready for workers.
 
     Up to ``pool_size`` connections at once (default: the settings' ``db_pool_size``,
-    ``JOBKIT_DB_POOL_SIZE``, 10), each kept open once made (the pool opens them as they
-    are needed, never more than were in use at the same time); a session wanting one when
-    all are in use waits for the next to come back. An older default (10 kept, 40 more
-    opened and closed as needed) reopened connections on every burst: a worker at
-    concurrency 100 whose handlers write opened ~400 connections for 500 jobs. Keeping 50
-    stopped that, but cost more than it gave on a 2-core machine: 100 jobs finishing at once
-    opened 50 connections (PostgreSQL forks a server process for each, and each prepares
-    its statements anew), and 500 cut_analysis jobs took 3.4 s instead of 3.0 s with 10.
-    Pass more for handlers that hold their session across long waits at high concurrency
-    (each holds a connection meanwhile), fewer for a server with few connections to spare."""
+    ``JOBKIT_DB_POOL_SIZE``, 50), each kept open once made. The pool opens them as they are
+    needed, never more than were in use at the same time, and while some are in use at
+    most one per 50 ms (:class:`ReusingPool`). An older default (10 kept, 40 more opened
+    and closed as needed) reopened connections on every burst: a worker at concurrency
+    100 whose handlers write opened ~400 connections for 500 jobs. Pass smaller values for
+    a server with few connections to spare."""
     settings = settings or Settings.from_env()
     url = url or settings.database_url
     check_url("JOBKIT_DATABASE_URL", url)
@@ -63,6 +102,7 @@ def create_engine(url: str | None = None, *, settings: Settings | None = None,
         raise DatabaseURLError("JOBKIT_DATABASE_URL", redact_url(url), problem)
     kwargs.setdefault("pool_size", settings.db_pool_size if pool_size is None else pool_size)
     kwargs.setdefault("max_overflow", max_overflow)
+    kwargs.setdefault("poolclass", ReusingPool)
     backend.engine_options(parsed, kwargs)
     engine = create_async_engine(parsed, **kwargs)
     backend.install(engine, kwargs)

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 from helpers import all_jobs, count_clips, count_jobs, make_eligible_now
-from sqlalchemy import select, update
+from sqlalchemy import event, select, text, update
+from sqlalchemy.ext.asyncio import async_sessionmaker
 
 import jobkit
 from jobkit import queue
@@ -430,6 +431,51 @@ async def test_the_pool_keeps_its_connections(sqlite_url: str) -> None:
         for c in conns:
             await c.close()
         assert pool.checkedin() == 5  # kept, not closed
+    finally:
+        await engine.dispose()
+
+
+async def test_a_burst_of_short_transactions_shares_a_few_connections(db_url: str) -> None:
+    """100 sessions whose short transactions start at the same moment: the pool opens
+    one connection per OPEN_EVERY_S while others are in use, not one per session."""
+    engine = jobkit.create_engine(db_url)
+    opened: list[int] = []
+    event.listen(engine.sync_engine, "connect", lambda *_: opened.append(1))
+    sessions = async_sessionmaker(engine)
+
+    async def short() -> int:
+        async with sessions() as db:
+            value = (await db.execute(text("SELECT 1"))).scalar_one()
+            await db.commit()
+            return int(value)
+
+    try:
+        assert sum(await asyncio.gather(*(short() for _ in range(100)))) == 100
+        assert 1 <= len(opened) <= 25, len(opened)  # (SQLAlchemy's own pool: 50)
+    finally:
+        await engine.dispose()
+
+
+async def test_sessions_holding_their_connection_still_get_one_each(db_url: str) -> None:
+    """30 sessions that keep their connection until all 30 hold one (handlers waiting in
+    a transaction): each gets its own, none waits for another to finish."""
+    engine = jobkit.create_engine(db_url)
+    sessions = async_sessionmaker(engine)
+    holding = 0
+    all_hold = asyncio.Event()
+
+    async def hold() -> None:
+        nonlocal holding
+        async with sessions() as db:
+            await db.execute(text("SELECT 1"))  # the transaction holds the connection
+            holding += 1
+            if holding == 30:
+                all_hold.set()
+            await all_hold.wait()
+
+    try:
+        await asyncio.wait_for(asyncio.gather(*(hold() for _ in range(30))), 20)
+        assert engine.sync_engine.pool.checkedin() == 30  # type: ignore[attr-defined]
     finally:
         await engine.dispose()
 
