@@ -57,6 +57,8 @@ class ReusingPool(AsyncAdaptedQueuePool):
     are in use waits at most k × 50 ms, once (connections are kept).
     """
 
+    # Log as SQLAlchemy's pool does (under "sqlalchemy", not "jobkit").
+    _sqla_logger_namespace = "sqlalchemy.pool.impl.AsyncAdaptedQueuePool"
     _last_open = 0.0
 
     def _do_get(self) -> ConnectionPoolEntry:
