@@ -201,8 +201,16 @@ class LazySession(AsyncSession):
             await super().close()
 
     async def __aexit__(self, type_: Any, value: Any, traceback: Any) -> None:
-        if "sync_session" in self.__dict__:
-            await super().__aexit__(type_, value, traceback)
+        if "sync_session" not in self.__dict__:
+            return
+        sync = self.sync_session
+        if not sync.in_transaction():
+            # Nothing open (the handler's work was committed): closing does no I/O, so
+            # it runs here, without the task and the shield that protect a close that
+            # does (AsyncSession.__aexit__), and no cancellation can cut it short.
+            sync.close()
+            return
+        await super().__aexit__(type_, value, traceback)
 
 
 def session_used(session: AsyncSession) -> bool:

@@ -10,12 +10,13 @@ from typing import Any
 
 import pytest
 from helpers import count_jobs
-from sqlalchemy import event, text
+from sqlalchemy import event, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 import jobkit
 from jobkit.backends.sqlite import write_gate
 from jobkit.database import session_used
+from jobkit.models import jobs_table
 
 
 def count_checkouts(runner: jobkit.Runner) -> list[int]:
@@ -166,3 +167,35 @@ async def test_sqlite_writers_take_turns_and_every_way_out_frees_the_gate(
                 "SELECT w, count(*) FROM marks WHERE w >= 0 GROUP BY w "
                 "HAVING count(*) <> 2"))).all()
         assert counts == [], "each writer's two rows committed together or not at all"
+
+
+async def test_a_committed_handler_session_closes_without_a_loop_turn(
+        runner: jobkit.Runner) -> None:
+    """A handler's session whose work was committed closes at exit in place: no task, no
+    turn of the event loop (AsyncSession's exit spends one on a shielded task), and its
+    connection is back in the pool."""
+    from jobkit.database import LazySession
+
+    db = LazySession(runner.sessions)
+    await db.execute(text("SELECT 1"))
+    await db.commit()
+    turned: list[int] = []
+    asyncio.get_running_loop().call_soon(turned.append, 1)
+    await db.__aexit__(None, None, None)
+    assert turned == []  # the callback scheduled before the exit has not run yet
+    assert not db.sync_session.in_transaction()
+    assert runner.engine.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+async def test_an_open_handler_session_is_rolled_back_at_exit(runner: jobkit.Runner) -> None:
+    """A session left with its transaction open takes the usual way out: rolled back, its
+    connection returned."""
+    from jobkit.database import LazySession
+
+    job = await runner.enqueue("noop", {}, allow_unknown=True)
+    async with LazySession(runner.sessions) as db:
+        res = await db.execute(update(jobs_table).where(jobs_table.c.id == job.id)
+                               .values(priority=7))
+        assert res.rowcount == 1 and db.in_transaction()  # type: ignore[attr-defined]
+    assert runner.engine.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    assert (await runner.get_job(job.id)).priority == 0
