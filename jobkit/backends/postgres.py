@@ -680,34 +680,15 @@ async def release(engine: AsyncEngine) -> None:
         await _discard(raw)
 
 
-#: A pooled connection returned less than this many seconds ago (and not closed since) is
-#: handed out without the checkout ping (see :func:`_install_light_ping`).
-TRUSTED_FOR_S = 1.0
-
-
 def _install_light_ping(engine: AsyncEngine) -> None:
-    """Check every pooled connection before use, in one round trip at most.
+    """Check every pooled connection before use, in one round trip.
 
     Same guarantee as SQLAlchemy's ``pool_pre_ping`` (a connection dropped by a restart or
     ``pg_terminate_backend`` is replaced, not handed to the caller), but its asyncpg ping
     costs three round trips (BEGIN, ping, ROLLBACK) on every checkout, more than the
     one-statement transactions of the hot path.
-
-    A connection returned to the pool less than :data:`TRUSTED_FOR_S` ago is trusted
-    without the round trip while asyncpg does not know it closed, as the fast lane's held
-    connections are: the server's close reaches asyncpg (``is_closed()``) as soon as the
-    event loop runs, and a connection of a pool that saw a disconnect is replaced anyway
-    (SQLAlchemy's pool invalidation). That ping was one of the six round trips of a job
-    whose handler writes through its session (claim, ping, BEGIN, the write, the fenced
-    completion, COMMIT). A connection idle longer is pinged: the network may have dropped
-    it without a word.
     """
     sync_engine = engine.sync_engine
-
-    @event.listens_for(sync_engine, "checkin")
-    def _checkin(dbapi_conn: Any, record: Any) -> None:
-        if dbapi_conn is not None:  # (None: invalidated, so not trusted)
-            record.info["jk_returned"] = time.monotonic()
 
     @event.listens_for(sync_engine, "checkout")
     def _checkout(dbapi_conn: Any, record: Any, proxy: Any) -> None:
@@ -717,8 +698,7 @@ def _install_light_ping(engine: AsyncEngine) -> None:
                 dbapi_conn.ping()
             elif raw.is_closed():  # the server's close already reached us: no round trip
                 raise ConnectionError("closed by the server")
-            elif time.monotonic() - record.info.get("jk_returned", -TRUSTED_FOR_S) \
-                    >= TRUSTED_FOR_S:
+            else:
                 await_only(raw.fetchrow(";"))
         except Exception as exc:  # the pool replaces the connection and tries again
             raise DisconnectionError(f"stale pooled connection: {exc}") from exc
