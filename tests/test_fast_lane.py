@@ -414,8 +414,8 @@ def test_sqlite_fast_lane_rows_equal_sqlalchemys() -> None:
 
     dialect = sqlite.dialect()
     stmt = next(iter(backend.CLAIM_ALONE.values()))
-    compiled = stmt.compiled(dialect, backend._coltype, backend.fast_converter)
-    assert stmt.compiled(dialect, backend._coltype, backend.fast_converter) is compiled
+    compiled = stmt.compiled(dialect, backend._coltype)
+    assert stmt.compiled(dialect, backend._coltype) is compiled
     assert {name for name, _, skip in compiled.converters if skip} >= {"id", "status",
                                                                       "params", "created_at"}
     now = "2026-11-30 18:20:18.123456"
@@ -431,8 +431,7 @@ def test_sqlite_fast_lane_rows_equal_sqlalchemys() -> None:
         [[type(v) for v in r.values()] for r in want]
     with pytest.raises(ValueError):
         compiled.rows([record[:-1]])
-    done = backend.COMPLETE_MANY_ALONE.compiled(dialect, backend._coltype,
-                                                 backend.fast_converter)
+    done = backend.COMPLETE_MANY_ALONE.compiled(dialect, backend._coltype)
     assert done.rows([(record[0], now)]) == _sqlalchemys_rows(done, [(record[0], now)])
 
 
@@ -446,7 +445,7 @@ def test_postgresql_fast_lane_rows_equal_sqlalchemys() -> None:
 
     dialect = pg.dialect()
     stmt = next(iter(backend.CLAIM_ALONE.values()))
-    compiled = stmt.compiled(dialect, backend._coltype, backend.fast_converter)
+    compiled = stmt.compiled(dialect, backend._coltype)
     paris = datetime(2026, 11, 30, 19, 20, 18, 123456, tzinfo=timezone(timedelta(hours=1)))
     record = (uuid.uuid4(), "t", "default", "processing", {"i": 1}, None, None, 1, 4, -3,
               2.5, "k", True, paris, paris, paris, paris, None, "w", paris, 0.5, "half", None)

@@ -12,6 +12,7 @@ from sqlalchemy.exc import DBAPIError, PendingRollbackError, ResourceClosedError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..models import JobStatus, JSONType, attempt_fence, jobs_table
+from .rows import fast_converter
 
 #: Statements that only read: they run outside any SQLite transaction (see
 #: :mod:`jobkit.backends.sqlite`) and do not make a transaction count as "wrote".
@@ -185,12 +186,11 @@ class Prepared:
         self.returns = tuple(returns)
         self.column_keys = None if column_keys is None else list(column_keys)
 
-    def compiled(self, dialect: Dialect, coltype: Callable[[Any], Any],
-                 fast: Callable[[Any, Dialect], Callable[[Any], Any] | None] | None = None,
-                 ) -> Compiled:
+    def compiled(self, dialect: Dialect, coltype: Callable[[Any], Any]) -> Compiled:
         """This statement for ``dialect`` (``coltype``: the driver's type code of a column
-        type, which some result processors need; ``fast``: the backend's faster converter
-        for a column type, None to keep SQLAlchemy's, mapping None to None)."""
+        type, which some result processors need). Rows convert each column with
+        :func:`~jobkit.backends.rows.fast_converter`'s equivalent of SQLAlchemy's processor
+        where it has one."""
         # Kept on the dialect (one per engine), so it goes when the engine goes.
         cache: dict[int, Compiled] = dialect.__dict__.setdefault("_jk_prepared", {})
         found = cache.get(id(self))
@@ -211,7 +211,7 @@ class Prepared:
             columns.append((col.name, proc))
             if proc is None:
                 continue
-            quick = fast(col.type, dialect) if fast is not None else None
+            quick = fast_converter(col.type, dialect)
             converters.append((col.name, proc, _keeps_none(proc)) if quick is None
                               else (col.name, quick, True))
         names = tuple(name for name, _ in columns)

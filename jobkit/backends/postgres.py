@@ -45,7 +45,6 @@ from .common import (
     prepared_claims,
     wrapped,
 )
-from .rows import fast_converter
 
 log = logging.getLogger("jobkit")
 
@@ -306,7 +305,7 @@ async def fetch_alone(engine: AsyncEngine, statement: Prepared,
     (``Runner.close``), and so does ``engine.dispose()``.
     """
     dialect = engine.sync_engine.dialect
-    compiled = statement.compiled(dialect, _coltype, fast_converter)
+    compiled = statement.compiled(dialect, _coltype)
     args = compiled.args(params)
     held = None if isinstance(engine.sync_engine.pool, NullPool) else _free_held(engine)
     if held is None:  # NullPool (hold nothing), or all busy
@@ -353,7 +352,7 @@ async def _fetch_pooled(engine: AsyncEngine, statement: Prepared,
     in flight, again as :func:`_again` says on a new one, up to :data:`POOLED_TRIES`."""
     dialect = engine.sync_engine.dialect
     for tries_left in range(POOLED_TRIES - 1, -1, -1):
-        compiled = statement.compiled(dialect, _coltype, fast_converter)
+        compiled = statement.compiled(dialect, _coltype)
         args = compiled.args(params)
         try:
             async with engine.connect() as conn:
@@ -402,7 +401,7 @@ async def fetch_in_transaction(conn: AsyncConnection, statement: Prepared,
     :func:`fetch_alone` does): its transaction is lost, the connection never reused.
     """
     dialect = conn.dialect
-    compiled = statement.compiled(dialect, _coltype, fast_converter)
+    compiled = statement.compiled(dialect, _coltype)
     args = compiled.args(params)
     adapted: Any = (await conn.get_raw_connection()).dbapi_connection
     if not adapted.driver_connection.is_in_transaction():

@@ -1,6 +1,6 @@
 """The fast lane's rows: the driver's values of a :class:`~jobkit.backends.common.Prepared`
 statement's columns converted exactly as a session converts them, in one step per column
-for the types of jobkit's own tables (:func:`fast_converter`, the ``fast`` hook of
+for the types of jobkit's own tables (:func:`fast_converter`, used by
 ``Prepared.compiled``; ``Compiled.rows`` applies them). Most of it is SQLite's (its
 datetimes, UUIDs and JSON are text); PostgreSQL's driver returns the Python types already.
 """

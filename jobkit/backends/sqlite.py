@@ -44,7 +44,6 @@ from .common import (
     prepared_claims,
     wrapped,
 )
-from .rows import fast_converter
 
 log = logging.getLogger("jobkit")
 
@@ -275,7 +274,7 @@ async def fetch_alone(engine: AsyncEngine, statement: Prepared,
     in aiosqlite's thread); an inline statement cannot be interrupted half-way.
     """
     dialect = engine.sync_engine.dialect
-    compiled = statement.compiled(dialect, _coltype, fast_converter)
+    compiled = statement.compiled(dialect, _coltype)
     args = compiled.args(params)
     gate = _GATES.get(engine.sync_engine)
     write = not compiled.sql.lstrip()[:9].upper().startswith(READ_PREFIXES)
@@ -498,7 +497,7 @@ async def fetch_in_transaction(conn: AsyncConnection, statement: Prepared,
     connection never reused.
     """
     dialect = conn.dialect
-    compiled = statement.compiled(dialect, _coltype, fast_converter)
+    compiled = statement.compiled(dialect, _coltype)
     args = compiled.args(params)
     adapted: Any = (await conn.get_raw_connection()).dbapi_connection
     aio = adapted._connection
