@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import event, select, text
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -25,7 +25,7 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry
 from sqlalchemy.util import queue as sqla_queue
 
 from .backends import backend_of
-from .backends.common import READ_PREFIXES, open_lane
+from .backends.common import READ_PREFIXES, TRUSTED_CHECKOUT, TrustedCheckout, open_lane
 from .config import Settings
 from .errors import DatabaseURLError, JobkitError
 from .jsonutil import dumps
@@ -199,6 +199,38 @@ class LazySession(AsyncSession):
     async def close(self) -> None:
         if "sync_session" in self.__dict__:
             await super().close()
+
+    async def execute(self, statement: Any, params: Any = None,  # type: ignore[override]
+                      **kw: Any) -> Any:
+        """:meth:`AsyncSession.execute`, which may skip the checkout ping for the first
+        statement of a transaction and run it again if its connection turns out dead.
+
+        Only for a statement that opens the transaction, with nothing waiting to be flushed
+        and not in autocommit: it failed on a connection the server had closed (its BEGIN
+        or the statement itself, before any COMMIT), so nothing of it was kept, and the
+        handler has seen nothing of it yet. The backend decides whether the ping is skipped
+        (PostgreSQL: a connection returned less than a second ago; SQLite has no ping).
+        """
+        if "sync_session" not in self.__dict__:
+            self._materialise()
+        sync = self.sync_session
+        if sync.in_transaction() or sync.new or sync.dirty or sync.deleted:
+            return await AsyncSession.execute(self, statement, params, **kw)
+        trusted = TrustedCheckout()
+        token = TRUSTED_CHECKOUT.set(trusted)
+        try:
+            return await AsyncSession.execute(self, statement, params, **kw)
+        except DBAPIError as exc:
+            unchecked = trusted.unchecked
+            if not (exc.connection_invalidated and unchecked is not None
+                    and getattr(unchecked, "autocommit", True) is False):
+                raise
+            log.info("a pooled connection had been closed by the server; "
+                     "running the statement again on another one (%s)", exc.orig)
+        finally:
+            TRUSTED_CHECKOUT.reset(token)
+        await self.rollback()
+        return await AsyncSession.execute(self, statement, params, **kw)
 
     async def __aexit__(self, type_: Any, value: Any, traceback: Any) -> None:
         if "sync_session" not in self.__dict__:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -21,10 +22,11 @@ import asyncpg
 import pytest
 import sqlalchemy.exc
 from conftest import _plain_dsn
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from test_worker import wait_until
 
 import jobkit
+from jobkit.database import LazySession
 from jobkit.models import jobs_table
 
 
@@ -557,3 +559,91 @@ async def test_the_server_keeps_a_generic_plan_for_the_claim(
         generic, custom = sum(g for g, _ in plans), sum(c for _, c in plans)
         assert generic >= 100 and custom <= 5 * len(plans) + 5, plans
     assert await _attempts(admin) == {"completed/1": 3000}
+
+
+# ------------------------------------------------------------------------------------
+# Pooled connections: a handler session's first statement skips the checkout ping
+# ------------------------------------------------------------------------------------
+def _count_pings(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the checkout pings (the light ping's ``await_only``)."""
+    from jobkit.backends import postgres
+
+    pings: list[int] = []
+    real = postgres.await_only
+
+    def counting(awaitable: Any) -> Any:
+        pings.append(1)
+        return real(awaitable)
+
+    monkeypatch.setattr(postgres, "await_only", counting)
+    return pings
+
+
+async def _handler_session(runner: jobkit.Runner, sql: str = "SELECT 1") -> tuple[Any, int]:
+    """Run ``sql`` as a handler's first statement, then commit, as a worker's handler
+    session does; its connection (asyncpg's) and the server pid it ran on."""
+    async with LazySession(runner.sessions) as db:
+        await db.execute(text(sql))
+        pid = int((await db.execute(select(func.pg_backend_pid()))).scalar_one())
+        conn = await db.connection()
+        raw = (await conn.get_raw_connection()).driver_connection
+        await db.commit()
+    return raw, pid
+
+
+async def test_a_handler_session_skips_the_ping_for_a_connection_returned_just_now(
+        pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first statement of a handler's session takes a connection returned less than
+    TRUSTED_FOR_S ago without the ping (the same one comes back); one idle longer is
+    pinged, and so is every other session's."""
+    from jobkit.backends import postgres
+
+    async with await jobkit.open(pg_url) as runner:
+        pings = _count_pings(monkeypatch)
+        _, pid = await _handler_session(runner)
+        after_first = len(pings)
+        _, again = await _handler_session(runner)
+        assert again == pid and len(pings) == after_first
+        async with runner.sessions() as db:  # not a handler's session: pinged
+            assert (await db.execute(select(func.pg_backend_pid()))).scalar_one() == pid
+        assert len(pings) == after_first + 1
+        monkeypatch.setattr(postgres, "TRUSTED_FOR_S", 0.0)  # as if idle for a long time
+        _, idle = await _handler_session(runner)
+        assert idle == pid and len(pings) == after_first + 2
+
+
+async def test_a_first_statement_on_a_connection_closed_unseen_runs_again_once(
+        pg_url: str, admin: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The server closed the pooled connection, but asyncpg has not read it yet (as right
+    after ``pg_terminate_backend``): the handler's INSERT, handed that connection
+    unpinged, fails on it, runs again on a new (pinged) one, and is kept once."""
+    await admin.execute("CREATE TABLE written (n integer)")
+    async with await jobkit.open(pg_url) as runner:
+        raw, pid = await _handler_session(runner)
+        raw._transport.pause_reading()  # hold back the server's close
+        await _kill(admin, pid)
+        await wait_until(lambda: _gone(admin, pid), what="the backend to exit")
+        raw._transport.resume_reading()
+        pings = _count_pings(monkeypatch)
+        caplog.set_level(logging.INFO, logger="jobkit")
+        _, new_pid = await _handler_session(runner, "INSERT INTO written VALUES (1)")
+        assert new_pid != pid and raw.is_closed()
+        assert len(pings) == 1  # the dead one unpinged, its replacement pinged
+        assert "running the statement again" in caplog.text
+        assert await admin.fetchval("SELECT count(*) FROM written") == 1
+
+
+async def test_a_later_statement_on_a_dead_connection_is_not_run_again(
+        pg_url: str, admin: asyncpg.Connection) -> None:
+    """Only the statement that opens the transaction is run again: one after it has
+    results the handler already saw, so its connection's death reaches the handler."""
+    async with await jobkit.open(pg_url) as runner:
+        async with LazySession(runner.sessions) as db:
+            pid = int((await db.execute(select(func.pg_backend_pid()))).scalar_one())
+            await _kill(admin, pid)
+            with pytest.raises(sqlalchemy.exc.DBAPIError) as caught:
+                await db.execute(text("SELECT 1"))
+            assert caught.value.connection_invalidated
+            await db.rollback()
+            assert (await db.execute(select(func.pg_backend_pid()))).scalar_one() != pid

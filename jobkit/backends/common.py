@@ -4,6 +4,7 @@ helpers of their connection hooks. Nothing here branches on the backend."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextvars import ContextVar
 from typing import Any, NamedTuple
 
 from sqlalchemy import Integer, TextualSelect, Uuid, bindparam, text, update
@@ -17,6 +18,23 @@ from .rows import fast_converter
 #: Statements that only read: they run outside any SQLite transaction (see
 #: :mod:`jobkit.backends.sqlite`) and do not make a transaction count as "wrote".
 READ_PREFIXES = ("SELECT", "PRAGMA", "EXPLAIN", "SAVEPOINT", "RELEASE")
+
+
+class TrustedCheckout:
+    """Set (in :data:`TRUSTED_CHECKOUT`) by a caller that can run its statement again on a
+    new connection if the one it was given turns out dead: the backend may then hand it a
+    pooled connection without checking it first, and says so in :attr:`unchecked`
+    (see :meth:`jobkit.database.LazySession.execute`)."""
+
+    __slots__ = ("unchecked",)
+
+    def __init__(self) -> None:
+        self.unchecked: Any = None  # the DBAPI connection handed out unchecked
+
+
+#: The :class:`TrustedCheckout` of the statement now checking out a connection, if any.
+TRUSTED_CHECKOUT: ContextVar[TrustedCheckout | None] = ContextVar(
+    "jobkit_trusted_checkout", default=None)
 
 JOB_COLUMNS = tuple(jobs_table.c)
 _RETURNING = ", ".join(c.name for c in JOB_COLUMNS)

@@ -37,6 +37,7 @@ from ..models import (
 from .common import (
     INSERT_ONE,
     JOB_COLUMNS,
+    TRUSTED_CHECKOUT,
     ClaimShape,
     Prepared,
     claim_statement,
@@ -679,15 +680,35 @@ async def release(engine: AsyncEngine) -> None:
         await _discard(raw)
 
 
+#: A pooled connection returned less than this many seconds ago (and not closed since) is
+#: handed to a statement that can be run again without the checkout ping (see
+#: :func:`_install_light_ping`). One idle longer is pinged: the network may have dropped it
+#: without a word, and a statement on it would wait for TCP to notice instead of failing.
+TRUSTED_FOR_S = 1.0
+
+
 def _install_light_ping(engine: AsyncEngine) -> None:
-    """Check every pooled connection before use, in one round trip.
+    """Check every pooled connection before use, in one round trip at most.
 
     Same guarantee as SQLAlchemy's ``pool_pre_ping`` (a connection dropped by a restart or
     ``pg_terminate_backend`` is replaced, not handed to the caller), but its asyncpg ping
     costs three round trips (BEGIN, ping, ROLLBACK) on every checkout, more than the
     one-statement transactions of the hot path.
+
+    The first statement of a handler's session (:meth:`LazySession.execute
+    <jobkit.database.LazySession.execute>`) skips even that one for a connection returned
+    less than :data:`TRUSTED_FOR_S` ago that asyncpg does not know closed: that ping was
+    one of the six round trips of a job whose handler writes (claim, ping, BEGIN, the
+    write, the fenced completion, COMMIT). The server's close can still be on its way
+    (``pg_terminate_backend`` returns before asyncpg reads it); the statement then fails
+    on the connection before anything ran, and the session runs it again on a checked one.
     """
     sync_engine = engine.sync_engine
+
+    @event.listens_for(sync_engine, "checkin")
+    def _checkin(dbapi_conn: Any, record: Any) -> None:
+        if dbapi_conn is not None:  # (None: invalidated)
+            record.info["jk_returned"] = time.monotonic()
 
     @event.listens_for(sync_engine, "checkout")
     def _checkout(dbapi_conn: Any, record: Any, proxy: Any) -> None:
@@ -698,6 +719,11 @@ def _install_light_ping(engine: AsyncEngine) -> None:
             elif raw.is_closed():  # the server's close already reached us: no round trip
                 raise ConnectionError("closed by the server")
             else:
+                trusted = TRUSTED_CHECKOUT.get()
+                if trusted is not None and time.monotonic() - record.info.get(
+                        "jk_returned", -TRUSTED_FOR_S) < TRUSTED_FOR_S:
+                    trusted.unchecked = dbapi_conn
+                    return
                 await_only(raw.fetchrow(";"))
         except Exception as exc:  # the pool replaces the connection and tries again
             raise DisconnectionError(f"stale pooled connection: {exc}") from exc
