@@ -56,6 +56,7 @@ from .models import (
     jobs_table,
     limits_table,
     new_id,
+    new_ids,
     utcnow,
     worker_alive,
     workers_table,
@@ -310,6 +311,11 @@ async def _enqueue_deduped(db: AsyncSession, row: dict[str, Any]) -> Job:
     raise InvalidTransition(f"dedupe_key {row['dedupe_key']!r} is contended; try again")
 
 
+#: The fields of an :func:`enqueue_many` item that leave the rest of its row the same as
+#: another item's of the same job_type and queue.
+_PLAIN_KEYS = frozenset(("job_type", "params", "queue"))
+
+
 async def enqueue_many(db: AsyncSession, jobs: Iterable[Mapping[str, Any] | tuple[Any, ...]],
                        *, commit: bool = True, default_max_retries: int = 3) -> list[Job]:
     """Add many jobs in one multi-row INSERT; all or nothing.
@@ -324,21 +330,39 @@ async def enqueue_many(db: AsyncSession, jobs: Iterable[Mapping[str, Any] | tupl
     from .dependencies import check_dependencies, dependency_ids, fail_dependants
 
     now = utcnow()
+    jobs = list(jobs)
+    ids = new_ids(len(jobs))
     rows = []
     edges: list[dict[str, uuid.UUID]] = []
     outside: list[uuid.UUID] = []
+    # The checked row of the first item of each (job_type, queue) given nothing else: the
+    # next ones differ from it only in id and params.
+    plain: dict[tuple[str, str | None], dict[str, Any]] = {}
     for i, item in enumerate(jobs):
         spec = dict(item) if isinstance(item, Mapping) else dict(zip(("job_type", "params"), item, strict=False))
         if spec.get("dedupe_key") is not None:
             raise InvalidTransition(f"jobs[{i}]: dedupe_key is not supported by enqueue_many; "
                                     "use enqueue() for deduplicated jobs")
         after = spec.pop("after", None)
+        job_type, queue_name = spec.get("job_type"), spec.get("queue")
+        key: tuple[str, str | None] | None = None
+        if type(job_type) is str and (queue_name is None or type(queue_name) is str) \
+                and spec.keys() <= _PLAIN_KEYS:
+            key = (job_type, queue_name)
+        template = None if key is None else plain.get(key)
         try:
-            rows.append(build_job_row(now=now, default_max_retries=default_max_retries, **spec))
+            if template is None:
+                row = build_job_row(now=now, default_max_retries=default_max_retries, **spec)
+                if key is not None:
+                    plain[key] = row
+            else:
+                row = {**template, "params": check_params(spec.get("params"))}
         except TypeError as exc:
             raise InvalidTransition(f"jobs[{i}]: {exc}") from None
         except InvalidTransition as exc:
             raise InvalidTransition(f"jobs[{i}]: {exc}") from None
+        row["id"] = ids[i]
+        rows.append(row)
         refs = [after] if isinstance(after, (int, str, Job, uuid.UUID)) else list(after or [])
         deps: list[uuid.UUID] = []
         for ref in refs:

@@ -195,21 +195,30 @@ class Runner:
             ])
         """
         items: list[Mapping[str, Any] | tuple[Any, ...]] = []
+        # job_type -> its handler's queue, for the types checked once for all their items
+        # (those whose handler has no params check of its own).
+        checked: dict[str, str | None] = {}
         for i, item in enumerate(jobs):
             spec = dict(item) if isinstance(item, Mapping) else \
                 dict(zip(("job_type", "params"), item, strict=False))
-            try:
-                check_job(spec.get("job_type"), spec.get("params"), table=self.handlers,
-                          allow_unknown=allow_unknown)
-            except InvalidParams as exc:
-                raise InvalidParams(exc.path, exc.problem, f"jobs[{i}].params") from None
-            except InvalidTransition as exc:
-                raise InvalidTransition(f"jobs[{i}]: {exc}") from None
-            if spec.get("queue") is None and isinstance(spec.get("job_type"), str):
-                found = self._queue_for(spec["job_type"], None)
-                if found is not None:
-                    item = {**spec, "queue": found}
-            items.append(item)
+            job_type = spec.get("job_type")
+            if type(job_type) is str and job_type in checked:
+                found = checked[job_type]
+            else:
+                try:
+                    check_job(job_type, spec.get("params"), table=self.handlers,
+                              allow_unknown=allow_unknown)
+                except InvalidParams as exc:
+                    raise InvalidParams(exc.path, exc.problem, f"jobs[{i}].params") from None
+                except InvalidTransition as exc:
+                    raise InvalidTransition(f"jobs[{i}]: {exc}") from None
+                found = self._queue_for(job_type, None) if isinstance(job_type, str) else None
+                if type(job_type) is str and getattr(
+                        self.handlers.get(job_type), "check_params", None) is None:
+                    checked[job_type] = found
+            if spec.get("queue") is None and found is not None:
+                spec["queue"] = found
+            items.append(spec)
         async with self.sessions() as db:
             return await queue_mod.enqueue_many(
                 db, items, default_max_retries=self.settings.max_job_retries)

@@ -601,6 +601,59 @@ async def test_enqueue_many_is_all_or_nothing_and_ordered(runner: jobkit.Runner,
     assert await count_jobs(runner) == 251
 
 
+async def test_enqueue_many_checks_every_item_and_stores_what_it_returns(
+        runner: jobkit.Runner) -> None:
+    """Items after the first of their type take a faster path (the first one's checked row,
+    with their own id and params): each is still checked, and each stored row is the job
+    returned, queue and priority included."""
+
+    async def checked(job: jobkit.Job, db: Any) -> None:
+        return None
+
+    def need_n(params: dict[str, Any]) -> None:
+        if "n" not in params:
+            raise InvalidParams("", "needs an n")
+
+    checked.check_params = need_n  # type: ignore[attr-defined]
+    runner.handler("checked")(checked)
+    runner.handler("queued", queue="slow")(checked)
+    for bad, where in (({"x": math.nan}, "x"), ({"s": "a\x00b"}, "s"), ({1: 2}, "1"),
+                       ({"big": 2**70}, "big"), ({"nested": {"d": 1e400}}, "d")):
+        with pytest.raises(InvalidParams, match=where):
+            await runner.enqueue_many([("x", {"i": 0}), ("x", {"i": 1}), ("x", bad)],
+                                      allow_unknown=True)
+    with pytest.raises(InvalidParams, match=r"jobs\[2\]"):  # the handler's own check
+        await runner.enqueue_many([("checked", {"n": 1}), ("checked", {"n": 2}),
+                                   ("checked", {})])
+    assert await count_jobs(runner) == 0
+    items: list[Any] = [("x", {"i": 0}), ("x", {"é": "ü", "t": (1, 2)}), ("queued", {"n": 1}),
+                        ("x", {"i": 2, "f": 0.5, "b": True, "none": None}),
+                        {"job_type": "x", "params": {"i": 3}, "queue": "other"},
+                        {"job_type": "x", "params": {"i": 4}, "priority": 7},
+                        ("queued", {"n": 2}), {"job_type": "queued", "queue": "q2"}]
+    items[-1]["params"] = {"n": 3}
+    jobs = await runner.enqueue_many(items, allow_unknown=True)
+    assert len({j.id for j in jobs}) == 8 and [j.id for j in jobs] == sorted(j.id for j in jobs)
+    assert [j.queue for j in jobs] == ["default", "default", "slow", "default", "other",
+                                       "default", "slow", "q2"]
+    assert jobs[1].params == {"é": "ü", "t": [1, 2]} and jobs[5].priority == 7
+    for job in jobs:
+        stored = await runner.get_job(job.id)
+        assert (stored.job_type, stored.queue, stored.params, stored.priority,
+                stored.max_attempts) == (job.job_type, job.queue, job.params, job.priority,
+                                         job.max_attempts)
+
+
+def test_new_ids_are_unique_ordered_version_7() -> None:
+    from jobkit.models import new_ids
+
+    ids = [new_id() for _ in range(100)] + new_ids(5000) + [new_id()] + new_ids(3)
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert {(i.version, i.variant) for i in ids} == {(7, uuid.RFC_4122)}
+    assert all(uuid.UUID(str(i)) == i and hash(uuid.UUID(str(i))) == hash(i) for i in ids)
+    assert new_ids(0) == []
+
+
 async def test_log_lines_match_the_seed(runner: jobkit.Runner, db: Any,
                                         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="jobkit")

@@ -224,7 +224,8 @@ INSERT_MANY = text("""
     SELECT id, job_type, queue, 'pending', params, 'null'::jsonb, 0, max_attempts, priority,
            timeout, false, run_at, :now, :now
     FROM unnest(CAST(:ids AS uuid[]), CAST(:types AS text[]), CAST(:queues AS text[]),
-                CAST(:params AS jsonb[]), CAST(:max_attempts AS integer[]),
+                ARRAY(SELECT jsonb_array_elements(CAST(:params AS jsonb))),
+                CAST(:max_attempts AS integer[]),
                 CAST(:priorities AS integer[]), CAST(:timeouts AS float8[]),
                 CAST(:run_ats AS timestamptz[]))
          AS v(id, job_type, queue, params, max_attempts, priority, timeout, run_at)
@@ -235,7 +236,7 @@ def insert_many_params(rows: Sequence[Mapping[str, Any]], now: datetime) -> dict
     """:data:`INSERT_MANY`'s bound values for these job rows (``queue.build_job_row``)."""
     return {"ids": [r["id"] for r in rows], "types": [r["job_type"] for r in rows],
             "queues": [r["queue"] for r in rows],
-            "params": [dumps(r["params"]) for r in rows],
+            "params": dumps([r["params"] for r in rows]),  # one encoding, not one per row
             "max_attempts": [r["max_attempts"] for r in rows],
             "priorities": [r["priority"] for r in rows],
             "timeouts": [r["timeout"] for r in rows], "run_ats": [r["run_at"] for r in rows],

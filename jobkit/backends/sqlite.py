@@ -203,10 +203,18 @@ def _time(value: datetime) -> str:
 
 def insert_many_params(rows: Sequence[Mapping[str, Any]], now: datetime) -> dict[str, Any]:
     """:data:`INSERT_MANY`'s bound values for these job rows (``queue.build_job_row``)."""
+    times: dict[datetime, str] = {}  # most rows share one run_at (now)
+
+    def time_of(value: datetime) -> str:
+        found = times.get(value)
+        if found is None:
+            found = times[value] = _time(value)
+        return found
+
     return {"now": now, "batch": dumps([
         [r["id"].hex, r["job_type"], dumps(r["params"]), r["max_attempts"],
          r["priority"], None if r["timeout"] is None else float(r["timeout"]),
-         _time(r["run_at"]), r["queue"]] for r in rows])}
+         time_of(r["run_at"]), r["queue"]] for r in rows])}
 
 
 # ---------------------------------------------------------------------------
