@@ -58,42 +58,81 @@ def check_json(value: Any, what: str = "params", path: str = "", _depth: int = 0
     :data:`MAX_DEPTH` levels of nesting, string keys only, and nothing but
     dict/list/str/int/float/bool/None.
     """
+    return _check(value, what, (path,), _depth)
+
+
+def _where(at: tuple[Any, ...]) -> str:
+    """The path of a value (``['a'][0]``) from :func:`_check`'s chain: ``(root path,)`` or
+    ``(parent chain, key)``, formatted only when something is wrong."""
+    keys = []
+    while len(at) == 2:
+        at, key = at
+        keys.append(f"[{key!r}]")
+    return str(at[0]) + "".join(reversed(keys))
+
+
+def _check(value: Any, what: str, at: tuple[Any, ...], depth: int) -> Any:
+    kind = type(value)
+    # The common cases first, by exact type (subclasses take the general way below).
+    if kind is str:
+        if value.isascii() and "\x00" not in value:  # (ASCII: no lone surrogate)
+            return value
+    elif kind is int:
+        if INT64_MIN <= value <= INT64_MAX:
+            return value
+    elif kind is float:
+        if math.isfinite(value):
+            return value
+    elif kind is dict and depth < MAX_DEPTH:
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if type(key) is not str or not key.isascii() or "\x00" in key:
+                _check_key(key, what, at)
+            out[key] = _check(item, what, (at, key), depth + 1)
+        return out
+    elif kind is list and depth < MAX_DEPTH:
+        return [_check(item, what, (at, i), depth + 1) for i, item in enumerate(value)]
     if value is None or value is True or value is False:
         return value
     if isinstance(value, str):
         problem = text_problem(value)
         if problem is not None:
-            raise InvalidParams(path, problem, what)
+            raise InvalidParams(_where(at), problem, what)
         return value
     if isinstance(value, int):
         if not INT64_MIN <= value <= INT64_MAX:
-            raise InvalidParams(path, f"{short_repr(value)} does not fit in 64 bits; send "
+            raise InvalidParams(_where(at), f"{short_repr(value)} does not fit in 64 bits; send "
                                 "large numbers as strings", what)
         return int(value)
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise InvalidParams(path, f"{value!r} is not valid JSON; use null or a string", what)
+            raise InvalidParams(_where(at), f"{value!r} is not valid JSON; use null or a string",
+                                what)
         return float(value)
-    if isinstance(value, (dict, list, tuple)) and _depth >= MAX_DEPTH:
-        raise InvalidParams(path or "", f"is nested more than {MAX_DEPTH} levels deep; "
+    if isinstance(value, (dict, list, tuple)) and depth >= MAX_DEPTH:
+        raise InvalidParams(_where(at), f"is nested more than {MAX_DEPTH} levels deep; "
                             "flatten it", what)
     if isinstance(value, dict):
-        out: dict[str, Any] = {}
+        out = {}
         for key, item in value.items():
-            if not isinstance(key, str):
-                raise InvalidParams(f"{path}[{key!r}]", f"key is a {type(key).__name__}; "
-                                    "JSON object keys must be strings", what)
-            problem = text_problem(key)
-            if problem is not None:
-                raise InvalidParams(f"{path}[{short_repr(key)}]", f"key {problem}", what)
-            out[key] = check_json(item, what, f"{path}[{key!r}]", _depth + 1)
+            _check_key(key, what, at)
+            out[key] = _check(item, what, (at, key), depth + 1)
         return out
     if isinstance(value, (list, tuple)):
-        return [check_json(item, what, f"{path}[{i}]", _depth + 1)
-                for i, item in enumerate(value)]
+        return [_check(item, what, (at, i), depth + 1) for i, item in enumerate(value)]
     name = type(value).__name__
     hint = _HINTS.get(name, "convert it to str, a number, a list or a dict")
-    raise InvalidParams(path, f"a {name} is not JSON; {hint}", what)
+    raise InvalidParams(_where(at), f"a {name} is not JSON; {hint}", what)
+
+
+def _check_key(key: Any, what: str, at: tuple[Any, ...]) -> None:
+    """Raise :class:`InvalidParams` for an object key JSON cannot carry as it is."""
+    if not isinstance(key, str):
+        raise InvalidParams(f"{_where(at)}[{key!r}]", f"key is a {type(key).__name__}; "
+                            "JSON object keys must be strings", what)
+    problem = text_problem(key)
+    if problem is not None:
+        raise InvalidParams(f"{_where(at)}[{short_repr(key)}]", f"key {problem}", what)
 
 
 def check_params(params: Any) -> dict[str, Any]:

@@ -88,7 +88,21 @@ def new_id() -> uuid.UUID:
     Ids sort in creation order on both backends, which makes ``id`` a stable
     tie-breaker for jobs enqueued in the same instant.
     """
-    return new_ids(1)[0]
+    global _last_ms, _counter
+    with _id_lock:
+        ms = time.time_ns() // 1_000_000
+        if ms <= _last_ms:
+            _counter += 1
+            if _counter > 0xFFF:  # 4096 ids in one ms: borrow the next ms
+                _last_ms += 1
+                _counter = 0
+            ms = _last_ms
+        else:
+            _last_ms = ms
+            _counter = 0
+        counter = _counter
+    rand = int.from_bytes(os.urandom(8), "big") & 0x3FFF_FFFF_FFFF_FFFF
+    return _uuid_of((ms << 80) | (0x7 << 76) | (counter << 64) | (0b10 << 62) | rand)
 
 
 def new_ids(n: int) -> list[uuid.UUID]:

@@ -26,6 +26,7 @@ from sqlalchemy import func, select, text
 from test_worker import wait_until
 
 import jobkit
+from jobkit.backends.common import ClaimShape, Prepared
 from jobkit.database import LazySession
 from jobkit.models import jobs_table
 
@@ -647,3 +648,45 @@ async def test_a_later_statement_on_a_dead_connection_is_not_run_again(
             assert caught.value.connection_invalidated
             await db.rollback()
             assert (await db.execute(select(func.pg_backend_pid()))).scalar_one() != pid
+
+
+async def _pooled_read_pid(runner: jobkit.Runner) -> int:
+    """The server pid a fast-lane read runs on when it takes a pooled connection (as when
+    every held connection is busy)."""
+    from jobkit.backends import postgres
+
+    rows = await postgres._fetch_pooled(runner.engine, _PID, {})
+    return int(rows[0]["pid"])
+
+
+_PID_COLUMN = func.pg_backend_pid().label("pid")
+_PID = Prepared(select(_PID_COLUMN), (_PID_COLUMN,))
+
+
+async def test_a_pooled_fast_lane_read_skips_the_ping_and_survives_an_unseen_close(
+        pg_url: str, admin: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A statement that can run again (here a read) takes a pooled connection returned just
+    now without the ping; if the server closed it unseen, the read runs again on a new,
+    pinged one. A claim (it cannot run again) is always pinged."""
+    from jobkit.backends import postgres
+
+    async with await jobkit.open(pg_url) as runner:
+        pings = _count_pings(monkeypatch)
+        pid = await _pooled_read_pid(runner)
+        after_first = len(pings)
+        assert await _pooled_read_pid(runner) == pid and len(pings) == after_first
+        claim = postgres.claim_alone_statement(ClaimShape(False, False, False), 1)
+        params = {"worker_id": "w", "lease": 60.0, "now": None}
+        with contextlib.suppress(Exception):  # (only its checkout matters here)
+            await postgres._fetch_pooled(runner.engine, claim, params)
+        assert len(pings) == after_first + 1
+        async with runner.engine.connect() as conn:  # (a third ping)
+            raw = (await conn.get_raw_connection()).driver_connection
+        assert raw.get_server_pid() == pid
+        raw._transport.pause_reading()  # hold back the server's close
+        await _kill(admin, pid)
+        await wait_until(lambda: _gone(admin, pid), what="the backend to exit")
+        raw._transport.resume_reading()
+        new_pid = await _pooled_read_pid(runner)
+        assert new_pid != pid and raw.is_closed()
+        assert len(pings) == after_first + 3  # the dead one unpinged, its replacement pinged

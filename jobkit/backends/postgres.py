@@ -40,6 +40,7 @@ from .common import (
     TRUSTED_CHECKOUT,
     ClaimShape,
     Prepared,
+    TrustedCheckout,
     claim_statement,
     claim_statements,
     complete_statement,
@@ -350,12 +351,21 @@ POOLED_TRIES = 3
 
 async def _fetch_pooled(engine: AsyncEngine, statement: Prepared,
                         params: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The statement on a pooled connection (pinged at checkout); while the connection dies
-    in flight, again as :func:`_again` says on a new one, up to :data:`POOLED_TRIES`."""
+    """The statement on a pooled connection; while the connection dies in flight, again as
+    :func:`_again` says on a new one, up to :data:`POOLED_TRIES`.
+
+    A statement that can run again (:func:`_again`: a read, a job's INSERT, a fenced
+    completion) takes a connection returned less than :data:`TRUSTED_FOR_S` ago without
+    the checkout ping, as a handler's first statement does (see
+    :func:`_install_light_ping`): if the server had closed it unseen, the statement fails
+    before running and runs again. The claim, and a last try, take a pinged one.
+    """
     dialect = engine.sync_engine.dialect
     for tries_left in range(POOLED_TRIES - 1, -1, -1):
         compiled = statement.compiled(dialect, _coltype)
         args = compiled.args(params)
+        rerunnable = tries_left > 0 and _again(statement, compiled) is not None
+        token = TRUSTED_CHECKOUT.set(TrustedCheckout() if rerunnable else None)
         try:
             async with engine.connect() as conn:
                 adapted: Any = (await conn.get_raw_connection()).dbapi_connection
@@ -366,6 +376,8 @@ async def _fetch_pooled(engine: AsyncEngine, statement: Prepared,
             if again is None or not tries_left:
                 raise
             statement, params = again[0], again[1](params)
+        finally:
+            TRUSTED_CHECKOUT.reset(token)
     raise AssertionError("unreachable")  # pragma: no cover
 
 

@@ -21,7 +21,7 @@ from ..backends import backend_of
 from ..backends.common import Prepared, lane_open
 from ..database import session_used, settings_of
 from ..errors import PermanentError
-from ..models import Clip, Job, VideoAsset, new_id, utcnow
+from ..models import Clip, Job, VideoAsset, new_id, new_ids, utcnow
 from ..progress import current_tracker, report_progress
 
 CLIP_MS = 20_000
@@ -90,8 +90,10 @@ async def run_cut_analysis(job: Job, db: AsyncSession) -> dict[str, Any]:
     # making, flushing and tracking three of them per job cost more than the statements.
     if had_clips:
         await db.execute(_DELETE_CLIPS, {"job_id": job.id})
-    clips = [(new_id(), start, end, visual_score(filename, duration, i))
-             for i, (start, end) in enumerate(clip_bounds(duration))]
+    bounds = clip_bounds(duration)
+    clips = [(clip_id, start, end, visual_score(filename, duration, i))
+             for i, (clip_id, (start, end)) in enumerate(zip(new_ids(len(bounds)), bounds,
+                                                              strict=True))]
     now = utcnow()
     await db.execute(_INSERT_CLIPS, [
         {"id": clip_id, "video_asset_id": asset_id, "job_id": job.id, "start_ms": start,
