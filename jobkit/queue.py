@@ -603,9 +603,7 @@ async def complete_many(db: AsyncSession, items: Sequence[tuple[Job, Any]], *,
     finished = {row[0]: row[1] for row in res.all()}
     for job, _ in items:
         if job.id in finished:
-            # (as job_from_row sets its columns: these jobs are detached, no session
-            # tracks their changes, and the instrumented setattr cost more than the rest)
-            job.__dict__["finished_at"] = finished[job.id]
+            job.finished_at = finished[job.id]
     return set(finished)
 
 
@@ -632,7 +630,10 @@ async def complete_many_alone(engine: AsyncEngine, items: Sequence[tuple[Job, An
         finished = {row["id"]: row["finished_at"] for row in rows}
     for job, _ in items:
         if job.id in finished:
-            job.finished_at = finished[job.id]
+            # (as job_from_row sets its columns: the fast lane's jobs are detached, no
+            # session tracks their changes, and the instrumented setattr cost more than
+            # the rest of this loop)
+            job.__dict__["finished_at"] = finished[job.id]
     return set(finished)
 
 
