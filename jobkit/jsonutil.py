@@ -141,31 +141,7 @@ def check_params(params: Any) -> dict[str, Any]:
         return {}
     if not isinstance(params, dict):
         raise InvalidParams("", f"must be a dict (a JSON object), got {type(params).__name__}")
-    if type(params) is dict and _flat_and_plain(params):
-        return dict(params)
     return check_json(params, "params")  # type: ignore[no-any-return]
-
-
-def _flat_and_plain(params: dict[Any, Any]) -> bool:
-    """Whether :func:`check_json` would return a copy of ``params`` unchanged, seen in one
-    pass for the common case (ASCII keys and values: str, int, float, bool or None, none
-    nested); False sends it to the full check, which names what is wrong."""
-    for key, value in params.items():
-        if type(key) is not str or not key.isascii() or "\x00" in key:
-            return False
-        kind = type(value)
-        if kind is str:
-            if not value.isascii() or "\x00" in value:
-                return False
-        elif kind is int:
-            if not INT64_MIN <= value <= INT64_MAX:
-                return False
-        elif kind is float:
-            if not math.isfinite(value):
-                return False
-        elif value is not None and kind is not bool:
-            return False
-    return True
 
 
 # json.dumps with these options makes a new encoder on every call; one is enough (an

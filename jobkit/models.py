@@ -88,44 +88,38 @@ def new_id() -> uuid.UUID:
     Ids sort in creation order on both backends, which makes ``id`` a stable
     tie-breaker for jobs enqueued in the same instant.
     """
-    global _last_ms, _counter
-    with _id_lock:
-        ms = time.time_ns() // 1_000_000
-        if ms <= _last_ms:
-            _counter += 1
-            if _counter > 0xFFF:  # 4096 ids in one ms: borrow the next ms
-                _last_ms += 1
-                _counter = 0
-            ms = _last_ms
-        else:
-            _last_ms = ms
-            _counter = 0
-        counter = _counter
     rand = int.from_bytes(os.urandom(8), "big") & 0x3FFF_FFFF_FFFF_FFFF
-    return _uuid_of((ms << 80) | (0x7 << 76) | (counter << 64) | (0b10 << 62) | rand)
+    with _id_lock:
+        stamp = _next_stamp(time.time_ns() // 1_000_000)
+    return _uuid_of(stamp | rand)
 
 
 def new_ids(n: int) -> list[uuid.UUID]:
     """``n`` ids as ``n`` calls of :func:`new_id` would give them, made in one go (one lock,
-    one clock reading, one read of random bytes: a fifth of the cost per id)."""
-    global _last_ms, _counter
+    one clock reading, one read of random bytes)."""
     rand = os.urandom(8 * n)
-    stamps = []
     with _id_lock:
         now_ms = time.time_ns() // 1_000_000
-        for _ in range(n):
-            if now_ms <= _last_ms:
-                _counter += 1
-                if _counter > 0xFFF:  # 4096 ids in one ms: borrow the next ms
-                    _last_ms += 1
-                    _counter = 0
-            else:
-                _last_ms = now_ms
-                _counter = 0
-            stamps.append((_last_ms << 80) | (0x7 << 76) | (_counter << 64) | (0b10 << 62))
+        stamps = [_next_stamp(now_ms) for _ in range(n)]
     randoms = memoryview(rand).cast("Q")  # (the byte order does not matter: random)
     return [_uuid_of(stamp | (r & 0x3FFF_FFFF_FFFF_FFFF))
             for stamp, r in zip(stamps, randoms, strict=True)]
+
+
+def _next_stamp(now_ms: int) -> int:
+    """The next id's time, counter, version and variant bits (call with ``_id_lock`` held):
+    ``now_ms``, or the last id's millisecond with its counter + 1 when the clock has not
+    moved past it (or went back)."""
+    global _last_ms, _counter
+    if now_ms <= _last_ms:
+        _counter += 1
+        if _counter > 0xFFF:  # 4096 ids in one ms: borrow the next ms
+            _last_ms += 1
+            _counter = 0
+    else:
+        _last_ms = now_ms
+        _counter = 0
+    return (_last_ms << 80) | (0x7 << 76) | (_counter << 64) | (0b10 << 62)
 
 
 _new_uuid = object.__new__

@@ -364,7 +364,8 @@ async def _fetch_pooled(engine: AsyncEngine, statement: Prepared,
     for tries_left in range(POOLED_TRIES - 1, -1, -1):
         compiled = statement.compiled(dialect, _coltype)
         args = compiled.args(params)
-        rerunnable = tries_left > 0 and _again(statement, compiled) is not None
+        again = _again(statement, compiled)
+        rerunnable = tries_left > 0 and again is not None
         token = TRUSTED_CHECKOUT.set(TrustedCheckout() if rerunnable else None)
         try:
             async with engine.connect() as conn:
@@ -372,9 +373,9 @@ async def _fetch_pooled(engine: AsyncEngine, statement: Prepared,
                 records = await _fetch_on(conn, adapted, compiled, args)
             return compiled.rows(records)
         except DBAPIError as exc:
-            again = _again(statement, compiled) if exc.connection_invalidated else None
-            if again is None or not tries_left:
+            if not (rerunnable and exc.connection_invalidated):
                 raise
+            assert again is not None  # (rerunnable)
             statement, params = again[0], again[1](params)
         finally:
             TRUSTED_CHECKOUT.reset(token)
