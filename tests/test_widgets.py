@@ -293,9 +293,16 @@ async def test_drain_shows_progress_and_live_counts_while_it_runs(
 
     await runner.enqueue_many([("gated", {"n": n}) for n in range(6)])
     dash = runner.dashboard(refresh_interval=0.01, drain_concurrency=1)
+    three_stored = asyncio.Event()  # the bar counts a job once its outcome is stored
+    dash.progress.observe(lambda change: change["new"] == 3 and three_stored.set(),
+                          names="value")
     await dash.refresh()
     dash.drain_button.click()
     await reached.wait()
+    # A finished job's slot frees before its completion is committed (the completion
+    # batcher), so job 3 may start while 1 and 2 are still being stored: wait for them,
+    # then for a live refresh that began afterwards (the one in flight may not see them).
+    await three_stored.wait()
     await dash.wait_refreshed(dash.refreshes + 2)  # live refreshes, during the drain
     assert dash.busy == "drain"
     assert dash.progress.layout.display is None and dash.progress.max == 6
