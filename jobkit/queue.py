@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session, configure_mappers
 
 from .backends import Backend, ClaimShape, Prepared, backend_of
-from .backends.common import JOB_COLUMNS, lane_open
+from .backends.common import JOB_COLUMNS, lane_open, transaction_connection
 from .checks import (
     INT32_MAX,
     check_name,
@@ -579,7 +579,7 @@ async def _in_transaction(db: AsyncSession, backend: Backend, statement: Prepare
     sync = db.sync_session
     if (sync.autoflush or commit) and (sync.new or sync.deleted or sync.dirty):
         await db.flush()  # what the session's own execute (or commit) would flush first
-    conn = await db.connection()
+    conn = transaction_connection(db) or await db.connection()
     if not lane_open(conn.engine):
         return None
     # Committing with the statement stands for the session's commit only while that

@@ -336,13 +336,38 @@ async def test_sqlite_inline_writes_are_checkpointed_off_the_loop(
     monkeypatch.setattr(sqlite, "CHECKPOINT_EVERY", 10)
     async with await jobkit.open(sqlite_url) as runner:
         lane = _lane(runner)
+        start = lane.writes  # (opening committed the new schema: a counted write)
+
+        def checkpoints(writes: int) -> int:
+            return (start + writes) // 10 - start // 10
+
         for i in range(35):
             await runner.enqueue("noop", {"i": i}, allow_unknown=True)
             while lane.checkpoints:  # one at a time: a write meanwhile starts none
                 await asyncio.gather(*lane.checkpoints)
-        assert lane.writes == 35 and len(calls) == 3
+        assert lane.writes == start + 35 and len(calls) == checkpoints(35) >= 3
         conn = lane._connection(runner.engine)  # noqa: SLF001
         assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        # The pooled connections' automatic checkpoint is off too: every commit through a
+        # session counts instead (a read-only one does not).
+        async with runner.sessions() as db:
+            await db.execute(sqlalchemy.text("SELECT 1"))
+            await db.commit()
+        assert lane.writes == start + 35
+        for i in range(5):
+            async with runner.sessions() as db:
+                await db.execute(sqlalchemy.text(
+                    "UPDATE jobs SET priority = priority + 1 WHERE params = :p"),
+                    {"p": f'{{"i":{i}}}'})
+                await db.commit()
+            while lane.checkpoints:
+                await asyncio.gather(*lane.checkpoints)
+        assert lane.writes == start + 40 and len(calls) == checkpoints(40)
+        async with runner.engine.connect() as pooled:
+            raw = await pooled.get_raw_connection()
+            every = raw.dbapi_connection._connection._conn.execute(  # type: ignore[union-attr]
+                "PRAGMA wal_autocheckpoint").fetchone()[0]
+        assert every == 0
 
 
 # -- SQLite's row conversion: the fast converters equal SQLAlchemy's processors ------------

@@ -145,10 +145,16 @@ async def test_cancelled_completions_leave_the_pool_healthy(
         db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Cancelled at any moment of a writing handler's completion: CancelledError goes
     through, no connection stays checked out (nor, on SQLite, the write gate held), and
-    every job is either completed with its clips or still processing without them."""
+    every job is either completed with its clips or still processing without them.
+
+    On SQLite the completion normally runs inline (nothing to cancel in the middle of: see
+    the test after this one); here a connect listener sends it to aiosqlite's thread, the
+    path a cancellation can cut in flight."""
     from test_cancellation import _settle
 
     runner = await jobkit.open(db_url, cut_analysis_seconds=0.0, retry_backoff_base=0.0)
+    if sqlite.write_gate(runner.engine) is not None:
+        event.listen(runner.engine.sync_engine, "connect", lambda *_: None)
     rng = random.Random(15)
     try:
         assets = []
@@ -213,12 +219,117 @@ async def test_cancelled_completions_leave_the_pool_healthy(
 
 
 
+def _sqlite_notes() -> Any:
+    """A handler writing one row of ``notes`` (made here; its ``job_id`` must name a row of
+    ``parents`` when the transaction commits: a deferred foreign key)."""
+    from sqlalchemy import text
+
+    async def write_note(job: Job, db: Any) -> dict[str, int]:
+        await db.execute(text("INSERT INTO notes (job_id) VALUES (:j)"),
+                         {"j": job.params["parent"]})
+        return {"wrote": 1}
+
+    async def setup(runner: jobkit.Runner) -> None:
+        async with runner.engine.begin() as conn:
+            await conn.execute(text("CREATE TABLE parents (id TEXT PRIMARY KEY)"))
+            await conn.execute(text(
+                "CREATE TABLE notes (job_id TEXT NOT NULL REFERENCES parents (id) "
+                "DEFERRABLE INITIALLY DEFERRED)"))
+            await conn.execute(text("INSERT INTO parents (id) VALUES ('p')"))
+
+    return write_note, setup
+
+
+async def test_on_sqlite_a_writing_handlers_commit_runs_inline_without_a_checkpoint(
+        sqlite_url: str) -> None:
+    """The completion and its COMMIT run on the event loop's thread, on a connection whose
+    automatic WAL checkpoint is off, and count as a write: the lane's checkpoints in
+    aiosqlite's thread cover it."""
+    import threading
+
+    write_note, setup = _sqlite_notes()
+    async with await jobkit.open(sqlite_url, handlers={"write_note": write_note}) as runner:
+        await setup(runner)
+        job = await runner.enqueue("write_note", {"parent": "p"})
+        claimed = await _claim(runner, "w-inline")
+        lane = sqlite._INLINE[runner.engine.sync_engine]  # noqa: SLF001
+        writes = lane.writes
+        traced: list[tuple[str, bool]] = []
+        loop_thread = threading.get_ident()
+
+        async def handler(job: Job, db: Any) -> Any:
+            out = await write_note(job, db)
+            raw = (await (await db.connection()).get_raw_connection()).dbapi_connection
+            raw._connection._conn.set_trace_callback(
+                lambda sql: traced.append((sql.split("\n")[0][:40],
+                                           threading.get_ident() == loop_thread)))
+            return out
+
+        ctx = RunContext("w-inline", runner.settings, {"write_note": handler})
+        async with jobkit.database.LazySession(runner.sessions) as db:
+            summary = await run_job(claimed, db, ctx)
+            conn = (await (await db.connection()).get_raw_connection()).dbapi_connection
+            sqlite3_conn = conn._connection._conn
+        sqlite3_conn.set_trace_callback(None)
+        assert summary["status"] == "completed", summary
+        assert [sql.split(" SET ")[0] for sql, _ in traced] == ["UPDATE jobs", "COMMIT"]
+        assert all(on_loop for _, on_loop in traced), traced
+        # No automatic checkpoint can run in that COMMIT; the lane's, off the loop, count it.
+        assert sqlite3_conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        assert lane.writes == writes + 1
+        stored = await runner.get_job(job.id)
+        assert stored.status is JobStatus.COMPLETED and stored.result == {"wrote": 1}
+        gate = sqlite.write_gate(runner.engine)
+        assert gate is not None and gate.holders == 0 and not gate.busy()
+
+
+@pytest.mark.parametrize("inline", [True, False], ids=["inline", "in_thread"])
+async def test_on_sqlite_a_commit_that_fails_keeps_nothing_and_frees_the_connection(
+        sqlite_url: str, inline: bool) -> None:
+    """A handler's write that breaks a deferred constraint fails at COMMIT, after the fenced
+    completion matched: inline or in aiosqlite's thread, the error is SQLAlchemy's, neither
+    the row nor the completion is kept (the job stays ``processing`` for its lease), and the
+    write gate and the connection are free again; the next job completes."""
+    import sqlalchemy.exc
+    from sqlalchemy import text
+
+    write_note, setup = _sqlite_notes()
+    async with await jobkit.open(sqlite_url, handlers={"write_note": write_note}) as runner:
+        await setup(runner)
+        if not inline:
+            event.listen(runner.engine.sync_engine, "connect", lambda *_: None)
+        lane = sqlite._INLINE[runner.engine.sync_engine]  # noqa: SLF001
+        bad = await runner.enqueue("write_note", {"parent": "nobody"})
+        claimed = await _claim(runner, "w-fk")
+        writes = lane.writes
+        ctx = RunContext("w-fk", runner.settings, runner.handlers)
+        with pytest.raises(sqlalchemy.exc.IntegrityError, match="FOREIGN KEY"):
+            async with jobkit.database.LazySession(runner.sessions) as db:
+                await run_job(claimed, db, ctx)
+        assert lane.writes == writes  # nothing committed, nothing counted
+        stored = await runner.get_job(bad.id)
+        assert stored.status is JobStatus.PROCESSING and stored.locked_by == "w-fk"
+        async with runner.engine.connect() as conn:
+            assert (await conn.execute(text("SELECT count(*) FROM notes"))).scalar() == 0
+        gate = sqlite.write_gate(runner.engine)
+        assert gate is not None and gate.holders == 0 and not gate.busy()
+        assert runner.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+        good = await runner.enqueue("write_note", {"parent": "p"})
+        claimed = await _claim(runner, "w-fk")
+        assert claimed.id == good.id
+        async with jobkit.database.LazySession(runner.sessions) as db:
+            summary = await run_job(claimed, db, ctx)
+        assert summary["status"] == "completed", summary
+        assert (await runner.get_job(good.id)).status is JobStatus.COMPLETED
+
+
 @pytest.mark.parametrize("before_commit", [False, True], ids=["plain", "before_commit"])
-async def test_on_sqlite_a_writing_handlers_transaction_takes_two_trips(
+async def test_on_sqlite_a_writing_handlers_transaction_takes_one_trip(
         sqlite_url: str, monkeypatch: pytest.MonkeyPatch, before_commit: bool) -> None:
     """Each hand-off to aiosqlite's thread costs more than a small statement: a handler's
-    transaction of one write takes two, ``BEGIN IMMEDIATE`` with the write and the fenced
-    completion with ``COMMIT``. Both still happen: the job and the row commit together,
+    transaction of one write takes one, ``BEGIN IMMEDIATE`` with the write; the fenced
+    completion and its ``COMMIT`` run inline (the transaction holds the write lock). All
+    still happen: the job and the row commit together,
     and nothing is left open or holding the write gate. With a ``before_commit`` listener
     on the session (it may write before the commit), the COMMIT waits for the session's
     own commit, and the listener's row commits with the rest."""
@@ -255,7 +366,8 @@ async def test_on_sqlite_a_writing_handlers_transaction_takes_two_trips(
         if before_commit:
             assert trips == ["run", "_execute_fetchall", "run", "commit"], trips
         else:
-            assert trips == ["run", "_fetch_then_commit"], trips
+            # the completion and its COMMIT ran inline, on the loop's thread
+            assert trips == ["run"], trips
         stored = await runner.get_job(job.id)
         assert stored.status is JobStatus.COMPLETED and stored.result == {"wrote": 1}
         async with runner.engine.connect() as conn:
@@ -315,3 +427,32 @@ def _listening(listen: Any) -> Any:
                      lambda state: listen(None, None, str(state.statement)))
 
     return materialise
+
+
+async def test_transaction_connection_is_the_sessions_own_or_none(runner: jobkit.Runner) -> None:
+    """``transaction_connection`` finds, without a greenlet, the connection ``await
+    db.connection()`` returns, and gives None whenever the session must decide itself:
+    no transaction yet, a savepoint open, a transaction that must be rolled back first."""
+    import sqlalchemy.exc
+    from sqlalchemy import text
+
+    from jobkit.backends.common import transaction_connection
+    from jobkit.models import VideoAsset, new_id, utcnow
+
+    async with runner.sessions() as db:
+        assert transaction_connection(db) is None
+        await db.execute(text("SELECT 1"))
+        assert transaction_connection(db) is await db.connection()
+        async with db.begin_nested():
+            assert transaction_connection(db) is None
+        assert transaction_connection(db) is await db.connection()
+    async with runner.sessions() as db:
+        asset_id = new_id()
+        db.add(VideoAsset(id=asset_id, filename="a.mp4", duration_ms=1, created_at=utcnow()))
+        await db.flush()
+        db.add(VideoAsset(id=asset_id, filename="b.mp4", duration_ms=1, created_at=utcnow()))
+        with pytest.raises(sqlalchemy.exc.IntegrityError):
+            await db.flush()
+        assert transaction_connection(db) is None
+        with pytest.raises(sqlalchemy.exc.PendingRollbackError):
+            await db.connection()

@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import Integer, TextualSelect, Uuid, bindparam, text, update
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import DBAPIError, PendingRollbackError, ResourceClosedError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from ..models import JobStatus, JSONType, attempt_fence, jobs_table
 from .rows import fast_converter
@@ -177,6 +177,39 @@ class Compiled(NamedTuple):
                     row[name] = convert(value)
             out.append(row)
         return out
+
+
+async def driver_connection(conn: AsyncConnection) -> Any:
+    """The DBAPI adapter's connection under ``conn`` (SQLAlchemy's ``dbapi_connection``).
+
+    ``AsyncConnection.get_raw_connection`` reads an attribute in a greenlet, a context
+    switch each way; while the connection is open and valid that attribute is already
+    there, so it is read directly. An invalidated connection (it reconnects, which is I/O)
+    goes through SQLAlchemy's own path.
+    """
+    sync = conn.sync_connection
+    if sync is not None and not sync.invalidated and not sync.closed:
+        return sync.connection.dbapi_connection
+    return (await conn.get_raw_connection()).dbapi_connection
+
+
+def transaction_connection(db: AsyncSession) -> AsyncConnection | None:
+    """The connection of ``db``'s open transaction, found without a greenlet (what
+    ``await db.connection()`` returns then, a context switch each way); None when there is
+    no transaction, a savepoint, a transaction that must be rolled back first, or not
+    exactly one connection in it (then ask the session, which says what is wrong)."""
+    sync_session = db.sync_session
+    tx = sync_session.get_transaction()
+    if tx is None or not tx.is_active or sync_session.get_nested_transaction() is not None:
+        return None
+    # (keyed by the engine and by the connection itself: one connection, two keys)
+    held = {entry[0] for entry in tx._connections.values()}  # noqa: SLF001 - no public view
+    if len(held) != 1:
+        return None
+    sync = held.pop()
+    if sync.invalidated or sync.closed:
+        return None
+    return AsyncConnection._retrieve_proxy_for_target(sync)  # noqa: SLF001 - as the session does
 
 
 def _keeps_none(proc: Callable[[Any], Any]) -> bool:

@@ -44,6 +44,7 @@ from .common import (
     claim_statement,
     claim_statements,
     complete_statement,
+    driver_connection,
     prepared_claims,
     wrapped,
 )
@@ -369,7 +370,7 @@ async def _fetch_pooled(engine: AsyncEngine, statement: Prepared,
         token = TRUSTED_CHECKOUT.set(TrustedCheckout() if rerunnable else None)
         try:
             async with engine.connect() as conn:
-                adapted: Any = (await conn.get_raw_connection()).dbapi_connection
+                adapted: Any = await driver_connection(conn)
                 records = await _fetch_on(conn, adapted, compiled, args)
             return compiled.rows(records)
         except DBAPIError as exc:
@@ -418,7 +419,7 @@ async def fetch_in_transaction(conn: AsyncConnection, statement: Prepared,
     dialect = conn.dialect
     compiled = statement.compiled(dialect, _coltype)
     args = compiled.args(params)
-    adapted: Any = (await conn.get_raw_connection()).dbapi_connection
+    adapted: Any = await driver_connection(conn)
     if not adapted.driver_connection.is_in_transaction():
         return None
     return compiled.rows(await _fetch_on(conn, adapted, compiled, args))

@@ -41,6 +41,7 @@ from .common import (
     claim_statements,
     complete_statement,
     connection_info,
+    driver_connection,
     prepared_claims,
     wrapped,
 )
@@ -304,7 +305,7 @@ async def fetch_alone(engine: AsyncEngine, statement: Prepared,
         if records is not None:
             return compiled.rows(records)
     async with engine.connect() as conn:
-        adapted = (await conn.get_raw_connection()).dbapi_connection
+        adapted = await driver_connection(conn)
         try:
             records = await _execute_on(conn, adapted, compiled, args, gate, write)
         finally:
@@ -327,14 +328,23 @@ async def _execute_on(conn: AsyncConnection, adapted: Any, compiled: Any, args: 
         if commit:
             rows: list[Any] = await aio._execute(_fetch_then_commit, aio._conn, compiled.sql,
                                                  args)
-            return rows
-        return list(await aio.execute_fetchall(compiled.sql, args))
+        else:
+            rows = list(await aio.execute_fetchall(compiled.sql, args))
+        if write and (commit and rows or not commit and not aio.in_transaction):
+            _count_write(conn.engine)  # committed: a lone write, or with its COMMIT
+        return rows
     except BaseException as exc:
         if not isinstance(exc, Exception):
             with contextlib.suppress(Exception):  # never replace the error in flight
                 await conn.invalidate()
             raise
         raise wrapped(conn.dialect, compiled, args, exc) from exc
+
+
+def _count_write(engine: AsyncEngine) -> None:
+    lane = _INLINE.get(engine.sync_engine)
+    if lane is not None:
+        lane.wrote(engine)
 
 
 def _fetch_then_commit(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> list[Any]:
@@ -376,9 +386,11 @@ class _InlineLane:
     loop does not switch in the middle), so a cancellation never leaves one half-done.
 
     WAL checkpoints, the one step that writes the database file and syncs it, stay off the
-    loop: the lane disables its automatic checkpoint and, every :data:`CHECKPOINT_EVERY`
-    inline writes, runs a passive one on a pooled connection in aiosqlite's thread (the
-    pooled connections keep their own automatic checkpoint too).
+    loop: the lane and the engine's pooled connections have SQLite's automatic checkpoint
+    off, and every :data:`CHECKPOINT_EVERY` writes committed on any of them (inline, in
+    aiosqlite's thread, through a session) the lane runs a passive one on a pooled
+    connection in aiosqlite's thread (:meth:`wrote`). So a COMMIT may run on the loop's
+    thread (:func:`_commit_inline`) without ever syncing the file there.
 
     The lane follows the engine's pool: after ``engine.dispose()`` it opens a new
     connection, and while the pool has ``connect`` listeners jobkit did not install (a
@@ -434,10 +446,16 @@ class _InlineLane:
                 return None  # SQLite rolled the statement back: take the waiting path
             raise
         if write:
-            self.writes += 1
-            if self.writes % CHECKPOINT_EVERY == 0 and not self.checkpoints:
-                self._checkpoint(engine)
+            self.wrote(engine)
         return rows
+
+    def wrote(self, engine: AsyncEngine) -> None:
+        """Count a committed write (on any of the engine's connections); every
+        :data:`CHECKPOINT_EVERY`, start a checkpoint in aiosqlite's thread (unless one is
+        running)."""
+        self.writes += 1
+        if self.writes % CHECKPOINT_EVERY == 0 and not self.checkpoints:
+            self._checkpoint(engine)
 
     def _checkpoint(self, engine: AsyncEngine) -> None:
         try:
@@ -495,6 +513,9 @@ async def fetch_in_transaction(conn: AsyncConnection, statement: Prepared,
     ``commit``: when the statement returns rows, ``COMMIT`` in the same trip (the caller
     commits at once then; SQLAlchemy's commit finds nothing open and sends nothing, see
     the hooks' ``_commit``). With no rows the transaction stays open for the caller.
+    When the transaction already holds SQLite's write lock and nothing else is in flight
+    on the connection, that statement and its ``COMMIT`` run inline instead, on the event
+    loop's thread: no hand-off at all (see :func:`_commit_inline`).
 
     For a hot statement that must be atomic with what a session already wrote (a handler's
     writes and its job's completion): it skips SQLAlchemy's per-statement execution
@@ -507,7 +528,7 @@ async def fetch_in_transaction(conn: AsyncConnection, statement: Prepared,
     dialect = conn.dialect
     compiled = statement.compiled(dialect, _coltype)
     args = compiled.args(params)
-    adapted: Any = (await conn.get_raw_connection()).dbapi_connection
+    adapted: Any = await driver_connection(conn)
     aio = adapted._connection
     try:
         open_ = bool(aio.in_transaction)
@@ -515,10 +536,39 @@ async def fetch_in_transaction(conn: AsyncConnection, statement: Prepared,
         open_ = False
     if not open_:
         return None
-    gate = _GATES.get(conn.engine.sync_engine)
+    sync_engine = conn.engine.sync_engine
+    gate = _GATES.get(sync_engine)
     write = not compiled.sql.lstrip()[:9].upper().startswith(READ_PREFIXES)
+    if commit and write and gate is not None and gate.holds(adapted):
+        lane = _INLINE.get(sync_engine)
+        if (lane is not None and not adapted._execute_mutex.locked()
+                and aio._tx.empty() and lane._connection(conn.engine) is not None):
+            try:
+                records = _commit_inline(aio._conn, compiled.sql, args)
+            except sqlite3.Error as exc:
+                raise wrapped(dialect, compiled, args, exc) from exc
+            lane.wrote(conn.engine)  # counts toward the next checkpoint
+            return compiled.rows(records)
     records = await _execute_on(conn, adapted, compiled, args, gate, write, commit)
     return compiled.rows(records)
+
+
+def _commit_inline(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> list[Any]:
+    """:func:`_fetch_then_commit` on the event loop's thread, for a transaction that holds
+    SQLite's write lock (``BEGIN IMMEDIATE`` ran, this process's write turn is its own).
+
+    In WAL mode (the inline lane checked it) nothing can make the statement or the
+    ``COMMIT`` wait for a lock then: they take microseconds, less than the hand-off to
+    aiosqlite's thread and back that they save (a writing handler's job made two hand-offs,
+    now one). The one slow step a ``COMMIT`` may take, the automatic WAL checkpoint
+    (writing and syncing the database file), is off on jobkit's connections: the inline
+    lane runs checkpoints in aiosqlite's thread, counting every commit
+    (:meth:`_InlineLane.wrote`). Nothing else changes: the same connection, transaction
+    and ``synchronous`` setting. Only the caller's own task uses the connection meanwhile
+    (it awaits each statement; nothing is in flight), and the statements run whole: no
+    cancellation can land between them.
+    """
+    return _fetch_then_commit(conn, sql, args)
 
 
 # ---------------------------------------------------------------------------
@@ -601,6 +651,10 @@ def _install_hooks(engine: AsyncEngine) -> None:
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         cur.execute("PRAGMA foreign_keys=ON")
+        if _INLINE.get(sync_engine) is not None:
+            # The inline lane checkpoints in aiosqlite's thread, counting every commit
+            # (_counted): no COMMIT, on the loop's thread or not, runs one itself.
+            cur.execute("PRAGMA wal_autocheckpoint=0")
         cur.close()
 
     @event.listens_for(sync_engine, "begin")
@@ -608,6 +662,13 @@ def _install_hooks(engine: AsyncEngine) -> None:
         conn.info["jk_sqlite_begun"] = False
 
     gate = _GATES[sync_engine] = _WriteGate()
+
+    def _counted() -> None:
+        """A write was committed on one of this engine's connections: it counts toward the
+        next checkpoint (their automatic one is off, see _on_connect)."""
+        lane = _INLINE.get(sync_engine)
+        if lane is not None:
+            lane.wrote(engine)
 
     @event.listens_for(sync_engine, "before_cursor_execute")
     def _before(conn: Connection, cursor: Any, statement: str, params: Any,
@@ -632,6 +693,8 @@ def _install_hooks(engine: AsyncEngine) -> None:
         dbapi_conn = conn.connection.dbapi_connection
         if gate.holds(dbapi_conn) and _idle(dbapi_conn):
             gate.release(dbapi_conn)
+            if not statement.lstrip()[:6].upper().startswith("PRAGMA"):  # (a checkpoint)
+                _counted()
 
     @event.listens_for(sync_engine, "handle_error")
     def _on_error(ctx: Any) -> None:
@@ -670,6 +733,7 @@ def _install_hooks(engine: AsyncEngine) -> None:
         try:
             if not _idle(dbapi_conn):
                 do_commit(dbapi_conn)
+                _counted()
         finally:
             if _idle(dbapi_conn):  # a failed COMMIT may leave the transaction open
                 gate.release(dbapi_conn)
