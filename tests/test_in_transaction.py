@@ -324,12 +324,12 @@ async def test_on_sqlite_a_commit_that_fails_keeps_nothing_and_frees_the_connect
 
 
 @pytest.mark.parametrize("before_commit", [False, True], ids=["plain", "before_commit"])
-async def test_on_sqlite_a_writing_handlers_transaction_takes_one_trip(
+async def test_on_sqlite_a_writing_handlers_transaction_takes_no_trip(
         sqlite_url: str, monkeypatch: pytest.MonkeyPatch, before_commit: bool) -> None:
     """Each hand-off to aiosqlite's thread costs more than a small statement: a handler's
-    transaction of one write takes one, ``BEGIN IMMEDIATE`` with the write; the fenced
-    completion and its ``COMMIT`` run inline (the transaction holds the write lock). All
-    still happen: the job and the row commit together,
+    transaction of one write takes none. ``BEGIN IMMEDIATE`` and the write run inline
+    (nothing held the lock, and it took less than the budget), then the fenced completion
+    and its ``COMMIT`` (the transaction holds the lock). All still happen: the job and the row commit together,
     and nothing is left open or holding the write gate. With a ``before_commit`` listener
     on the session (it may write before the commit), the COMMIT waits for the session's
     own commit, and the listener's row commits with the rest."""
@@ -364,10 +364,10 @@ async def test_on_sqlite_a_writing_handlers_transaction_takes_one_trip(
         monkeypatch.undo()
         assert summary["status"] == "completed", summary
         if before_commit:
-            assert trips == ["run", "_execute_fetchall", "run", "commit"], trips
+            assert trips == ["_execute_fetchall", "run", "commit"], trips
         else:
-            # the completion and its COMMIT ran inline, on the loop's thread
-            assert trips == ["run"], trips
+            # the write (with its BEGIN), the completion and its COMMIT ran inline
+            assert trips == [], trips
         stored = await runner.get_job(job.id)
         assert stored.status is JobStatus.COMPLETED and stored.result == {"wrote": 1}
         async with runner.engine.connect() as conn:
@@ -456,3 +456,126 @@ async def test_transaction_connection_is_the_sessions_own_or_none(runner: jobkit
         assert transaction_connection(db) is None
         with pytest.raises(sqlalchemy.exc.PendingRollbackError):
             await db.connection()
+
+
+def _count_trips(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the functions sent to aiosqlite's thread from now on."""
+    import aiosqlite
+
+    trips: list[str] = []
+    real = aiosqlite.Connection._execute
+
+    async def counted(self: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        trips.append(getattr(fn, "__name__", repr(fn)))
+        return await real(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
+    return trips
+
+
+async def test_on_sqlite_a_first_write_waits_in_the_thread_while_another_process_writes(
+        sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process holds SQLite's write lock: the session's first write does not try
+    the lock on the loop's thread for its busy timeout; it answers at once, goes to
+    aiosqlite's thread, waits there while the loop runs on, and lands once the lock is
+    free. The connection's busy timeout is back to jobkit's afterwards."""
+    import sqlite3 as sqlite3_module
+
+    from sqlalchemy import text
+
+    async with await jobkit.open(sqlite_url) as runner:
+        async with runner.engine.begin() as conn:
+            await conn.execute(text("CREATE TABLE notes (v TEXT NOT NULL)"))
+        trips = _count_trips(monkeypatch)
+        other = sqlite3_module.connect(sqlite_url.split("///", 1)[1], isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+
+        async def write() -> int:
+            async with runner.sessions() as db:
+                await db.execute(text("INSERT INTO notes (v) VALUES ('x')"))
+                raw = (await (await db.connection()).get_raw_connection()).dbapi_connection
+                await db.commit()
+            timeout = raw._connection._conn.execute("PRAGMA busy_timeout").fetchone()[0]
+            return int(timeout)
+
+        try:
+            task = asyncio.create_task(write())
+            ticks = 0
+            while ticks < 20:  # the loop keeps running while the write waits
+                await asyncio.sleep(0.005)
+                ticks += 1
+            assert not task.done() and trips == ["run"], trips
+        finally:
+            other.execute("COMMIT")
+            other.close()
+        assert await asyncio.wait_for(task, 10) == sqlite.BUSY_TIMEOUT_MS
+        async with runner.engine.connect() as conn:
+            assert (await conn.execute(text("SELECT count(*) FROM notes"))).scalar() == 1
+
+
+async def test_on_sqlite_a_long_first_write_is_interrupted_and_runs_in_the_thread(
+        sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A first write that runs past the inline budget is interrupted (its transaction held
+    nothing else), runs again, whole and once, in aiosqlite's thread, and goes straight
+    there the next time; a short one still runs inline."""
+    from sqlalchemy import text
+
+    monkeypatch.setattr(sqlite, "INLINE_BUDGET_S", 0.0002)
+    long_insert = ("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n "
+                   "WHERE i < 200000) INSERT INTO notes (v) SELECT 'many' FROM n")
+    async with await jobkit.open(sqlite_url) as runner:
+        async with runner.engine.begin() as conn:
+            await conn.execute(text("CREATE TABLE notes (v TEXT NOT NULL)"))
+        interrupted: list[str] = []
+        real = sqlite.first_write_inline
+
+        def spied(run: Any, conn: Any, operation: str, *args: Any) -> Any:
+            known = operation in sqlite._SLOW  # noqa: SLF001
+            out = real(run, conn, operation, *args)
+            if out is None and not known and operation in sqlite._SLOW:  # noqa: SLF001
+                interrupted.append(operation)
+            return out
+
+        monkeypatch.setattr(sqlite, "first_write_inline", spied)
+        trips = _count_trips(monkeypatch)
+        for _ in range(2):
+            async with runner.sessions() as db:
+                await db.execute(text(long_insert))
+                await db.commit()
+        assert trips == ["run", "commit", "run", "commit"], trips
+        assert interrupted == [long_insert], "interrupted once, then sent to the thread"
+        trips.clear()
+        async with runner.sessions() as db:
+            await db.execute(text("INSERT INTO notes (v) VALUES ('one')"))
+            await db.commit()
+        assert trips == ["commit"], trips  # the write inline; a session's COMMIT is a trip
+        async with runner.engine.connect() as conn:
+            counts = dict((await conn.execute(
+                text("SELECT v, count(*) FROM notes GROUP BY v"))).all())
+        assert counts == {"many": 400000, "one": 1}
+
+
+async def test_on_sqlite_an_inline_first_write_that_fails_is_the_usual_error(
+        sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A constraint broken by a first write run inline: SQLAlchemy's IntegrityError, the
+    session rolls back, nothing kept, and the connection is healthy."""
+    import sqlalchemy.exc
+    from sqlalchemy import text
+
+    async with await jobkit.open(sqlite_url) as runner:
+        async with runner.engine.begin() as conn:
+            await conn.execute(text("CREATE TABLE notes (v TEXT PRIMARY KEY)"))
+            await conn.execute(text("INSERT INTO notes (v) VALUES ('taken')"))
+        trips = _count_trips(monkeypatch)
+        async with runner.sessions() as db:
+            with pytest.raises(sqlalchemy.exc.IntegrityError):
+                await db.execute(text("INSERT INTO notes (v) VALUES ('taken')"))
+            await db.rollback()
+            await db.execute(text("INSERT INTO notes (v) VALUES ('free')"))
+            await db.commit()
+        assert trips == ["rollback", "commit"], trips
+        gate = sqlite.write_gate(runner.engine)
+        assert gate is not None and gate.holders == 0 and not gate.busy()
+        async with runner.engine.connect() as conn:
+            rows = (await conn.execute(text("SELECT v FROM notes ORDER BY v"))).scalars().all()
+        assert rows == ["free", "taken"]

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import os
 import sqlite3
+import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -682,7 +683,11 @@ def _install_hooks(engine: AsyncEngine) -> None:
         conn.info["jk_sqlite_begun"] = True
         begin_first = getattr(cursor, "begin_first", None)  # a one-trip cursor's
         if begin_first is not None:
-            begin_first()  # BEGIN IMMEDIATE travels with this statement: one trip, not two
+            # BEGIN IMMEDIATE travels with this statement: one trip, not two; or none, on
+            # the loop's thread, while the inline lane is usable (WAL, no connect listener
+            # of someone else's: see first_write_inline).
+            lane = _INLINE.get(sync_engine)
+            begin_first(inline=lane is not None and lane._connection(engine) is not None)
         else:
             cursor.execute("BEGIN IMMEDIATE")
 
@@ -892,12 +897,13 @@ def _one_trip_aiosqlite() -> Any:
             self._rowcount = -1
             self._lastrowid: Any = None
             self._size = 1
-            self._begin = False
+            self._begin: bool | str = False  # True, or "inline" (see begin_first)
 
-        def begin_first(self) -> None:
+        def begin_first(self, inline: bool = False) -> None:
             """Open the transaction (``BEGIN IMMEDIATE``) in the same trip as the next
-            statement, just before it: the hooks' BEGIN without a trip of its own."""
-            self._begin = True
+            statement, just before it: the hooks' BEGIN without a trip of its own; with
+            ``inline``, try both on the loop's thread first (:func:`first_write_inline`)."""
+            self._begin = "inline" if inline else True
 
         @property
         def description(self) -> Any:
@@ -923,8 +929,13 @@ def _one_trip_aiosqlite() -> Any:
             begin, self._begin = self._begin, False
             async with self._adapt_connection._execute_mutex:
                 aio = self._connection
-                self._desc, self._rowcount, self._lastrowid, rows = await aio._execute(
-                    run, aio._conn, operation, parameters, many, begin)
+                done = None
+                if begin == "inline" and aio._tx.empty():
+                    done = first_write_inline(run, aio._conn, operation, parameters, many)
+                if done is None:
+                    done = await aio._execute(run, aio._conn, operation, parameters, many,
+                                              bool(begin))
+                self._desc, self._rowcount, self._lastrowid, rows = done
             self._rows = collections.deque(rows or ())
 
         async def _execute_async(self, operation: Any, parameters: Any) -> Any:
@@ -955,6 +966,61 @@ def _one_trip_aiosqlite() -> Any:
             return OneTripConnection(self, stock._connection)
 
     return OneTripDBAPI(aiosqlite, sqlite3)
+
+
+#: How long a transaction's first write may run on the event loop's thread before it is
+#: interrupted (and run again in aiosqlite's thread); see first_write_inline.
+INLINE_BUDGET_S = 0.002
+#: Statements that overran the budget once: they go to aiosqlite's thread from then on.
+_SLOW: collections.OrderedDict[str, None] = collections.OrderedDict()
+_SLOW_KEPT = 256
+
+
+def first_write_inline(run: Callable[..., Any], conn: sqlite3.Connection, operation: str,
+                       parameters: Any, many: bool) -> Any:
+    """Run a session's ``BEGIN IMMEDIATE`` and the write that opens its transaction on the
+    event loop's thread, when that takes no longer than a hand-off to aiosqlite's thread
+    would; ``run``'s result, or None (nothing kept) when it must go to that thread instead.
+
+    A hand-off there and back costs more than a small write (about 100 µs against tens).
+    Nothing may make the loop wait, so:
+
+    - **a lock held by another process**: the busy timeout is 0 for the attempt, so
+      SQLite answers ``SQLITE_BUSY`` at once instead of sleeping (this process's writers
+      already took turns at the write gate);
+    - **a long statement**: a progress handler interrupts it after
+      :data:`INLINE_BUDGET_S`, and its text is remembered so it goes straight to the
+      thread next time.
+
+    Either way the transaction held nothing else yet (this is its first write), so rolling
+    it back loses nothing, and the caller runs it again, whole, in aiosqlite's thread. The
+    connection's busy timeout and progress handler are put back in every case.
+    """
+    if operation in _SLOW or (many and not isinstance(parameters, (list, tuple))):
+        return None  # (an iterator of parameters could not be run a second time)
+    deadline = time.perf_counter() + INLINE_BUDGET_S
+
+    def overran() -> bool:
+        return time.perf_counter() > deadline
+
+    conn.execute("PRAGMA busy_timeout=0")
+    conn.set_progress_handler(overran, 1000)
+    try:
+        return run(conn, operation, parameters, many, True)
+    except sqlite3.OperationalError as exc:
+        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+        if code not in (*_BUSY_CODES, sqlite3.SQLITE_INTERRUPT):
+            raise
+        if code == sqlite3.SQLITE_INTERRUPT:
+            _SLOW[operation] = None
+            while len(_SLOW) > _SLOW_KEPT:
+                _SLOW.popitem(last=False)
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")  # the BEGIN alone, or what the interrupt left
+        return None
+    finally:
+        conn.set_progress_handler(None, 0)
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
 
 def _idle(dbapi_conn: Any) -> bool:
