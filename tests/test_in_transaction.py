@@ -329,11 +329,10 @@ async def test_on_sqlite_a_writing_handlers_transaction_takes_no_trip(
     """Each hand-off to aiosqlite's thread costs more than a small statement: a handler's
     transaction of one write takes none. ``BEGIN IMMEDIATE`` and the write run inline
     (nothing held the lock, and it took less than the budget), then the fenced completion
-    and its ``COMMIT`` (the transaction holds the lock). All still happen: the job and the row commit together,
-    and nothing is left open or holding the write gate. With a ``before_commit`` listener
+    and its ``COMMIT`` (the transaction holds the lock). All still happen: the job and the
+    row commit together, and nothing is left open or holding the write gate. With a ``before_commit`` listener
     on the session (it may write before the commit), the COMMIT waits for the session's
     own commit, and the listener's row commits with the rest."""
-    import aiosqlite
     from sqlalchemy import text
 
     def also_write(session: Any) -> None:
@@ -350,14 +349,7 @@ async def test_on_sqlite_a_writing_handlers_transaction_takes_no_trip(
             await conn.execute(text("CREATE TABLE notes (job_id TEXT NOT NULL)"))
         job = await runner.enqueue("write_one", {})
         claimed = await _claim(runner, "w-trips")
-        trips: list[str] = []
-        real = aiosqlite.Connection._execute
-
-        async def counted(self: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
-            trips.append(getattr(fn, "__name__", repr(fn)))
-            return await real(self, fn, *args, **kwargs)
-
-        monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
+        trips = _count_trips(monkeypatch)
         ctx = RunContext("w-trips", runner.settings, runner.handlers)
         async with jobkit.database.LazySession(runner.sessions) as db:
             summary = await run_job(claimed, db, ctx)

@@ -560,8 +560,8 @@ def _commit_inline(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> l
 
     In WAL mode (the inline lane checked it) nothing can make the statement or the
     ``COMMIT`` wait for a lock then: they take microseconds, less than the hand-off to
-    aiosqlite's thread and back that they save (a writing handler's job made two hand-offs,
-    now one). The one slow step a ``COMMIT`` may take, the automatic WAL checkpoint
+    aiosqlite's thread and back that they save (with :func:`first_write_inline`, a job
+    whose handler wrote one row makes none). The one slow step a ``COMMIT`` may take, the automatic WAL checkpoint
     (writing and syncing the database file), is off on jobkit's connections: the inline
     lane runs checkpoints in aiosqlite's thread, counting every commit
     (:meth:`_InlineLane.wrote`). Nothing else changes: the same connection, transaction
