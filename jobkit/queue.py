@@ -584,8 +584,9 @@ async def _in_transaction(db: AsyncSession, backend: Backend, statement: Prepare
         return None
     # Committing with the statement stands for the session's commit only while that
     # commit would add nothing: nothing left to flush (flushed above), no listener that may
-    # write first.
-    commit = commit and not sync.dispatch.before_commit
+    # write first, no savepoint still open.
+    commit = (commit and not sync.dispatch.before_commit
+              and sync.get_nested_transaction() is None)  # (a savepoint open: not ours)
     return await backend.fetch_in_transaction(conn, statement, params, commit=commit)
 
 

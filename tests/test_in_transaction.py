@@ -513,6 +513,7 @@ async def test_on_sqlite_a_long_first_write_is_interrupted_and_runs_in_the_threa
     from sqlalchemy import text
 
     monkeypatch.setattr(sqlite, "INLINE_BUDGET_S", 0.0002)
+    monkeypatch.setattr(sqlite, "CHECKPOINT_WAL_BYTES", 1 << 40)  # no checkpoint's trip
     long_insert = ("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n "
                    "WHERE i < 200000) INSERT INTO notes (v) SELECT 'many' FROM n")
     async with await jobkit.open(sqlite_url) as runner:
@@ -571,3 +572,93 @@ async def test_on_sqlite_an_inline_first_write_that_fails_is_the_usual_error(
         async with runner.engine.connect() as conn:
             rows = (await conn.execute(text("SELECT v FROM notes ORDER BY v"))).scalars().all()
         assert rows == ["free", "taken"]
+
+
+async def test_on_sqlite_a_write_inside_a_savepoint_is_never_tried_inline(
+        sqlite_url: str) -> None:
+    """A SAVEPOINT before any write opens SQLite's transaction: the first write must not be
+    tried inline (its rollback on a busy lock would end that transaction behind the
+    session's back, and the retry would run outside the savepoint). With another process
+    holding the lock, what the savepoint rolled back stays rolled back."""
+    import sqlite3 as sqlite3_module
+    import threading
+
+    from sqlalchemy import text
+
+    async with await jobkit.open(sqlite_url) as runner:
+        async with runner.engine.begin() as conn:
+            await conn.execute(text("CREATE TABLE notes (v TEXT)"))
+        other = sqlite3_module.connect(sqlite_url.split("///", 1)[1], isolation_level=None,
+                                       check_same_thread=False)
+        other.execute("BEGIN IMMEDIATE")
+        release = threading.Timer(0.2, lambda: other.execute("COMMIT"))
+        release.start()
+        try:
+            async with runner.sessions() as db:
+                with pytest.raises(Exception):  # noqa: B017,PT011 - SQLite's own refusal
+                    async with db.begin_nested():
+                        await db.execute(text("INSERT INTO notes VALUES ('rolled back')"))
+                        raise ValueError("the handler changes its mind")
+                await db.commit()
+        finally:
+            release.join()
+            other.close()
+        async with runner.engine.connect() as conn:
+            assert (await conn.execute(text("SELECT count(*) FROM notes"))).scalar() == 0
+
+
+async def test_sqlite_a_growing_wal_starts_a_checkpoint(
+        sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Big transactions start a checkpoint by the WAL's size, not only every so many
+    commits, and every connection truncates the WAL when it starts it over."""
+    import os
+
+    from sqlalchemy import text
+
+    monkeypatch.setattr(sqlite, "CHECKPOINT_EVERY", 10_000)
+    monkeypatch.setattr(sqlite, "CHECKPOINT_WAL_BYTES", 256 * 1024)
+    calls: list[int] = []
+    real = sqlite._checkpoint  # noqa: SLF001
+
+    async def counted(engine: Any) -> None:
+        calls.append(1)
+        await real(engine)
+
+    monkeypatch.setattr(sqlite, "_checkpoint", counted)
+    path = sqlite_url.split("///", 1)[1]
+    async with await jobkit.open(sqlite_url) as runner:
+        lane = sqlite._INLINE[runner.engine.sync_engine]  # noqa: SLF001
+        async with runner.engine.begin() as conn:
+            await conn.execute(text("CREATE TABLE blobs (v TEXT)"))
+        for _ in range(3):
+            async with runner.sessions() as db:
+                await db.execute(text("INSERT INTO blobs (v) VALUES (:v)"),
+                                 [{"v": "x" * 200}] * 2000)  # about 500 kB a transaction
+                await db.commit()
+            while lane.checkpoints:
+                await asyncio.gather(*lane.checkpoints)
+        assert len(calls) >= 2, calls
+        assert os.path.getsize(path + "-wal") <= sqlite.WAL_SIZE_LIMIT + 1024 * 1024
+        async with runner.engine.connect() as pooled:
+            raw = (await pooled.get_raw_connection()).dbapi_connection
+            limit = raw._connection._conn.execute("PRAGMA journal_size_limit").fetchone()[0]
+        assert limit == sqlite.WAL_SIZE_LIMIT
+
+
+async def test_transaction_connection_is_none_for_another_binds_connection(
+        runner: jobkit.Runner, tmp_path: Any) -> None:
+    """A connection of another engine in the session's transaction is not the session's
+    own: the fenced completion must not run there."""
+    from sqlalchemy import text
+
+    from jobkit.backends.common import transaction_connection
+
+    other = jobkit.create_engine(f"sqlite+aiosqlite:///{tmp_path}/other.db")
+    try:
+        async with runner.sessions() as db:
+            await db.connection(bind_arguments={"bind": other.sync_engine})
+            assert transaction_connection(db) is None
+            await db.execute(text("SELECT 1"))  # now the session's own engine too
+            assert transaction_connection(db) is None  # two connections: ask the session
+    finally:
+        await other.dispose()

@@ -196,8 +196,9 @@ async def driver_connection(conn: AsyncConnection) -> Any:
 def transaction_connection(db: AsyncSession) -> AsyncConnection | None:
     """The connection of ``db``'s open transaction, found without a greenlet (what
     ``await db.connection()`` returns then, a context switch each way); None when there is
-    no transaction, a savepoint, a transaction that must be rolled back first, or not
-    exactly one connection in it (then ask the session, which says what is wrong)."""
+    no transaction, a savepoint, a transaction that must be rolled back first, not exactly
+    one connection in it, or one not of the session's own bind (then ask the session,
+    which says what is wrong)."""
     sync_session = db.sync_session
     tx = sync_session.get_transaction()
     if tx is None or not tx.is_active or sync_session.get_nested_transaction() is not None:
@@ -207,7 +208,8 @@ def transaction_connection(db: AsyncSession) -> AsyncConnection | None:
     if len(held) != 1:
         return None
     sync = held.pop()
-    if sync.invalidated or sync.closed:
+    bind = sync_session.bind  # the session's own engine (not a binds= mapping's)
+    if sync.invalidated or sync.closed or bind is None or sync.engine is not bind.engine:
         return None
     return AsyncConnection._retrieve_proxy_for_target(sync)  # noqa: SLF001 - as the session does
 

@@ -365,6 +365,10 @@ def _fetch_then_commit(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) 
 _BUSY_CODES = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED
 #: Inline writes between two checkpoints run in aiosqlite's thread (see _InlineLane).
 CHECKPOINT_EVERY = 200
+#: A checkpoint also starts when the WAL file is larger than this (big transactions)...
+CHECKPOINT_WAL_BYTES = 4 * 1024 * 1024
+#: ... and each connection truncates the WAL file to this when it starts it over.
+WAL_SIZE_LIMIT = 2 * 1024 * 1024
 
 
 def _busy(exc: sqlite3.Error) -> bool:
@@ -389,9 +393,11 @@ class _InlineLane:
     WAL checkpoints, the one step that writes the database file and syncs it, stay off the
     loop: the lane and the engine's pooled connections have SQLite's automatic checkpoint
     off, and every :data:`CHECKPOINT_EVERY` writes committed on any of them (inline, in
-    aiosqlite's thread, through a session) the lane runs a passive one on a pooled
-    connection in aiosqlite's thread (:meth:`wrote`). So a COMMIT may run on the loop's
-    thread (:func:`_commit_inline`) without ever syncing the file there.
+    aiosqlite's thread, through a session), or when the WAL file has grown past
+    :data:`CHECKPOINT_WAL_BYTES` (every connection truncates it to :data:`WAL_SIZE_LIMIT`
+    when it starts it over), the lane runs a passive one on a pooled connection in
+    aiosqlite's thread (:meth:`wrote`). So a COMMIT may run on the loop's thread
+    (:func:`_commit_inline`) without writing the database file there.
 
     The lane follows the engine's pool: after ``engine.dispose()`` it opens a new
     connection, and while the pool has ``connect`` listeners jobkit did not install (a
@@ -406,6 +412,7 @@ class _InlineLane:
         self.pool: Any = None
         self.conn: sqlite3.Connection | None = None
         self.writes = 0
+        self.wal_path: str | None = None
         self.checkpoints: set[asyncio.Task[None]] = set()
 
     def _connection(self, engine: AsyncEngine) -> sqlite3.Connection | None:
@@ -418,7 +425,7 @@ class _InlineLane:
             conn = _plain_connection(self.args, self.kwargs)
             try:
                 for pragma in ("busy_timeout=0", "synchronous=NORMAL", "foreign_keys=ON",
-                               "wal_autocheckpoint=0"):
+                               "wal_autocheckpoint=0", f"journal_size_limit={WAL_SIZE_LIMIT}"):
                     conn.execute(f"PRAGMA {pragma}")
                 mode = conn.execute("PRAGMA journal_mode").fetchone()
             except sqlite3.Error:
@@ -455,8 +462,24 @@ class _InlineLane:
         :data:`CHECKPOINT_EVERY`, start a checkpoint in aiosqlite's thread (unless one is
         running)."""
         self.writes += 1
-        if self.writes % CHECKPOINT_EVERY == 0 and not self.checkpoints:
+        if self.checkpoints:
+            return
+        if self.writes % CHECKPOINT_EVERY == 0 or self._wal_bytes() > CHECKPOINT_WAL_BYTES:
             self._checkpoint(engine)
+
+    def _wal_bytes(self) -> int:
+        """The size of the database's WAL file (0 when it cannot be told). Every connection
+        truncates it to :data:`WAL_SIZE_LIMIT` when it starts it over after a checkpoint,
+        so a larger file means that many bytes of transactions since."""
+        if self.wal_path is None:
+            database = str(self.args[0]) if self.args else ""
+            if database.startswith("file:"):
+                database = database[5:].split("?", 1)[0]
+            self.wal_path = database + "-wal"
+        try:
+            return os.stat(self.wal_path).st_size
+        except OSError:
+            return 0
 
     def _checkpoint(self, engine: AsyncEngine) -> None:
         try:
@@ -483,10 +506,26 @@ def _plain_connection(args: Sequence[Any], kwargs: Mapping[str, Any]) -> sqlite3
 
 
 async def _checkpoint(engine: AsyncEngine) -> None:
-    """A passive WAL checkpoint in aiosqlite's thread (it never waits for a lock)."""
+    """A passive WAL checkpoint in aiosqlite's thread (it never waits for SQLite's locks),
+    taken in this process's turn at the write gate.
+
+    The turn matters: a checkpoint copies the WAL's frames as of its start, and the WAL
+    starts over (from its beginning, truncated to :data:`WAL_SIZE_LIMIT`) only when a
+    checkpoint copied all of them. With this process's writers appending meanwhile it
+    never would, and under a steady load the WAL would grow without end. SQLite's own
+    automatic checkpoint ran inside the writer's COMMIT, where nobody else could write.
+    """
+    gate = _GATES.get(engine.sync_engine)
     try:
         async with engine.connect() as conn:
-            await conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+            adapted = await driver_connection(conn)
+            if gate is not None:
+                await gate.wait_turn(adapted)
+            try:
+                await conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+            finally:
+                if gate is not None:
+                    gate.release(adapted)
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # noqa: BLE001 - the next one, or a pooled connection's, will do
@@ -563,8 +602,10 @@ def _commit_inline(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> l
     aiosqlite's thread and back that they save (with :func:`first_write_inline`, a job
     whose handler wrote one row makes none). The one slow step a ``COMMIT`` may take, the automatic WAL checkpoint
     (writing and syncing the database file), is off on jobkit's connections: the inline
-    lane runs checkpoints in aiosqlite's thread, counting every commit
-    (:meth:`_InlineLane.wrote`). Nothing else changes: the same connection, transaction
+    lane runs checkpoints in aiosqlite's thread, counting every commit and watching the
+    WAL's size (:meth:`_InlineLane.wrote`). (The first commit after a checkpoint that
+    copied the whole WAL back starts the WAL over and syncs its header once: a
+    sub-millisecond step on a local disk, which the lane's own inline writes took before.) Nothing else changes: the same connection, transaction
     and ``synchronous`` setting. Only the caller's own task uses the connection meanwhile
     (it awaits each statement; nothing is in flight), and the statements run whole: no
     cancellation can land between them.
@@ -653,9 +694,11 @@ def _install_hooks(engine: AsyncEngine) -> None:
         cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         cur.execute("PRAGMA foreign_keys=ON")
         if _INLINE.get(sync_engine) is not None:
-            # The inline lane checkpoints in aiosqlite's thread, counting every commit
-            # (_counted): no COMMIT, on the loop's thread or not, runs one itself.
+            # The inline lane checkpoints in aiosqlite's thread, counting every commit and
+            # watching the WAL's size (_counted): no COMMIT, on the loop's thread or not,
+            # runs one itself.
             cur.execute("PRAGMA wal_autocheckpoint=0")
+            cur.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
         cur.close()
 
     @event.listens_for(sync_engine, "begin")
@@ -996,8 +1039,12 @@ def first_write_inline(run: Callable[..., Any], conn: sqlite3.Connection, operat
     it back loses nothing, and the caller runs it again, whole, in aiosqlite's thread. The
     connection's busy timeout and progress handler are put back in every case.
     """
-    if operation in _SLOW or (many and not isinstance(parameters, (list, tuple))):
-        return None  # (an iterator of parameters could not be run a second time)
+    if (conn.in_transaction or operation in _SLOW
+            or (many and not isinstance(parameters, (list, tuple)))):
+        # A transaction SQLite already has open (a SAVEPOINT before any write opens one)
+        # is not this attempt's to roll back; an iterator of parameters could not be run
+        # a second time.
+        return None
     deadline = time.perf_counter() + INLINE_BUDGET_S
 
     def overran() -> bool:
@@ -1008,6 +1055,7 @@ def first_write_inline(run: Callable[..., Any], conn: sqlite3.Connection, operat
     try:
         return run(conn, operation, parameters, many, True)
     except sqlite3.OperationalError as exc:
+        conn.set_progress_handler(None, 0)
         code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
         if code not in (*_BUSY_CODES, sqlite3.SQLITE_INTERRUPT):
             raise
