@@ -39,3 +39,18 @@ async def all_jobs(runner: jobkit.Runner) -> list[Job]:
     async with runner.sessions() as db:
         rows = (await db.execute(select(jobs_table).order_by(jobs_table.c.created_at))).mappings()
         return [jobkit.queue.job_from_row(r) for r in rows]
+
+
+def count_checkpoints(monkeypatch: Any) -> list[int]:
+    """One item per WAL checkpoint the SQLite inline lane starts from now on."""
+    from jobkit.backends import sqlite
+
+    calls: list[int] = []
+    real = sqlite._checkpoint  # noqa: SLF001
+
+    async def counted(engine: Any) -> None:
+        calls.append(1)
+        await real(engine)
+
+    monkeypatch.setattr(sqlite, "_checkpoint", counted)
+    return calls

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy.exc
+from helpers import count_checkpoints
 from sqlalchemy import select
 
 import jobkit
@@ -325,14 +326,7 @@ async def test_sqlite_inline_writes_are_checkpointed_off_the_loop(
 
     from jobkit.backends import sqlite
 
-    calls: list[int] = []
-    real = sqlite._checkpoint  # noqa: SLF001
-
-    async def counted(engine: Any) -> None:
-        calls.append(1)
-        await real(engine)
-
-    monkeypatch.setattr(sqlite, "_checkpoint", counted)
+    calls = count_checkpoints(monkeypatch)
     monkeypatch.setattr(sqlite, "CHECKPOINT_EVERY", 10)
     async with await jobkit.open(sqlite_url) as runner:
         lane = _lane(runner)

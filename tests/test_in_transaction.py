@@ -12,7 +12,7 @@ import uuid
 from typing import Any
 
 import pytest
-from helpers import count_clips
+from helpers import count_checkpoints, count_clips
 from sqlalchemy import event, select, update
 
 import jobkit
@@ -617,14 +617,7 @@ async def test_sqlite_a_growing_wal_starts_a_checkpoint(
 
     monkeypatch.setattr(sqlite, "CHECKPOINT_EVERY", 10_000)
     monkeypatch.setattr(sqlite, "CHECKPOINT_WAL_BYTES", 256 * 1024)
-    calls: list[int] = []
-    real = sqlite._checkpoint  # noqa: SLF001
-
-    async def counted(engine: Any) -> None:
-        calls.append(1)
-        await real(engine)
-
-    monkeypatch.setattr(sqlite, "_checkpoint", counted)
+    calls = count_checkpoints(monkeypatch)
     path = sqlite_url.split("///", 1)[1]
     async with await jobkit.open(sqlite_url) as runner:
         lane = sqlite._INLINE[runner.engine.sync_engine]  # noqa: SLF001
