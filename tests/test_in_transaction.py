@@ -617,6 +617,7 @@ async def test_sqlite_a_growing_wal_starts_a_checkpoint(
 
     monkeypatch.setattr(sqlite, "CHECKPOINT_EVERY", 10_000)
     monkeypatch.setattr(sqlite, "CHECKPOINT_WAL_BYTES", 256 * 1024)
+    monkeypatch.setattr(sqlite, "WAL_SIZE_EVERY", 1)  # look at its size after each commit
     calls = count_checkpoints(monkeypatch)
     path = sqlite_url.split("///", 1)[1]
     async with await jobkit.open(sqlite_url) as runner:

@@ -343,6 +343,8 @@ async def _execute_on(conn: AsyncConnection, adapted: Any, compiled: Any, args: 
 
 
 def _count_write(engine: AsyncEngine) -> None:
+    """A write was committed on one of ``engine``'s connections: it counts toward the next
+    checkpoint (their automatic one is off, see the hooks' ``_on_connect``)."""
     lane = _INLINE.get(engine.sync_engine)
     if lane is not None:
         lane.wrote(engine)
@@ -369,6 +371,9 @@ CHECKPOINT_EVERY = 200
 CHECKPOINT_WAL_BYTES = 4 * 1024 * 1024
 #: ... and each connection truncates the WAL file to this when it starts it over.
 WAL_SIZE_LIMIT = 2 * 1024 * 1024
+#: The WAL file's size is looked at every this many writes (a claim and a completion
+#: count too: not a system call for each).
+WAL_SIZE_EVERY = 8
 
 
 def _busy(exc: sqlite3.Error) -> bool:
@@ -397,7 +402,7 @@ class _InlineLane:
     :data:`CHECKPOINT_WAL_BYTES` (every connection truncates it to :data:`WAL_SIZE_LIMIT`
     when it starts it over), the lane runs a passive one on a pooled connection in
     aiosqlite's thread (:meth:`wrote`). So a COMMIT may run on the loop's thread
-    (:func:`_commit_inline`) without writing the database file there.
+    (:func:`fetch_in_transaction`) without writing the database file there.
 
     The lane follows the engine's pool: after ``engine.dispose()`` it opens a new
     connection, and while the pool has ``connect`` listeners jobkit did not install (a
@@ -412,7 +417,10 @@ class _InlineLane:
         self.pool: Any = None
         self.conn: sqlite3.Connection | None = None
         self.writes = 0
-        self.wal_path: str | None = None
+        database = str(self.args[0]) if self.args else ""
+        if database.startswith("file:"):  # a SQLite URI
+            database = database[5:].split("?", 1)[0]
+        self.wal_path = database + "-wal"
         self.checkpoints: set[asyncio.Task[None]] = set()
 
     def _connection(self, engine: AsyncEngine) -> sqlite3.Connection | None:
@@ -459,23 +467,20 @@ class _InlineLane:
 
     def wrote(self, engine: AsyncEngine) -> None:
         """Count a committed write (on any of the engine's connections); every
-        :data:`CHECKPOINT_EVERY`, start a checkpoint in aiosqlite's thread (unless one is
-        running)."""
+        :data:`CHECKPOINT_EVERY`, or when the WAL file (looked at every
+        :data:`WAL_SIZE_EVERY` writes) has passed :data:`CHECKPOINT_WAL_BYTES`, start a
+        checkpoint in aiosqlite's thread (unless one is running)."""
         self.writes += 1
         if self.checkpoints:
             return
-        if self.writes % CHECKPOINT_EVERY == 0 or self._wal_bytes() > CHECKPOINT_WAL_BYTES:
+        if self.writes % CHECKPOINT_EVERY == 0 or (
+                self.writes % WAL_SIZE_EVERY == 0 and self._wal_bytes() > CHECKPOINT_WAL_BYTES):
             self._checkpoint(engine)
 
     def _wal_bytes(self) -> int:
         """The size of the database's WAL file (0 when it cannot be told). Every connection
         truncates it to :data:`WAL_SIZE_LIMIT` when it starts it over after a checkpoint,
         so a larger file means that many bytes of transactions since."""
-        if self.wal_path is None:
-            database = str(self.args[0]) if self.args else ""
-            if database.startswith("file:"):
-                database = database[5:].split("?", 1)[0]
-            self.wal_path = database + "-wal"
         try:
             return os.stat(self.wal_path).st_size
         except OSError:
@@ -555,7 +560,9 @@ async def fetch_in_transaction(conn: AsyncConnection, statement: Prepared,
     the hooks' ``_commit``). With no rows the transaction stays open for the caller.
     When the transaction already holds SQLite's write lock and nothing else is in flight
     on the connection, that statement and its ``COMMIT`` run inline instead, on the event
-    loop's thread: no hand-off at all (see :func:`_commit_inline`).
+    loop's thread: no hand-off at all (with :func:`first_write_inline`, a job whose handler
+    wrote one row makes none). The first COMMIT after a checkpoint that copied the whole
+    WAL back starts the WAL over and syncs its header once, there as anywhere.
 
     For a hot statement that must be atomic with what a session already wrote (a handler's
     writes and its job's completion): it skips SQLAlchemy's per-statement execution
@@ -583,34 +590,19 @@ async def fetch_in_transaction(conn: AsyncConnection, statement: Prepared,
         lane = _INLINE.get(sync_engine)
         if (lane is not None and not adapted._execute_mutex.locked()
                 and aio._tx.empty() and lane._connection(conn.engine) is not None):
+            # On the loop's thread: the transaction holds the write lock, so in WAL mode
+            # (the lane checked it) nothing can make the statement or the COMMIT wait,
+            # and no COMMIT here runs a checkpoint (automatic ones are off: see wrote).
+            # Only this task uses the connection (nothing in flight), and the statements
+            # run whole: no cancellation can land between them.
             try:
-                records = _commit_inline(aio._conn, compiled.sql, args)
+                records = _fetch_then_commit(aio._conn, compiled.sql, args)
             except sqlite3.Error as exc:
                 raise wrapped(dialect, compiled, args, exc) from exc
             lane.wrote(conn.engine)  # counts toward the next checkpoint
             return compiled.rows(records)
     records = await _execute_on(conn, adapted, compiled, args, gate, write, commit)
     return compiled.rows(records)
-
-
-def _commit_inline(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> list[Any]:
-    """:func:`_fetch_then_commit` on the event loop's thread, for a transaction that holds
-    SQLite's write lock (``BEGIN IMMEDIATE`` ran, this process's write turn is its own).
-
-    In WAL mode (the inline lane checked it) nothing can make the statement or the
-    ``COMMIT`` wait for a lock then: they take microseconds, less than the hand-off to
-    aiosqlite's thread and back that they save (with :func:`first_write_inline`, a job
-    whose handler wrote one row makes none). The one slow step a ``COMMIT`` may take, the automatic WAL checkpoint
-    (writing and syncing the database file), is off on jobkit's connections: the inline
-    lane runs checkpoints in aiosqlite's thread, counting every commit and watching the
-    WAL's size (:meth:`_InlineLane.wrote`). (The first commit after a checkpoint that
-    copied the whole WAL back starts the WAL over and syncs its header once: a
-    sub-millisecond step on a local disk, which the lane's own inline writes took before.) Nothing else changes: the same connection, transaction
-    and ``synchronous`` setting. Only the caller's own task uses the connection meanwhile
-    (it awaits each statement; nothing is in flight), and the statements run whole: no
-    cancellation can land between them.
-    """
-    return _fetch_then_commit(conn, sql, args)
 
 
 # ---------------------------------------------------------------------------
@@ -695,7 +687,7 @@ def _install_hooks(engine: AsyncEngine) -> None:
         cur.execute("PRAGMA foreign_keys=ON")
         if _INLINE.get(sync_engine) is not None:
             # The inline lane checkpoints in aiosqlite's thread, counting every commit and
-            # watching the WAL's size (_counted): no COMMIT, on the loop's thread or not,
+            # watching the WAL's size (_count_write): no COMMIT, on the loop's thread or not,
             # runs one itself.
             cur.execute("PRAGMA wal_autocheckpoint=0")
             cur.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
@@ -706,13 +698,6 @@ def _install_hooks(engine: AsyncEngine) -> None:
         conn.info["jk_sqlite_begun"] = False
 
     gate = _GATES[sync_engine] = _WriteGate()
-
-    def _counted() -> None:
-        """A write was committed on one of this engine's connections: it counts toward the
-        next checkpoint (their automatic one is off, see _on_connect)."""
-        lane = _INLINE.get(sync_engine)
-        if lane is not None:
-            lane.wrote(engine)
 
     @event.listens_for(sync_engine, "before_cursor_execute")
     def _before(conn: Connection, cursor: Any, statement: str, params: Any,
@@ -742,7 +727,7 @@ def _install_hooks(engine: AsyncEngine) -> None:
         if gate.holds(dbapi_conn) and _idle(dbapi_conn):
             gate.release(dbapi_conn)
             if not statement.lstrip()[:6].upper().startswith("PRAGMA"):  # (a checkpoint)
-                _counted()
+                _count_write(engine)
 
     @event.listens_for(sync_engine, "handle_error")
     def _on_error(ctx: Any) -> None:
@@ -781,7 +766,7 @@ def _install_hooks(engine: AsyncEngine) -> None:
         try:
             if not _idle(dbapi_conn):
                 do_commit(dbapi_conn)
-                _counted()
+                _count_write(engine)
         finally:
             if _idle(dbapi_conn):  # a failed COMMIT may leave the transaction open
                 gate.release(dbapi_conn)
