@@ -492,11 +492,14 @@ async def test_on_sqlite_a_first_write_waits_in_the_thread_while_another_process
 
         try:
             task = asyncio.create_task(write())
-            ticks = 0
-            while ticks < 20:  # the loop keeps running while the write waits
-                await asyncio.sleep(0.005)
-                ticks += 1
-            assert not task.done() and trips == ["run"], trips
+            turns = 0
+            async with asyncio.timeout(10):
+                while not trips:  # the loop keeps running until the write goes to the thread
+                    await asyncio.sleep(0)
+                    turns += 1
+            for _ in range(100):  # ... and while it waits there for the lock
+                await asyncio.sleep(0)
+            assert turns > 0 and not task.done() and trips == ["run"], trips
         finally:
             other.execute("COMMIT")
             other.close()
